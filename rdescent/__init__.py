@@ -1,0 +1,25 @@
+"""rdescent: Regression Descent and other second-order optimizers for JAX, in Optax style."""
+
+from rdescent import damping
+from rdescent import datasets
+from rdescent import losses
+from rdescent.gram import gram_matrix
+from rdescent.problem import LinearizedProblem
+from rdescent.transform import RegressionDescentState
+from rdescent.transform import STATUS_MESSAGES
+from rdescent.transform import regression_descent
+from rdescent.transform import scale_by_regression_descent
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "LinearizedProblem",
+    "RegressionDescentState",
+    "STATUS_MESSAGES",
+    "damping",
+    "datasets",
+    "gram_matrix",
+    "losses",
+    "regression_descent",
+    "scale_by_regression_descent",
+)

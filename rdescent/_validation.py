@@ -1,0 +1,115 @@
+"""Trace-time checks of user input, each with a message that names the argument.
+
+Every check here runs on shapes, dtypes and Python values only, so it fires
+when a function is traced (under `jax.jit` too), never inside compiled code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def check_option(name: str, value: Any, valid: Sequence[str]) -> str:
+  """Returns `value` if it is one of `valid`, else raises a ValueError listing them."""
+  if not isinstance(value, str) or value not in valid:
+    raise ValueError(
+        f"{name}={value!r} is not a valid option; expected one of "
+        f"{', '.join(repr(v) for v in valid)}."
+    )
+  return value
+
+
+def check_params(params: Any, transform: str) -> None:
+  """Raises a ValueError when `params` was not given to `update`."""
+  if params is None:
+    raise ValueError(
+        f"{transform}.update needs the current parameters: call "
+        "`tx.update(grads, state, params, batch=(inputs, targets))`; "
+        "`params` was None."
+    )
+  leaves = jax.tree_util.tree_leaves(params)
+  if not leaves:
+    raise ValueError(f"{transform}.update: `params` has no array leaves.")
+  for leaf in leaves:
+    if not jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact):
+      raise TypeError(
+          f"{transform}: every leaf of `params` must be a floating-point "
+          f"array; found dtype {jnp.asarray(leaf).dtype}."
+      )
+
+
+def check_batch(batch: Any, transform: str) -> tuple[Any, Any]:
+  """Checks that `batch` is a pair `(inputs, targets)` with a common leading axis.
+
+  Returns:
+    The pair `(inputs, targets)`; `inputs` may be a pytree of arrays that all
+    share the leading (example) axis m.
+  """
+  if batch is None:
+    raise ValueError(
+        f"{transform}.update needs the batch: call "
+        "`tx.update(grads, state, params, batch=(inputs, targets))`; "
+        "`batch` was missing."
+    )
+  if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+    kind = type(batch).__name__
+    length = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
+    raise ValueError(
+        f"{transform}: `batch` must be a pair (inputs, targets); got a "
+        f"{kind}{length}."
+    )
+  inputs, targets = batch
+  input_leaves = jax.tree_util.tree_leaves(inputs)
+  if not input_leaves:
+    raise ValueError(f"{transform}: `batch` inputs have no array leaves.")
+  sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in input_leaves}
+  if None in sizes or len(sizes) != 1:
+    raise ValueError(
+        f"{transform}: every array in the batch inputs must have the same "
+        f"leading (example) axis; got leading sizes {sorted(map(str, sizes))}."
+    )
+  (num_examples,) = sizes
+  if num_examples == 0:
+    raise ValueError(f"{transform}: the batch is empty (m = 0 examples).")
+  if np.ndim(targets) == 0 or np.shape(targets)[0] != num_examples:
+    raise ValueError(
+        f"{transform}: targets must have the batch's {num_examples} examples "
+        f"on their leading axis; got targets of shape {np.shape(targets)}."
+    )
+  return inputs, targets
+
+
+def check_outputs(outputs: jax.Array, num_examples: int, transform: str) -> None:
+  """Checks that `apply_fn` returned one row of outputs per example."""
+  if outputs.ndim == 0 or outputs.shape[0] != num_examples:
+    raise ValueError(
+        f"{transform}: apply_fn(params, inputs) must return shape (m,) or "
+        f"(m, k) with m = {num_examples}; got {outputs.shape}."
+    )
+  if not jnp.issubdtype(outputs.dtype, jnp.inexact):
+    raise TypeError(
+        f"{transform}: apply_fn must return floating-point outputs; got "
+        f"dtype {outputs.dtype}."
+    )
+
+
+def is_concrete(value: Any) -> bool:
+  """True when `value` is a Python or NumPy number (not a tracer)."""
+  return isinstance(value, (int, float, np.number, np.ndarray)) and not isinstance(
+      value, bool
+  )
+
+
+def check_nonnegative_finite(name: str, value: Any) -> None:
+  """Raises a ValueError for a concrete negative or non-finite hyperparameter."""
+  if is_concrete(value):
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim != 0:
+      raise ValueError(f"{name} must be a scalar; got shape {array.shape}.")
+    if not np.isfinite(array) or array < 0:
+      raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")

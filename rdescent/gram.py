@@ -1,0 +1,130 @@
+"""Gram matrices K = J Jᵀ of a model's outputs with respect to its parameters.
+
+For a batch of m examples with k outputs, J is the (m k) × p Jacobian of the
+outputs (example-major: row i k + c is output c of example i) and
+
+    K[(i, c), (j, c')] = ⟨∂f_{i,c}/∂θ, ∂f_{j,c'}/∂θ⟩,        shape (m k, m k).
+
+`outputs="per_output"` returns only the k diagonal blocks K_c = J_c J_cᵀ,
+shape (k, m, m).
+
+Engines:
+
+* `"jacobian"`: per-example Jacobians with `jax.vmap` of `jax.jacrev` (or
+  `jax.jacfwd` when p < k), evaluated over the examples in chunks of
+  `chunk_size` with `jax.lax.map`. Peak memory: the Jacobian itself, m·k·p
+  numbers, plus one chunk's autodiff intermediates (about chunk_size·k times
+  the activations of one example), plus the Gram, (m k)² numbers.
+* `"auto"`: the best engine available for the model (today: `"jacobian"`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from rdescent import _validation
+
+Params = Any
+ApplyFn = Callable[[Params, Any], jax.Array]
+
+METHODS = ("auto", "jacobian")
+OUTPUT_MODES = ("full", "per_output")
+
+
+def _single_example_fn(apply_fn: ApplyFn) -> Callable[[Params, Any], jax.Array]:
+  """f(params, x_i) -> (k,) for one example, from a batched apply_fn."""
+
+  def single(params, example):
+    batched = jax.tree_util.tree_map(lambda leaf: leaf[None], example)
+    return jnp.reshape(apply_fn(params, batched), (-1,))
+
+  return single
+
+
+def per_example_jacobian(
+    apply_fn: ApplyFn,
+    params: Params,
+    inputs: Any,
+    *,
+    num_outputs: int,
+    chunk_size: int | None = None,
+) -> Params:
+  """Per-example Jacobians ∂f_{i,c}/∂θ as a pytree shaped like `params`.
+
+  Each leaf has shape (m, k, *leaf.shape). Forward mode is used when the model
+  has fewer parameters than outputs per example, reverse mode otherwise.
+
+  Args:
+    apply_fn: `apply_fn(params, inputs) -> (m,) or (m, k)`; examples must be
+      independent (no batch statistics).
+    params: the parameter pytree.
+    inputs: array or pytree of arrays with leading axis m.
+    num_outputs: k, outputs per example.
+    chunk_size: examples differentiated at once (None: all m).
+  """
+  single = _single_example_fn(apply_fn)
+  num_params = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+  jac = jax.jacfwd(single) if num_params < num_outputs else jax.jacrev(single)
+  return jax.lax.map(lambda example: jac(params, example), inputs, batch_size=chunk_size)
+
+
+def flat_jacobian(jacobian: Params, num_examples: int, num_outputs: int) -> jax.Array:
+  """Concatenates a per-example Jacobian pytree into one (m, k, p) array.
+
+  The parameter order is that of `jax.flatten_util.ravel_pytree(params)`.
+  """
+  leaves = jax.tree_util.tree_leaves(jacobian)
+  return jnp.concatenate(
+      [leaf.reshape(num_examples, num_outputs, -1) for leaf in leaves], axis=-1
+  )
+
+
+def gram_from_jacobian(jacobian: Params, *, outputs: str = "full") -> jax.Array:
+  """K = J Jᵀ from a per-example Jacobian pytree, leaf by leaf (no concatenation).
+
+  Returns (m k, m k) for `outputs="full"`, (k, m, m) for `"per_output"`.
+  """
+  leaves = jax.tree_util.tree_leaves(jacobian)
+  num_examples, num_outputs = leaves[0].shape[:2]
+  flats = [leaf.reshape(num_examples, num_outputs, -1) for leaf in leaves]
+  if outputs == "full":
+    gram = sum(jnp.einsum("icp,jdp->icjd", f, f) for f in flats)
+    return gram.reshape(num_examples * num_outputs, num_examples * num_outputs)
+  return sum(jnp.einsum("icp,jcp->cij", f, f) for f in flats)
+
+
+def gram_matrix(
+    apply_fn: ApplyFn,
+    params: Params,
+    inputs: Any,
+    *,
+    method: str = "auto",
+    outputs: str = "full",
+    chunk_size: int | None = None,
+) -> jax.Array:
+  """The empirical neural tangent kernel K = J Jᵀ of a batch.
+
+  Args:
+    apply_fn: `apply_fn(params, inputs) -> (m,) or (m, k)`.
+    params: parameter pytree.
+    inputs: array or pytree of arrays with leading axis m.
+    method: `"auto"` or `"jacobian"` (see the module docstring).
+    outputs: `"full"` for the (m k, m k) matrix, example-major, or
+      `"per_output"` for the k diagonal blocks, shape (k, m, m).
+    chunk_size: examples differentiated at once by the jacobian engine.
+
+  Returns:
+    K as described by `outputs`.
+  """
+  _validation.check_option("method", method, METHODS)
+  _validation.check_option("outputs", outputs, OUTPUT_MODES)
+  out_shape = jax.eval_shape(apply_fn, params, inputs).shape
+  jacobian = per_example_jacobian(
+      apply_fn, params, inputs, num_outputs=math.prod(out_shape[1:]),
+      chunk_size=chunk_size,
+  )
+  return gram_from_jacobian(jacobian, outputs=outputs)

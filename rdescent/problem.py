@@ -1,0 +1,157 @@
+"""The linearised regression that one Regression Descent step solves.
+
+At parameters θ and a batch (X, Y) with m examples and k outputs, RD linearises
+the model, f(θ + δ; X) ≈ f(θ; X) + J δ, and solves the damped regression of
+the (loss-weighted) residual on the Jacobian:
+
+    full, dual:    α = (Lᵀ K L + λI)⁻¹ u,   d = Jᵀ L α          (m q × m q system)
+    full, primal:  d = (J̃ᵀ J̃ + λI)⁻¹ J̃ᵀ u,  J̃ = Lᵀ J            (p × p system)
+    per-output:    α_c = (K_c + λI)⁻¹ r_c,  d = (1/k) Σ_c J_cᵀ α_c  (k m × m systems)
+                   or its primal form d = (1/k) Σ_c (J_cᵀJ_c + λI)⁻¹ J_cᵀ r_c
+
+with K = J Jᵀ and the loss factors g = L u, H = L Lᵀ of `rdescent.losses`
+(L = I, u = r for squared error). Both forms give the same d (push-through
+identity); the primal one is cheaper when p is smaller than the system size.
+The direction d has the sign of a gradient: the descent step is θ − η d.
+In the dual form d is one vector-Jacobian product; J is never multiplied.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from rdescent import _validation
+from rdescent import gram as gram_lib
+from rdescent import losses as losses_lib
+from rdescent import solve as solve_lib
+
+SYSTEMS = ("auto", "dual", "primal")
+
+
+class LinearizedProblem:
+  """The RD regression at one (params, batch); built inside a trace.
+
+  Attributes:
+    outputs: f(θ; X), shape (m, k).
+    targets: Y as (m, k) (after the loss's target conversion).
+    loss: the summed loss at θ, a scalar.
+    factors: the loss's `GaussNewtonFactors` (u, L) at θ.
+    system: `"dual"` or `"primal"`, the form actually solved.
+    matrix: the undamped system matrix, (n, n), or (k, n, n) per output.
+    rhs: its right-hand side, (n,) or (k, n).
+    num_examples: m.
+  """
+
+  def __init__(
+      self,
+      apply_fn: Callable[[Any, Any], jax.Array],
+      params: Any,
+      inputs: Any,
+      targets: jax.Array,
+      *,
+      loss: losses_lib.Loss,
+      outputs: str,
+      gram: str,
+      system: str,
+      chunk_size: int | None,
+      name: str = "scale_by_regression_descent",
+  ):
+    self._apply_fn = apply_fn
+    self._params = params
+    self._inputs = inputs
+    self.per_output = outputs == "per_output"
+
+    raw_outputs, self._vjp = jax.vjp(lambda p: apply_fn(p, inputs), params)
+    num_examples = jax.tree_util.tree_leaves(inputs)[0].shape[0]
+    _validation.check_outputs(raw_outputs, num_examples, name)
+    self._output_shape = raw_outputs.shape
+    self._output_dtype = raw_outputs.dtype
+    self.num_examples = num_examples
+    self.outputs = raw_outputs.reshape(num_examples, -1)
+    num_outputs = self.outputs.shape[1]
+    self.num_outputs = num_outputs
+
+    self.targets = loss.prepare_targets(targets, self.outputs)
+    self.loss = loss.value(self.outputs, self.targets)
+    self.factors = loss.factors(self.outputs, self.targets)
+    self._loss_fn = loss
+
+    rhs_u, factor = self.factors
+    num_rhs = rhs_u.shape[1]
+    flat_params, self._unravel = ravel_pytree(params)
+    num_params = flat_params.size
+    dual_size = num_examples if self.per_output else num_examples * num_rhs
+    if system == "auto":
+      system = "primal" if num_params < dual_size else "dual"
+    self.system = system
+
+    if system == "dual":
+      if self.per_output:
+        self.matrix = gram_lib.gram_matrix(
+            apply_fn, params, inputs, method=gram, outputs="per_output",
+            chunk_size=chunk_size,
+        )
+        self.rhs = rhs_u.T
+      else:
+        gram_full = gram_lib.gram_matrix(
+            apply_fn, params, inputs, method=gram, outputs="full",
+            chunk_size=chunk_size,
+        )
+        if factor is not None:
+          gram4 = gram_full.reshape(num_examples, num_outputs, num_examples, num_outputs)
+          gram4 = jnp.einsum("ikq,ikjl,jlr->iqjr", factor, gram4, factor)
+          gram_full = gram4.reshape(num_examples * num_rhs, num_examples * num_rhs)
+        self.matrix = gram_full
+        self.rhs = rhs_u.reshape(-1)
+    else:
+      jacobian = gram_lib.flat_jacobian(
+          gram_lib.per_example_jacobian(
+              apply_fn, params, inputs, num_outputs=num_outputs,
+              chunk_size=chunk_size,
+          ),
+          num_examples,
+          num_outputs,
+      )
+      if self.per_output:
+        self.matrix = jnp.einsum("icp,ics->cps", jacobian, jacobian)
+        self.rhs = jnp.einsum("icp,ic->cp", jacobian, rhs_u)
+      else:
+        if factor is not None:
+          jacobian = jnp.einsum("ikq,ikp->iqp", factor, jacobian)
+        self.matrix = jnp.einsum("iqp,iqs->ps", jacobian, jacobian)
+        self.rhs = jnp.einsum("iqp,iq->p", jacobian, rhs_u)
+
+  def solve(self, damping: jax.Array | float) -> solve_lib.SolveResult:
+    """Solves the damped system for λ = `damping` (no new Jacobian)."""
+    return solve_lib.damped_cholesky_solve(self.matrix, self.rhs, damping)
+
+  def direction(self, solution: jax.Array) -> Any:
+    """The RD direction d (a params-shaped pytree) from a solution of `solve`."""
+    if self.system == "primal":
+      flat = jnp.mean(solution, axis=0) if self.per_output else solution
+      return self._unravel(flat)
+    if self.per_output:
+      coefficients = solution.T / self.num_outputs
+    else:
+      factor = self.factors.factor
+      alpha = solution.reshape(self.num_examples, -1)
+      coefficients = alpha if factor is None else jnp.einsum("ikq,iq->ik", factor, alpha)
+    cotangent = coefficients.reshape(self._output_shape).astype(self._output_dtype)
+    (direction,) = self._vjp(cotangent)
+    return direction
+
+  def output_change(self, direction: Any) -> jax.Array:
+    """J d, the first-order change of the outputs along `direction`, (m, k)."""
+    _, tangent = jax.jvp(
+        lambda p: self._apply_fn(p, self._inputs), (self._params,), (direction,)
+    )
+    return tangent.reshape(self.num_examples, -1)
+
+  def loss_at(self, params: Any) -> jax.Array:
+    """The summed loss of the same batch at other parameters (one forward pass)."""
+    outputs = self._apply_fn(params, self._inputs).reshape(self.num_examples, -1)
+    return self._loss_fn.value(outputs, self.targets)
