@@ -44,6 +44,7 @@ class LinearizedProblem:
     matrix: the undamped system matrix, (n, n), or (k, n, n) per output.
     rhs: its right-hand side, (n,) or (k, n).
     num_examples: m.
+    params: θ, the parameters the problem was linearised at.
   """
 
   def __init__(
@@ -62,6 +63,7 @@ class LinearizedProblem:
   ):
     self._apply_fn = apply_fn
     self._params = params
+    self.params = params
     self._inputs = inputs
     self.per_output = outputs == "per_output"
 

@@ -91,6 +91,7 @@ def scale_by_regression_descent(
     gram: str = "auto",
     system: str = "auto",
     chunk_size: int | None = None,
+    step_size: optax.ScalarOrSchedule = 1.0,
 ) -> optax.GradientTransformationExtraArgs:
   """The Regression Descent direction d = Jᵀ (K + λI)⁻¹ r (gradient sign).
 
@@ -111,6 +112,10 @@ def scale_by_regression_descent(
       equivalent p × p system (JᵀJ + λI) d = Jᵀ r; `"auto"` picks the smaller.
     chunk_size: examples differentiated at once when Jacobians are
       materialised (bounds memory; None: the whole batch).
+    step_size: the η (float or schedule of the step count) that the chain
+      applies after this transform, θ ← θ − η d; `regression_descent` passes
+      its learning rate. Only damping controllers that predict or undo a step
+      use it (`levenberg_marquardt`, `next_batch_ratio`); it does not scale d.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; its `update` must be called as
@@ -154,7 +159,8 @@ def scale_by_regression_descent(
         apply_fn, params, inputs, targets, loss=loss_obj, outputs=outputs,
         gram=gram, system=system, chunk_size=chunk_size, name=name,
     )
-    step = controller.step(problem, state.damping_state, state.count)
+    eta = step_size(state.count) if callable(step_size) else step_size
+    step = controller.step(problem, state.damping_state, state.count, eta)
 
     finite_loss = jnp.isfinite(problem.loss) & _all_finite(problem.factors.rhs)
     finite_direction = _all_finite(step.direction)
@@ -165,15 +171,23 @@ def scale_by_regression_descent(
         STATUS_OK,
     ).astype(jnp.int32)
     apply = status == STATUS_OK
+    # A rejecting controller's direction is its correction (zero or an undo).
+    keep = apply | (status == STATUS_REJECTED)
     direction = jax.tree_util.tree_map(
-        lambda d, p: jnp.where(apply, d, jnp.zeros_like(d)).astype(jnp.asarray(p).dtype),
+        lambda d, p: jnp.where(keep, d, jnp.zeros_like(d)).astype(jnp.asarray(p).dtype),
         step.direction, params,
+    )
+    # Numerical failures: the controller learns of them through `fail`.
+    failed = ~keep
+    damping_state = jax.tree_util.tree_map(
+        lambda bad, good: jnp.where(failed, bad, good),
+        controller.fail(state.damping_state), step.state,
     )
     dtype = state.loss.dtype
     new_state = RegressionDescentState(
         count=optax.safe_increment(state.count),
         damping=jnp.asarray(step.damping, state.damping.dtype),
-        damping_state=step.state,
+        damping_state=damping_state,
         loss=jnp.asarray(problem.loss, dtype),
         residual_norm=jnp.asarray(jnp.linalg.norm(problem.factors.rhs), dtype),
         accepted=apply,
@@ -213,7 +227,7 @@ def regression_descent(
   return optax.chain(
       scale_by_regression_descent(
           apply_fn, damping=damping, loss=loss, outputs=outputs, gram=gram,
-          system=system, chunk_size=chunk_size,
+          system=system, chunk_size=chunk_size, step_size=learning_rate,
       ),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -1,0 +1,122 @@
+"""Optimizer configurations of the studies: baselines' grids and the RD variants.
+
+Baselines train on the mean loss of the batch (SGD with momentum 0.9, Adam),
+each over a small learning-rate grid. RD variants use the summed loss of
+`rdescent` (λ in the units of DESIGN.md). Damping controllers and losses
+that other parts of the package provide are included only when present.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import optax
+
+import rdescent as rd
+from benchmarks.runner import OptimizerSpec, Task
+
+
+def _fmt(value: float) -> str:
+  return f"{value:g}"
+
+
+def adam_grid(learning_rates: Sequence[float]) -> list[OptimizerSpec]:
+  """Adam (β = 0.9, 0.999) at each learning rate."""
+  return [
+      OptimizerSpec(f"adam lr={_fmt(lr)}", "adam", lambda task, lr=lr: optax.adam(lr),
+                    {"learning_rate": lr})
+      for lr in learning_rates
+  ]
+
+
+def sgd_grid(learning_rates: Sequence[float], momentum: float = 0.9) -> list[OptimizerSpec]:
+  """SGD with heavy-ball momentum at each learning rate."""
+  return [
+      OptimizerSpec(f"sgd lr={_fmt(lr)}", "sgd",
+                    lambda task, lr=lr: optax.sgd(lr, momentum=momentum),
+                    {"learning_rate": lr, "momentum": momentum})
+      for lr in learning_rates
+  ]
+
+
+def has_loss(name: str) -> bool:
+  """Whether `rdescent` accepts `loss=name`."""
+  try:
+    rd.losses.get(name)
+  except ValueError:
+    return False
+  return True
+
+
+def has_structured_gram() -> bool:
+  return "structured" in getattr(rd.gram, "METHODS", ())
+
+
+def rd_spec(label: str, *, damping: Any = 1e-5, learning_rate: float = 1.0,
+            outputs: str = "per_output", gram: str = "auto", batch_size: int | None = None,
+            describe: Any = None) -> OptimizerSpec:
+  """A Regression Descent configuration; the loss comes from the task."""
+
+  def build(task: Task):
+    return rd.regression_descent(
+        task.model.apply, learning_rate=learning_rate, damping=_make_damping(damping),
+        loss=task.loss, outputs=outputs, gram=gram,
+    )
+
+  hyperparams = {"learning_rate": learning_rate, "outputs": outputs, "gram": gram,
+                 "damping": describe if describe is not None else damping}
+  return OptimizerSpec(label, "rd", build, hyperparams, uses_batch=True, batch_size=batch_size)
+
+
+def _make_damping(damping: Any) -> Any:
+  """A float stays a float; ("name", kwargs) builds `rd.damping.name(**kwargs)`."""
+  if isinstance(damping, tuple):
+    name, kwargs = damping
+    return getattr(rd.damping, name)(**kwargs)
+  return damping
+
+
+# Controllers tried when they exist, with the arguments DESIGN.md gives them.
+CONTROLLERS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("next_batch_ratio", {"initial": 1e-5}),
+    ("levenberg_marquardt", {"initial": 1e-3}),
+    ("residual_proportional", {"mu": 1.0, "delta": 1.0}),
+    ("gradient_proportional", {"mu": 1.0}),
+    ("gcv", {}),
+)
+
+
+def available_controllers() -> list[tuple[str, dict[str, Any]]]:
+  """The damping controllers of `CONTROLLERS` that `rdescent.damping` provides."""
+  return [(name, kwargs) for name, kwargs in CONTROLLERS if hasattr(rd.damping, name)]
+
+
+def rd_variants(loss: str, *, full_dampings: Sequence[float] = (1e-3, 1e-1),
+                per_output_dampings: Sequence[float] = (1e-3,),
+                controllers: bool = True, full_mode: bool = True) -> list[OptimizerSpec]:
+  """The RD grid of a study.
+
+  * `rd paper`: the paper's setting, per-output, λ = 1e-5, step 1 (MSE only);
+  * per-output at the other λ of `per_output_dampings` (MSE only);
+  * full mode at each λ of `full_dampings` (any loss);
+  * each available damping controller, full mode (per-output for the paper's
+    `next_batch_ratio` rule on MSE).
+  """
+  specs = []
+  mse = loss == "mse"
+  if mse:
+    specs.append(rd_spec("rd paper (per-output λ=1e-5)", damping=1e-5, outputs="per_output"))
+    specs += [rd_spec(f"rd per-output λ={_fmt(lam)}", damping=lam, outputs="per_output")
+              for lam in per_output_dampings]
+  if full_mode:
+    specs += [rd_spec(f"rd full λ={_fmt(lam)}", damping=lam, outputs="full")
+              for lam in full_dampings]
+  if controllers:
+    for name, kwargs in available_controllers():
+      outputs = "per_output" if (mse and name == "next_batch_ratio") else "full"
+      if not full_mode and outputs == "full":
+        continue
+      args = ", ".join(f"{k}={_fmt(v)}" for k, v in kwargs.items())
+      specs.append(rd_spec(f"rd {outputs} {name}({args})", damping=(name, kwargs),
+                           outputs=outputs, describe=f"{name}({args})"))
+  return specs

@@ -1,0 +1,414 @@
+"""The shared benchmark runner: one training run, one study, JSON results.
+
+Protocol (DESIGN.md section 4), the same for every optimizer of a study:
+
+* same process, same data, same data order (a permutation per epoch drawn
+  from the seed), same initial parameters (drawn from the seed);
+* the training step is compiled before the clock starts (`jit(...).lower(...)
+  .compile()`); compile time is reported separately;
+* the clock counts only training steps (each step is waited for with
+  `block_until_ready`); evaluations stop the clock;
+* the loss curve is the mean loss on a fixed evaluation subset of the training
+  set, evaluated at steps 1, 2, 4, 8, ... and every `budget / eval_points`
+  seconds of training; time-to-target is read off that curve afterwards;
+* a run stops at the wall-clock `budget` (seconds of training) or at
+  `max_steps`, or when the loss becomes non-finite (diverged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import models as models_lib
+
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+
+
+@dataclasses.dataclass
+class Task:
+  """A learning problem shared by all optimizers of a study.
+
+  Attributes:
+    name: short description (data and model).
+    model: the `models.Model`.
+    loss: `"mse"` (targets same shape as outputs) or `"softmax_cross_entropy"`
+      (one-hot targets).
+    train_inputs, train_targets: the training set (leading axis n).
+    eval_inputs, eval_targets: the fixed subset whose mean loss is the curve.
+    test_inputs, test_targets: held-out data; accuracy is reported when
+      `classification` (targets one-hot), else the test loss.
+  """
+
+  name: str
+  model: models_lib.Model
+  loss: str
+  train_inputs: jax.Array
+  train_targets: jax.Array
+  eval_inputs: jax.Array
+  eval_targets: jax.Array
+  test_inputs: jax.Array
+  test_targets: jax.Array
+  classification: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+  """An optimizer configuration of a study.
+
+  Attributes:
+    label: unique name in tables and plots, e.g. `"adam lr=1e-3"`.
+    family: `"sgd"`, `"adam"`, `"rd"`, ... (what `--optimizers` selects).
+    build: `build(task) -> optax.GradientTransformation`.
+    hyperparams: the settings, for the JSON and the table.
+    uses_batch: True for Regression Descent style transforms, updated as
+      `update(None, state, params, batch=(x, y))`; False for gradient methods,
+      updated with the gradient of the mean loss of the batch.
+    batch_size: overrides the study's batch size (batch-size study).
+  """
+
+  label: str
+  family: str
+  build: Callable[[Task], optax.GradientTransformation]
+  hyperparams: Mapping[str, Any]
+  uses_batch: bool = False
+  batch_size: int | None = None
+
+
+@dataclasses.dataclass
+class StudyOptions:
+  """What the command line asks of a study."""
+
+  optimizers: Sequence[str] | None = None
+  seeds: int | None = None
+  budget: float | None = None
+  quick: bool = False
+  out_dir: pathlib.Path = RESULTS_DIR
+  progress: bool = True
+  command: str = ""
+
+
+def mean_loss(loss: str, outputs: jax.Array, targets: jax.Array) -> jax.Array:
+  """The reported loss: mean squared error over all entries, or mean cross-entropy."""
+  outputs = outputs.reshape(outputs.shape[0], -1)
+  targets = targets.reshape(outputs.shape)
+  if loss == "mse":
+    return jnp.mean(jnp.square(outputs - targets))
+  if loss == "softmax_cross_entropy":
+    return jnp.mean(optax.softmax_cross_entropy(outputs, targets))
+  raise ValueError(f"loss={loss!r}; expected 'mse' or 'softmax_cross_entropy'.")
+
+
+def select(specs: Sequence[OptimizerSpec], wanted: Sequence[str] | None) -> list[OptimizerSpec]:
+  """The specs whose family or label is in `wanted` (all when None)."""
+  if not wanted:
+    return list(specs)
+  wanted = [w.strip() for w in wanted if w.strip()]
+  chosen = [s for s in specs if s.family in wanted or s.label in wanted]
+  return chosen
+
+
+class BatchOrder:
+  """Mini-batch indices: a fresh permutation of the n examples each epoch, from the seed."""
+
+  def __init__(self, num_examples: int, batch_size: int, seed: int):
+    if batch_size > num_examples:
+      raise ValueError(f"batch size {batch_size} exceeds the {num_examples} training examples.")
+    self.num_examples = num_examples
+    self.batch_size = batch_size
+    self.seed = seed
+    self.per_epoch = num_examples // batch_size
+    self._epoch = -1
+    self._perm = None
+
+  def __call__(self, step: int) -> np.ndarray:
+    epoch, position = divmod(step, self.per_epoch)
+    if epoch != self._epoch:
+      rng = np.random.default_rng([self.seed, epoch])
+      self._perm = rng.permutation(self.num_examples).astype(np.int32)
+      self._epoch = epoch
+    start = position * self.batch_size
+    return self._perm[start:start + self.batch_size]
+
+
+def _make_step(task: Task, spec: OptimizerSpec, tx: optax.GradientTransformation):
+  apply_fn = task.model.apply
+
+  def loss_fn(params, x, y):
+    return mean_loss(task.loss, apply_fn(params, x), y)
+
+  def step(params, opt_state, inputs, targets, indices):
+    x = jnp.take(inputs, indices, axis=0)
+    y = jnp.take(targets, indices, axis=0)
+    if spec.uses_batch:
+      updates, opt_state = tx.update(None, opt_state, params, batch=(x, y))
+    else:
+      grads = jax.grad(loss_fn)(params, x, y)
+      updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+class Evaluator:
+  """Jitted evaluation of one task (compiled once, outside the clock)."""
+
+  def __init__(self, task: Task):
+    self.task = task
+    apply_fn = task.model.apply
+    self._loss = jax.jit(lambda p, x, y: mean_loss(task.loss, apply_fn(p, x), y))
+    self._correct = jax.jit(
+        lambda p, x, y: jnp.sum(jnp.argmax(apply_fn(p, x), -1) == jnp.argmax(y, -1))
+    )
+
+  def curve_loss(self, params) -> float:
+    return float(self._loss(params, self.task.eval_inputs, self.task.eval_targets))
+
+  def test_metrics(self, params, chunk: int = 2000) -> dict[str, float]:
+    x, y = self.task.test_inputs, self.task.test_targets
+    n = x.shape[0]
+    starts = range(0, n - n % chunk or n, chunk) if n >= chunk else [0]
+    size = chunk if n >= chunk else n
+    loss = correct = count = 0.0
+    for start in starts:
+      xs, ys = x[start:start + size], y[start:start + size]
+      loss += float(self._loss(params, xs, ys)) * xs.shape[0]
+      if self.task.classification:
+        correct += float(self._correct(params, xs, ys))
+      count += xs.shape[0]
+    metrics = {"test_loss": loss / count}
+    if self.task.classification:
+      metrics["test_accuracy"] = correct / count
+    return metrics
+
+  def curve_accuracy(self, params) -> float | None:
+    if not self.task.classification:
+      return None
+    x, y = self.task.test_inputs[:2000], self.task.test_targets[:2000]
+    return float(self._correct(params, x, y)) / x.shape[0]
+
+
+def _rd_diagnostics(opt_state) -> dict[str, Any]:
+  """λ and rejected steps from the first state that has them (RD transforms)."""
+  for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: hasattr(s, "num_rejected")):
+    if hasattr(leaf, "num_rejected") and hasattr(leaf, "damping"):
+      return {"final_damping": float(leaf.damping), "num_rejected": int(leaf.num_rejected)}
+  return {}
+
+
+def _round(values: Sequence[float | None], digits: int = 5) -> list[float | None]:
+  out = []
+  for v in values:
+    if v is None or not np.isfinite(v):
+      out.append(None if v is None else float("nan"))
+    else:
+      out.append(float(f"{v:.{digits}g}"))
+  return out
+
+
+def train_run(
+    task: Task,
+    spec: OptimizerSpec,
+    seed: int,
+    *,
+    budget: float,
+    batch_size: int,
+    max_steps: int | None = None,
+    eval_points: int = 60,
+    evaluator: Evaluator | None = None,
+    compiled_cache: dict | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+  """Trains `task.model` with `spec` from the seed's initialisation; returns the run record."""
+  from tqdm.auto import tqdm
+
+  evaluator = evaluator or Evaluator(task)
+  batch_size = spec.batch_size or batch_size
+  order = BatchOrder(task.train_inputs.shape[0], batch_size, seed)
+  params = task.model.init(jax.random.PRNGKey(seed))
+  cache = compiled_cache if compiled_cache is not None else {}
+  key = (spec.label, batch_size)
+  tx = spec.build(task)
+  opt_state = tx.init(params)
+  compile_seconds = None
+  if key not in cache:
+    start = time.perf_counter()
+    step = _make_step(task, spec, tx)
+    compiled = step.lower(params, opt_state, task.train_inputs, task.train_targets,
+                          order(0)).compile()
+    cache[key] = (compiled, time.perf_counter() - start)
+  compiled, compile_seconds = cache[key]
+
+  curve = {"step": [], "seconds": [], "loss": [], "accuracy": []}
+  eval_seconds = 0.0
+
+  def evaluate(step_count: int, seconds: float) -> float:
+    nonlocal eval_seconds
+    start = time.perf_counter()
+    loss = evaluator.curve_loss(params)
+    accuracy = evaluator.curve_accuracy(params)
+    eval_seconds += time.perf_counter() - start
+    curve["step"].append(step_count)
+    curve["seconds"].append(seconds)
+    curve["loss"].append(loss)
+    curve["accuracy"].append(accuracy)
+    return loss
+
+  initial_loss = evaluate(0, 0.0)
+  train_seconds, steps, diverged = 0.0, 0, False
+  next_power, interval = 1, budget / eval_points
+  next_time = interval
+  bar = tqdm(total=round(budget, 2), desc=f"{spec.label} seed={seed}", unit="s",
+             disable=not progress, leave=False, mininterval=1.0, bar_format="{l_bar}{bar}| {n:.1f}/{total}s {postfix}")
+  while train_seconds < budget and (max_steps is None or steps < max_steps):
+    indices = order(steps)
+    start = time.perf_counter()
+    params, opt_state = compiled(params, opt_state, task.train_inputs, task.train_targets, indices)
+    jax.block_until_ready(params)
+    elapsed = time.perf_counter() - start
+    train_seconds += elapsed
+    steps += 1
+    bar.update(min(elapsed, max(budget - bar.n, 0.0)))
+    done = train_seconds >= budget or (max_steps is not None and steps >= max_steps)
+    if steps == next_power or train_seconds >= next_time or done:
+      if steps == next_power:
+        next_power *= 2
+      if train_seconds >= next_time:
+        next_time = train_seconds + interval
+      loss = evaluate(steps, train_seconds)
+      bar.set_postfix_str(f"loss={loss:.3g} steps={steps}")
+      if not np.isfinite(loss) or loss > 1e6 * max(initial_loss, 1e-12):
+        diverged = True
+        break
+  bar.close()
+
+  record = {
+      "label": spec.label,
+      "family": spec.family,
+      "hyperparams": dict(spec.hyperparams),
+      "seed": seed,
+      "batch_size": batch_size,
+      "compile_seconds": round(compile_seconds, 4),
+      "steps": steps,
+      "train_seconds": round(train_seconds, 4),
+      "eval_seconds": round(eval_seconds, 4),
+      "seconds_per_step": train_seconds / max(steps, 1),
+      "final_loss": _round(curve["loss"][-1:])[0] if not diverged else float("nan"),
+      "diverged": diverged,
+      "curve": {
+          "step": curve["step"],
+          "seconds": _round(curve["seconds"]),
+          "loss": _round(curve["loss"]),
+      },
+  }
+  if task.classification:
+    record["curve"]["accuracy"] = _round(curve["accuracy"], 4)
+  if not diverged:
+    record.update(evaluator.test_metrics(params))
+  record.update(_rd_diagnostics(opt_state))
+  return record
+
+
+def machine_info() -> dict[str, Any]:
+  """The machine and software the results were measured on."""
+  device = jax.devices()[0]
+  return {
+      "platform": platform.platform(),
+      "python": platform.python_version(),
+      "cpu_count": os.cpu_count(),
+      "jax": jax.__version__,
+      "optax": optax.__version__,
+      "backend": jax.default_backend(),
+      "device": getattr(device, "device_kind", str(device)),
+  }
+
+
+def run_training_study(
+    study: str,
+    task: Task,
+    specs: Sequence[OptimizerSpec],
+    options: StudyOptions,
+    *,
+    seeds: int,
+    budget: float,
+    batch_size: int,
+    max_steps: int | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+  """Runs every spec on every seed (seed-major, so that machine load affects all alike)."""
+  specs = select(specs, options.optimizers)
+  if not specs:
+    raise SystemExit(f"{study}: no optimizer matches --optimizers {','.join(options.optimizers)}.")
+  evaluator = Evaluator(task)
+  cache: dict = {}
+  runs = []
+  for seed in range(seeds):
+    for spec in specs:
+      runs.append(train_run(task, spec, seed, budget=budget, batch_size=batch_size,
+                            max_steps=max_steps, evaluator=evaluator, compiled_cache=cache,
+                            progress=options.progress))
+  params = task.model.init(jax.random.PRNGKey(0))
+  result = {
+      "study": study,
+      "kind": "training",
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "command": options.command,
+      "machine": machine_info(),
+      "task": {
+          "name": task.name,
+          "model": task.model.name,
+          "num_params": models_lib.num_params(params),
+          "loss": task.loss,
+          "train_size": int(task.train_inputs.shape[0]),
+          "eval_size": int(task.eval_inputs.shape[0]),
+          "test_size": int(task.test_inputs.shape[0]),
+      },
+      "config": {"seeds": seeds, "budget_seconds": budget, "batch_size": batch_size,
+                 "max_steps": max_steps, "quick": options.quick, **(config or {})},
+      "optimizers": [{"label": s.label, "family": s.family, "hyperparams": dict(s.hyperparams)}
+                     for s in specs],
+      "runs": runs,
+  }
+  return result
+
+
+def save(result: Mapping[str, Any], out_dir: pathlib.Path, name: str | None = None) -> pathlib.Path:
+  """Writes `<out_dir>/<study>.json` (NaN written as null)."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  path = out_dir / f"{name or result['study']}.json"
+
+  def clean(obj):
+    if isinstance(obj, float) and not np.isfinite(obj):
+      return None
+    if isinstance(obj, dict):
+      return {k: clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+      return [clean(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+      return clean(obj.item())
+    return obj
+
+  path.write_text(json.dumps(clean(result), indent=1) + "\n")
+  return path
+
+
+def load(path: os.PathLike) -> dict[str, Any]:
+  return json.loads(pathlib.Path(path).read_text())
+
+
+def command_line() -> str:
+  """The command that is running, for the JSON."""
+  return "python -m benchmarks " + " ".join(sys.argv[1:]) if sys.argv else ""

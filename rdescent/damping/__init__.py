@@ -1,0 +1,50 @@
+"""Damping controllers: how Regression Descent chooses λ at each step.
+
+See `rdescent.damping._base` for the controller protocol. Public controllers:
+
+* `constant(λ)` and `schedule(fn)` (a plain float or an optax schedule),
+* `next_batch_ratio(initial=1e-5)`: the paper code's accept/reject rule,
+* `levenberg_marquardt(initial=1e-3)`: trust ratio on the same batch,
+* `residual_proportional(mu, delta)`, `gradient_proportional(mu)`,
+* `gcv()`: generalized cross-validation from one eigendecomposition.
+"""
+
+from rdescent.damping._base import DampingController
+from rdescent.damping._base import DampingStep
+from rdescent.damping._base import as_controller
+from rdescent.damping._base import constant
+from rdescent.damping._base import predicted_reduction
+from rdescent.damping._base import schedule
+from rdescent.damping._gcv import GCVState
+from rdescent.damping._gcv import gcv
+from rdescent.damping._levenberg_marquardt import LevenbergMarquardtState
+from rdescent.damping._levenberg_marquardt import levenberg_marquardt
+from rdescent.damping._levenberg_marquardt import nielsen_update
+from rdescent.damping._next_batch_ratio import NextBatchRatioState
+from rdescent.damping._next_batch_ratio import next_batch_ratio
+from rdescent.damping._next_batch_ratio import ratio_and_coefficient
+from rdescent.damping._next_batch_ratio import ratio_rule
+from rdescent.damping._proportional import ProportionalState
+from rdescent.damping._proportional import gradient_proportional
+from rdescent.damping._proportional import residual_proportional
+
+__all__ = (
+    "DampingController",
+    "DampingStep",
+    "GCVState",
+    "LevenbergMarquardtState",
+    "NextBatchRatioState",
+    "ProportionalState",
+    "as_controller",
+    "constant",
+    "gcv",
+    "gradient_proportional",
+    "levenberg_marquardt",
+    "next_batch_ratio",
+    "nielsen_update",
+    "predicted_reduction",
+    "ratio_and_coefficient",
+    "ratio_rule",
+    "residual_proportional",
+    "schedule",
+)

@@ -1,0 +1,141 @@
+"""Levenberg-Marquardt damping: the trust ratio on the same batch.
+
+For the step θ' = θ − η d(λ), compare the actual decrease of the batch loss
+with the decrease predicted by the Gauss-Newton model (one extra forward
+pass, and J d from the system matrix or one JVP):
+
+    ρ = (ℓ(θ) − ℓ(θ')) / pred,     pred = −(g·Δz + ½ Δzᵀ H Δz),  Δz = −η J d
+
+(for squared error pred = ½‖r‖² − ½‖r − η J d‖²). The step is accepted when
+ρ > `accept_ratio`; otherwise it is re-solved with λ ← ν λ, ν ← 2ν on the same
+system matrix (no new Jacobian) inside a bounded `lax.while_loop`. A failed
+Cholesky or a non-finite trial loss counts as a rejection. On acceptance λ
+follows Nielsen's rule, λ ← λ · max(1/3, 1 − (2ρ − 1)³), ν ← 2: it decreases
+when ρ > ½ (down to ⅓ λ for a near-perfect model) and grows when the model is
+poor. λ always stays in [`min_damping`, `max_damping`].
+
+LM is designed for η = 1 (the model's step); with η ≠ 1 the controller judges
+the step actually applied, θ − η d, which needs η passed as `step_size` to
+`scale_by_regression_descent` (`regression_descent` does this).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from rdescent.damping import _base
+
+
+class LevenbergMarquardtState(NamedTuple):
+  """λ for the next step and the growth factor ν of the next rejection."""
+
+  damping: jax.Array
+  growth: jax.Array
+
+
+def nielsen_update(damping, growth, ratio, accepted, min_damping, max_damping):
+  """One LM update of (λ, ν) from the trust ratio ρ.
+
+  accepted: λ ← λ max(1/3, 1 − (2ρ − 1)³), ν ← 2.   rejected: λ ← ν λ, ν ← 2ν.
+  """
+  factor = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
+  factor = jnp.where(jnp.isfinite(factor), factor, 1.0)
+  new_damping = jnp.where(accepted, damping * factor, damping * growth)
+  new_growth = jnp.where(accepted, 2.0, jnp.minimum(2.0 * growth, 1e6))
+  return _base.clamp(new_damping, min_damping, max_damping), new_growth
+
+
+def levenberg_marquardt(
+    initial: float = 1e-3,
+    *,
+    accept_ratio: float = 1e-4,
+    max_solves: int = 10,
+    min_damping: float = 1e-12,
+    max_damping: float = 1e12,
+) -> _base.DampingController:
+  """Levenberg-Marquardt trust-ratio control of λ (see the module docstring).
+
+  Args:
+    initial: λ of the first step.
+    accept_ratio: smallest ρ that accepts a step.
+    max_solves: most solves per step (the first and its re-solves); when all
+      are rejected the step is skipped (status "rejected") with λ grown.
+    min_damping, max_damping: the clamp range of λ.
+
+  A step whose predicted decrease is negligible (≤ 10 ε ℓ, e.g. at an exact
+  solution) is accepted with λ unchanged, so λ stays bounded there.
+  """
+  _base.check_range(min_damping, max_damping)
+  _base.check_positive("initial", initial)
+  if not isinstance(max_solves, int) or max_solves < 1:
+    raise ValueError(f"max_solves must be a positive int; got {max_solves!r}.")
+
+  def init(params):
+    dtype = _base.float_dtype(params)
+    return LevenbergMarquardtState(
+        damping=jnp.asarray(initial, dtype), growth=jnp.asarray(2.0, dtype)
+    )
+
+  def current(state, count):
+    del count
+    return state.damping
+
+  def fail(state):
+    damping, growth = nielsen_update(
+        state.damping, state.growth, 0.0, False, min_damping, max_damping
+    )
+    return LevenbergMarquardtState(damping=damping, growth=growth)
+
+  def step(problem, state, count, step_size):
+    del count
+    dtype = problem.outputs.dtype
+    loss = problem.loss
+    eps = jnp.finfo(dtype).eps
+    zero_direction = jax.tree_util.tree_map(jnp.zeros_like, problem.params)
+
+    def trial(damping):
+      result = problem.solve(damping)
+      direction = problem.direction(result.solution)
+      predicted = _base.predicted_reduction(problem, result.solution, direction, step_size)
+      actual = loss - problem.loss_at(_base.step_params(problem.params, direction, step_size))
+      negligible = predicted <= 10 * eps * jnp.abs(loss)
+      ratio = jnp.where(negligible, 1.0, actual / jnp.where(negligible, 1.0, predicted))
+      healthy = result.ok & _base.is_finite_tree(direction) & jnp.isfinite(actual)
+      accepted = healthy & (negligible | (ratio > accept_ratio))
+      return direction, ratio, accepted, negligible, result.ok
+
+    def body(carry):
+      i, damping, growth, _, _, _ = carry
+      direction, ratio, accepted, negligible, ok = trial(damping)
+      new_damping, new_growth = nielsen_update(
+          damping, growth, ratio, accepted, min_damping, max_damping
+      )
+      new_damping = jnp.where(accepted & negligible, damping, new_damping)
+      direction = _base.tree_select(accepted, direction, zero_direction)
+      return i + 1, new_damping, new_growth, accepted, ok, (direction, damping)
+
+    def cond(carry):
+      i, _, _, accepted, _, _ = carry
+      return (i < max_solves) & ~accepted
+
+    start = (
+        jnp.asarray(0),
+        jnp.asarray(state.damping, dtype),
+        jnp.asarray(state.growth, dtype),
+        jnp.asarray(False),
+        jnp.asarray(True),
+        (zero_direction, jnp.asarray(state.damping, dtype)),
+    )
+    _, damping, growth, accepted, ok, (direction, used) = lax.while_loop(cond, body, start)
+    new_state = LevenbergMarquardtState(
+        damping=damping.astype(state.damping.dtype), growth=growth.astype(state.growth.dtype)
+    )
+    return _base.DampingStep(
+        direction=direction, damping=used, accepted=accepted, solve_ok=ok, state=new_state
+    )
+
+  return _base.DampingController(init=init, current=current, step=step, fail=fail)
