@@ -98,6 +98,53 @@ def check_outputs(outputs: jax.Array, num_examples: int, transform: str) -> None
     )
 
 
+def check_floating(name: str, tree: Any, transform: str) -> None:
+  """Raises a TypeError when a leaf of `tree` is not floating point."""
+  for leaf in jax.tree_util.tree_leaves(tree):
+    dtype = jnp.asarray(leaf).dtype if not hasattr(leaf, "dtype") else leaf.dtype
+    if not jnp.issubdtype(dtype, jnp.inexact):
+      raise TypeError(
+          f"{transform}: `{name}` must be floating point for this loss; got "
+          f"dtype {dtype}. Cast it, e.g. `{name}.astype(jnp.float32)`."
+      )
+
+
+def check_input_dtypes(
+    inputs: Any, params_dtype: Any, transform: str, *, integer_inputs: bool = False
+) -> None:
+  """Inputs must be floating with the parameters' (compute) dtype.
+
+  A float64 batch against float32 parameters (or the reverse) would silently
+  promote the model and the step to another precision; integer inputs would
+  silently be promoted by the model's arithmetic. Both are refused at trace
+  time; `integer_inputs=True` allows integer arrays (embedding ids). Inputs in
+  a lower precision than the compute dtype (bfloat16 data with float32
+  compute) are accepted.
+  """
+  params_dtype = jnp.dtype(params_dtype)
+  for leaf in jax.tree_util.tree_leaves(inputs):
+    dtype = leaf.dtype if hasattr(leaf, "dtype") else jnp.asarray(leaf).dtype
+    if jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
+      if integer_inputs:
+        continue
+      raise TypeError(
+          f"{transform}: batch inputs have dtype {dtype}; expected floating "
+          f"point ({params_dtype}, the parameters' dtype). Cast the inputs, or "
+          "pass `integer_inputs=True` if apply_fn takes integer ids."
+      )
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f"{transform}: batch inputs have dtype {dtype}; expected floating "
+          f"point ({params_dtype})."
+      )
+    if jnp.finfo(dtype).bits > jnp.finfo(params_dtype).bits:
+      raise TypeError(
+          f"{transform}: batch inputs have dtype {dtype} but the parameters "
+          f"compute in {params_dtype}; cast the inputs to {params_dtype} (or "
+          "the parameters to the inputs' dtype) so that both agree."
+      )
+
+
 def is_concrete(value: Any) -> bool:
   """True when `value` is a Python or NumPy number (not a tracer)."""
   return isinstance(value, (int, float, np.number, np.ndarray)) and not isinstance(

@@ -7,6 +7,12 @@ factorisation that fails (A + λI not numerically positive definite, or
 non-finite input) produces NaN in the factor rather than an exception; it is
 reported through the returned `ok` flag so that callers can reject the step
 inside compiled code.
+
+Before giving up, `damped_cholesky_solve` retries a failed factorisation of a
+finite matrix with a diagonal jitter, τ_j = 100^j ε · tr(A)/n for
+j = 1, …, `max_jitter_tries` (ε the dtype's machine epsilon): a rank-deficient
+K with λ = 0, or a float32 factorisation near convergence, is then solved with
+the smallest extra damping that works, reported as `SolveResult.jitter`.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.scipy import linalg as jsp_linalg
+
+MAX_JITTER_TRIES = 3
 
 
 class SolveResult(NamedTuple):
@@ -24,10 +33,13 @@ class SolveResult(NamedTuple):
   Attributes:
     solution: x with (A + λI) x = b; same shape as b.
     ok: scalar bool, True when the factor and the solution are finite.
+    jitter: extra damping added to λ to make the factorisation succeed (0
+      when the first attempt did).
   """
 
   solution: jax.Array
   ok: jax.Array
+  jitter: jax.Array | float = 0.0
 
 
 def symmetrize(matrix: jax.Array) -> jax.Array:
@@ -35,32 +47,68 @@ def symmetrize(matrix: jax.Array) -> jax.Array:
   return 0.5 * (matrix + jnp.swapaxes(matrix, -1, -2))
 
 
-def damped_cholesky_solve(
-    matrix: jax.Array, rhs: jax.Array, damping: jax.Array | float
-) -> SolveResult:
-  """Solves (A + λI) x = b by Cholesky; batched over leading axes of A.
-
-  Args:
-    matrix: A, shape (..., n, n), symmetric positive semi-definite.
-    rhs: b, shape (..., n).
-    damping: λ ≥ 0, a scalar.
-
-  Returns:
-    `SolveResult(solution (..., n), ok)`.
-  """
-  size = matrix.shape[-1]
-  damped = symmetrize(matrix) + jnp.asarray(damping, matrix.dtype) * jnp.eye(
-      size, dtype=matrix.dtype
-  )
+def _cholesky_solve(damped: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """x = (A + λI)⁻¹ b for an already damped, symmetric A; batched; (x, ok)."""
+  size = damped.shape[-1]
   factor = jsp_linalg.cho_factor(damped, lower=True)
-  if matrix.ndim == 2:
+  if damped.ndim == 2:
     solution = jsp_linalg.cho_solve(factor, rhs)
   else:
     solution = jax.vmap(
         lambda c, b: jsp_linalg.cho_solve((c, True), b),
     )(factor[0].reshape(-1, size, size), rhs.reshape(-1, size)).reshape(rhs.shape)
   ok = jnp.all(jnp.isfinite(factor[0])) & jnp.all(jnp.isfinite(solution))
-  return SolveResult(solution=solution, ok=ok)
+  return solution, ok
+
+
+def damped_cholesky_solve(
+    matrix: jax.Array,
+    rhs: jax.Array,
+    damping: jax.Array | float,
+    *,
+    max_jitter_tries: int = MAX_JITTER_TRIES,
+) -> SolveResult:
+  """Solves (A + λI) x = b by Cholesky; batched over leading axes of A.
+
+  A failed factorisation of a finite A is retried (inside compiled code, in a
+  bounded `lax.while_loop`) with λ + τ_j, τ_j = 100^j ε tr(A)/n, for
+  j = 1, …, `max_jitter_tries`; see the module docstring.
+
+  Args:
+    matrix: A, shape (..., n, n), symmetric positive semi-definite.
+    rhs: b, shape (..., n).
+    damping: λ ≥ 0, a scalar.
+    max_jitter_tries: retries with a growing jitter (0: none).
+
+  Returns:
+    `SolveResult(solution (..., n), ok, jitter)`.
+  """
+  size = matrix.shape[-1]
+  dtype = matrix.dtype
+  symmetric = symmetrize(matrix)
+  eye = jnp.eye(size, dtype=dtype)
+  damping = jnp.asarray(damping, dtype)
+  solution, ok = _cholesky_solve(symmetric + damping * eye, rhs)
+  if max_jitter_tries < 1:
+    return SolveResult(solution=solution, ok=ok, jitter=jnp.zeros([], dtype))
+  diagonal = jnp.diagonal(symmetric, axis1=-2, axis2=-1)
+  scale = jnp.maximum(jnp.max(jnp.mean(jnp.abs(diagonal), axis=-1)), jnp.finfo(dtype).tiny)
+  base = jnp.finfo(dtype).eps * scale
+  finite_matrix = jnp.all(jnp.isfinite(symmetric)) & jnp.all(jnp.isfinite(rhs))
+
+  def cond(carry):
+    tries, _, solved, _ = carry
+    return (~solved) & finite_matrix & (tries < max_jitter_tries)
+
+  def body(carry):
+    tries, _, _, _ = carry
+    jitter = base * jnp.asarray(100.0, dtype) ** (tries + 1).astype(dtype)
+    retry, retry_ok = _cholesky_solve(symmetric + (damping + jitter) * eye, rhs)
+    return tries + 1, retry, retry_ok, jitter
+
+  start = (jnp.asarray(0), solution, ok, jnp.zeros([], dtype))
+  _, solution, ok, jitter = lax.while_loop(cond, body, start)
+  return SolveResult(solution=solution, ok=ok, jitter=jitter)
 
 
 class EigenSystem(NamedTuple):
