@@ -15,7 +15,14 @@ Engines:
   `chunk_size` with `jax.lax.map`. Peak memory: the Jacobian itself, m·k·p
   numbers, plus one chunk's autodiff intermediates (about chunk_size·k times
   the activations of one example), plus the Gram, (m k)² numbers.
-* `"auto"`: the best engine available for the model (today: `"jacobian"`).
+* `"structured"`: `rdescent.structured_gram`: K assembled layer by layer from
+  layer inputs and output cotangents, (x_i · x_j)(δ_{i,c} · δ_{j,c'}) for a
+  dense layer, without forming J; parameters outside recognised operations
+  fall back to their own per-example Jacobian, so K still equals J Jᵀ. Peak
+  memory: see that module.
+* `"auto"`: `"structured"` whenever the trace finds at least one parameter
+  used by a recognised operation (dot_general, conv_general_dilated, bias
+  add), `"jacobian"` otherwise (where both would compute the same thing).
 """
 
 from __future__ import annotations
@@ -27,11 +34,12 @@ import jax
 import jax.numpy as jnp
 
 from rdescent import _validation
+from rdescent import structured_gram as structured_lib
 
 Params = Any
 ApplyFn = Callable[[Params, Any], jax.Array]
 
-METHODS = ("auto", "jacobian")
+METHODS = ("auto", "jacobian", "structured")
 OUTPUT_MODES = ("full", "per_output")
 
 
@@ -64,11 +72,14 @@ def per_example_jacobian(
     params: the parameter pytree.
     inputs: array or pytree of arrays with leading axis m.
     num_outputs: k, outputs per example.
-    chunk_size: examples differentiated at once (None: all m).
+    chunk_size: examples differentiated at once (None: all m, with
+      `jax.vmap`; an int: `jax.lax.map` over chunks of that many examples).
   """
   single = _single_example_fn(apply_fn)
   num_params = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
   jac = jax.jacfwd(single) if num_params < num_outputs else jax.jacrev(single)
+  if chunk_size is None:
+    return jax.vmap(jac, in_axes=(None, 0))(params, inputs)
   return jax.lax.map(lambda example: jac(params, example), inputs, batch_size=chunk_size)
 
 
@@ -112,16 +123,23 @@ def gram_matrix(
     apply_fn: `apply_fn(params, inputs) -> (m,) or (m, k)`.
     params: parameter pytree.
     inputs: array or pytree of arrays with leading axis m.
-    method: `"auto"` or `"jacobian"` (see the module docstring).
+    method: `"auto"`, `"structured"` or `"jacobian"` (see the module
+      docstring); all three return the same K up to rounding.
     outputs: `"full"` for the (m k, m k) matrix, example-major, or
       `"per_output"` for the k diagonal blocks, shape (k, m, m).
-    chunk_size: examples differentiated at once by the jacobian engine.
+    chunk_size: examples differentiated at once (None: all m).
 
   Returns:
     K as described by `outputs`.
   """
   _validation.check_option("method", method, METHODS)
   _validation.check_option("outputs", outputs, OUTPUT_MODES)
+  if method in ("auto", "structured"):
+    traced = structured_lib.trace_model(apply_fn, params, inputs)
+    if method == "structured" or traced.covered:
+      return structured_lib.gram_from_trace(
+          traced, apply_fn, params, inputs, outputs=outputs, chunk_size=chunk_size
+      )
   out_shape = jax.eval_shape(apply_fn, params, inputs).shape
   jacobian = per_example_jacobian(
       apply_fn, params, inputs, num_outputs=math.prod(out_shape[1:]),

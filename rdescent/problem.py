@@ -27,6 +27,7 @@ from jax.flatten_util import ravel_pytree
 from rdescent import _validation
 from rdescent import gram as gram_lib
 from rdescent import losses as losses_lib
+from rdescent import sharding as sharding_lib
 from rdescent import solve as solve_lib
 
 SYSTEMS = ("auto", "dual", "primal")
@@ -93,13 +94,13 @@ class LinearizedProblem:
 
     if system == "dual":
       if self.per_output:
-        self.matrix = gram_lib.gram_matrix(
+        self.matrix = sharding_lib.replicated_call(gram_lib.gram_matrix)(
             apply_fn, params, inputs, method=gram, outputs="per_output",
             chunk_size=chunk_size,
         )
         self.rhs = rhs_u.T
       else:
-        gram_full = gram_lib.gram_matrix(
+        gram_full = sharding_lib.replicated_call(gram_lib.gram_matrix)(
             apply_fn, params, inputs, method=gram, outputs="full",
             chunk_size=chunk_size,
         )
@@ -111,7 +112,7 @@ class LinearizedProblem:
         self.rhs = rhs_u.reshape(-1)
     else:
       jacobian = gram_lib.flat_jacobian(
-          gram_lib.per_example_jacobian(
+          sharding_lib.replicated_call(gram_lib.per_example_jacobian)(
               apply_fn, params, inputs, num_outputs=num_outputs,
               chunk_size=chunk_size,
           ),
@@ -157,3 +158,45 @@ class LinearizedProblem:
     """The summed loss of the same batch at other parameters (one forward pass)."""
     outputs = self._apply_fn(params, self._inputs).reshape(self.num_examples, -1)
     return self._loss_fn.value(outputs, self.targets)
+
+
+def output_change_spread(change: jax.Array) -> jax.Array:
+  """max_i (max_c Δz_ic − min_c Δz_ic): the largest per-example spread of an
+  output change Δz of shape (m, k) (0 for k = 1)."""
+  return jnp.max(jnp.max(change, axis=1) - jnp.min(change, axis=1))
+
+
+def cap_logit_change(
+    problem: LinearizedProblem, direction: Any, step_size: Any, max_change: Any
+) -> tuple[Any, jax.Array, jax.Array]:
+  """Shortens d so that the step θ − η d moves no logit spread past a bound.
+
+  With the first-order logit change of the step, Δz = −η J d (one JVP),
+
+      s = min(1, B / (η σ)),     σ = max_i (max_c (J d)_ic − min_c (J d)_ic),
+
+  and the direction becomes s d, so that the predicted spread η s σ ≤ B.
+  Softmax is invariant to shifting all logits of an example, so the spread
+  (not the size) of Δz is what changes the probabilities; B = π is the bound
+  suggested by the "ghosts of softmax" analysis, within which the second-order
+  model of cross-entropy stays trustworthy.
+
+  Args:
+    problem: the `LinearizedProblem` of the step.
+    direction: d, params-shaped.
+    step_size: η ≥ 0, a scalar.
+    max_change: B > 0.
+
+  Returns:
+    `(s d, s, η s σ)`: the capped direction, the scale s ∈ (0, 1] (1 when
+    the spread is already within B or not finite) and the predicted spread
+    of the capped step.
+  """
+  spread = output_change_spread(problem.output_change(direction))
+  dtype = spread.dtype
+  predicted = jnp.abs(jnp.asarray(step_size, dtype)) * spread
+  bound = jnp.asarray(max_change, dtype)
+  over = jnp.isfinite(predicted) & (predicted > bound)
+  scale = jnp.where(over, bound / jnp.where(over, predicted, 1.0), 1.0).astype(dtype)
+  capped = jax.tree_util.tree_map(lambda d: (scale * d).astype(d.dtype), direction)
+  return capped, scale, scale * predicted

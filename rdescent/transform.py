@@ -25,6 +25,7 @@ from rdescent import damping as damping_lib
 from rdescent import gram as gram_lib
 from rdescent import losses as losses_lib
 from rdescent import problem as problem_lib
+from rdescent import sharding as sharding_lib
 
 ApplyFn = Callable[[Any, Any], jax.Array]
 
@@ -59,6 +60,11 @@ class RegressionDescentState(NamedTuple):
     num_rejected: steps not applied so far (controller rejections and
       numerical failures).
     status: code of the last step, see `STATUS_MESSAGES`.
+    step_scale: s ∈ (0, 1], the factor `max_logit_change` applied to the last
+      direction (1 when the option is off or nothing was applied).
+    logit_change_spread: η s σ, the first-order logit-change spread of the
+      last applied step (see `max_logit_change`); 0 when the option is off or
+      nothing was applied.
   """
 
   count: jax.Array
@@ -70,16 +76,67 @@ class RegressionDescentState(NamedTuple):
   solve_ok: jax.Array
   num_rejected: jax.Array
   status: jax.Array
+  step_scale: jax.Array | float = 1.0
+  logit_change_spread: jax.Array | float = 0.0
+
+
+def _compute_dtype(dtype: Any) -> jnp.dtype:
+  """float32 for bfloat16/float16, else the dtype itself."""
+  dtype = jnp.dtype(dtype)
+  if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+    return jnp.dtype(jnp.float32)
+  return dtype
 
 
 def _float_dtype(params: Any) -> jnp.dtype:
+  """The dtype RD computes in: the params' common dtype, at least float32."""
   dtypes = [jnp.asarray(leaf).dtype for leaf in jax.tree_util.tree_leaves(params)]
-  return jnp.result_type(*dtypes) if dtypes else jnp.float32
+  return _compute_dtype(jnp.result_type(*dtypes)) if dtypes else jnp.dtype(jnp.float32)
+
+
+def _upcast(params: Any) -> Any:
+  """bfloat16/float16 leaves cast to float32, others unchanged.
+
+  The Gram matrix and its Cholesky factorisation are computed in float32 for
+  low-precision parameters: a bfloat16 Cholesky of K fails or is meaningless
+  (8 significant bits). The direction is cast back to each leaf's dtype.
+  """
+  return jax.tree_util.tree_map(
+      lambda leaf: jnp.asarray(leaf).astype(_compute_dtype(jnp.asarray(leaf).dtype)), params
+  )
 
 
 def _all_finite(tree: Any) -> jax.Array:
   leaves = jax.tree_util.tree_leaves(tree)
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def _check_positive(name: str, value: Any) -> None:
+  """Trace-time check of a concrete option that must be finite and > 0."""
+  _validation.check_nonnegative_finite(name, value)
+  if _validation.is_concrete(value) and value <= 0:
+    raise ValueError(f"{name} must be > 0; got {value!r}.")
+
+
+def _scaled_outputs(apply_fn: ApplyFn, output_scale: Any) -> ApplyFn:
+  """(params, inputs) ↦ α apply_fn(params, inputs), α = `output_scale`."""
+
+  def scaled(params, inputs):
+    outputs = apply_fn(params, inputs)
+    return (jnp.asarray(output_scale, outputs.dtype) * outputs).astype(outputs.dtype)
+
+  return scaled
+
+
+def _refuse_step_memory(damping_state: Any) -> None:
+  """`max_logit_change` with `next_batch_ratio` (its undo would not match)."""
+  if isinstance(damping_state, damping_lib.NextBatchRatioState):
+    raise ValueError(
+        "max_logit_change cannot be combined with damping="
+        "rdescent.damping.next_batch_ratio(): that controller undoes a rejected "
+        "step by the uncapped amount. Use another controller, or "
+        "max_logit_change=None."
+    )
 
 
 def scale_by_regression_descent(
@@ -92,6 +149,9 @@ def scale_by_regression_descent(
     system: str = "auto",
     chunk_size: int | None = None,
     step_size: optax.ScalarOrSchedule = 1.0,
+    integer_inputs: bool = False,
+    output_scale: float = 1.0,
+    max_logit_change: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """The Regression Descent direction d = Jᵀ (K + λI)⁻¹ r (gradient sign).
 
@@ -103,7 +163,9 @@ def scale_by_regression_descent(
       (trailing axes are flattened into k). Examples must be independent.
     damping: λ ≥ 0: a float, an optax schedule of the step count, or a
       controller from `rdescent.damping`.
-    loss: `"mse"` (½‖r‖² summed) or an `rdescent.losses.Loss`.
+    loss: `"mse"` (½‖r‖² summed), `"softmax_cross_entropy"` (targets one-hot
+      or integer labels), `"sigmoid_binary_cross_entropy"`, `"huber"`, or an
+      `rdescent.losses.Loss` (see `rdescent.losses` for the math).
     outputs: `"full"`: one (m k) × (m k) system with K = J Jᵀ (example-major).
       `"per_output"`: the paper's reference form, one m × m system per output
       c, α_c = (K_c + λI)⁻¹ r_c, d = (1/k) Σ_c J_cᵀ α_c (squared error only).
@@ -116,6 +178,37 @@ def scale_by_regression_descent(
       applies after this transform, θ ← θ − η d; `regression_descent` passes
       its learning rate. Only damping controllers that predict or undo a step
       use it (`levenberg_marquardt`, `next_batch_ratio`); it does not scale d.
+    integer_inputs: allow integer input arrays (token ids for an embedding).
+      By default inputs must be floating point with the parameters' dtype, so
+      that a model never silently computes with integer or mixed-precision
+      data.
+    output_scale: α > 0; the model's outputs are α f(θ; X), so the residual
+      is r = α f(θ; X) − Y (and K scales by α²). Large α puts the network in
+      the lazy (kernel) regime, where it moves its outputs far while its
+      parameters, hence its features, barely move: the analyses of
+      Gauss-Newton for under-parameterised networks (Riemannian / lazy
+      training) show linear convergence of RD/GN there, at the price of
+      feature learning and of initial outputs of size α. It helps when the
+      network is (near) its linearisation's capacity, e.g. small models
+      fitting smooth targets, or to make the early steps less aggressive in
+      parameter space; α = 1 (the default) is the plain model. The loss sees
+      α f, so predictions must be made with α f too.
+    max_logit_change: B > 0 or None (off). Caps each step so that the
+      first-order change of the outputs, Δz = −η J d, has a per-example
+      spread max_c Δz_ic − min_c Δz_ic of at most B for every example i: d is
+      multiplied by s = min(1, B / (η σ)) (`rdescent.problem.cap_logit_change`,
+      one JVP per step). Softmax only sees logit differences, so this is the
+      trust region of a cross-entropy step; B = π is the suggested value (the
+      "ghosts of softmax" bound). The scale and the predicted spread are in
+      the state (`step_scale`, `logit_change_spread`). Only regular steps
+      are capped (not a controller's undo); controllers that judge a step
+      (`levenberg_marquardt`, a line search) judge it before the cap, and
+      `next_batch_ratio` is refused, because its undo would not match the
+      capped step. With k = 1 the spread is 0 and nothing is capped.
+
+  Precision: the Gram matrix, the solve and the state are computed in the
+  parameters' dtype, but at least float32: bfloat16/float16 parameters are
+  upcast for the step and the direction is cast back to each leaf's dtype.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; its `update` must be called as
@@ -134,11 +227,20 @@ def scale_by_regression_descent(
     )
   if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
     raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}.")
+  _check_positive("output_scale", output_scale)
+  if max_logit_change is not None:
+    _check_positive("max_logit_change", max_logit_change)
+  if not (_validation.is_concrete(output_scale) and output_scale == 1.0):
+    apply_fn = _scaled_outputs(apply_fn, output_scale)
   controller = damping_lib.as_controller(damping)
 
   def init_fn(params):
+    _validation.check_params(params, name)
+    params = _upcast(params)
     dtype = _float_dtype(params)
     count = jnp.zeros([], jnp.int32)
+    if max_logit_change is not None:
+      _refuse_step_memory(controller.init(params))
     return RegressionDescentState(
         count=count,
         damping=jnp.asarray(controller.current(controller.init(params), count), dtype),
@@ -149,18 +251,34 @@ def scale_by_regression_descent(
         solve_ok=jnp.asarray(True),
         num_rejected=jnp.zeros([], jnp.int32),
         status=jnp.asarray(STATUS_OK, jnp.int32),
+        step_scale=jnp.ones([], dtype),
+        logit_change_spread=jnp.zeros([], dtype),
     )
 
   def update_fn(updates, state, params=None, *, batch=None, **extra_args):
     del updates, extra_args
     _validation.check_params(params, name)
     inputs, targets = _validation.check_batch(batch, name)
+    storage_params, params = params, _upcast(params)
+    _validation.check_input_dtypes(
+        inputs, _float_dtype(params), name, integer_inputs=integer_inputs
+    )
+    if loss_obj.squared_error:
+      _validation.check_floating("targets", targets, name)
     problem = problem_lib.LinearizedProblem(
         apply_fn, params, inputs, targets, loss=loss_obj, outputs=outputs,
         gram=gram, system=system, chunk_size=chunk_size, name=name,
     )
     eta = step_size(state.count) if callable(step_size) else step_size
     step = controller.step(problem, state.damping_state, state.count, eta)
+    if max_logit_change is not None:
+      _refuse_step_memory(state.damping_state)
+      capped, step_scale, spread = problem_lib.cap_logit_change(
+          problem, step.direction, eta, max_logit_change
+      )
+      # An undo (rejected step) passes unchanged.
+      step = step._replace(direction=jax.tree_util.tree_map(
+          lambda c, d: jnp.where(step.accepted, c, d), capped, step.direction))
 
     finite_loss = jnp.isfinite(problem.loss) & _all_finite(problem.factors.rhs)
     finite_direction = _all_finite(step.direction)
@@ -175,7 +293,7 @@ def scale_by_regression_descent(
     keep = apply | (status == STATUS_REJECTED)
     direction = jax.tree_util.tree_map(
         lambda d, p: jnp.where(keep, d, jnp.zeros_like(d)).astype(jnp.asarray(p).dtype),
-        step.direction, params,
+        step.direction, storage_params,
     )
     # Numerical failures: the controller learns of them through `fail`.
     failed = ~keep
@@ -183,21 +301,44 @@ def scale_by_regression_descent(
         lambda bad, good: jnp.where(failed, bad, good),
         controller.fail(state.damping_state), step.state,
     )
+    # Nothing non-finite enters the state: a failed step keeps the last
+    # finite diagnostics (its `status` says why).
     dtype = state.loss.dtype
+    used_damping = jnp.asarray(step.damping, state.damping.dtype)
+    used_damping = jnp.where(
+        failed | ~jnp.isfinite(used_damping),
+        jnp.asarray(controller.current(damping_state, state.count), state.damping.dtype),
+        used_damping,
+    )
+    residual_norm = jnp.linalg.norm(problem.factors.rhs)
     new_state = RegressionDescentState(
         count=optax.safe_increment(state.count),
-        damping=jnp.asarray(step.damping, state.damping.dtype),
+        damping=used_damping,
         damping_state=damping_state,
-        loss=jnp.asarray(problem.loss, dtype),
-        residual_norm=jnp.asarray(jnp.linalg.norm(problem.factors.rhs), dtype),
+        loss=jnp.where(finite_loss, jnp.asarray(problem.loss, dtype), state.loss),
+        residual_norm=jnp.where(
+            finite_loss, jnp.asarray(residual_norm, dtype), state.residual_norm
+        ),
         accepted=apply,
         solve_ok=jnp.asarray(step.solve_ok),
         num_rejected=state.num_rejected + (~apply).astype(jnp.int32),
         status=status,
     )
+    if max_logit_change is not None:
+      new_state = new_state._replace(
+          step_scale=jnp.where(apply, step_scale, 1.0).astype(dtype),
+          logit_change_spread=jnp.where(apply, spread, 0.0).astype(dtype),
+      )
+    else:
+      new_state = new_state._replace(
+          step_scale=jnp.ones([], dtype), logit_change_spread=jnp.zeros([], dtype)
+      )
     return direction, new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  # Under a mesh with Explicit axes the step runs with Auto axes (rdescent.sharding).
+  return optax.GradientTransformationExtraArgs(
+      init_fn, sharding_lib.auto_axes_update(update_fn)
+  )
 
 
 def regression_descent(
@@ -210,6 +351,9 @@ def regression_descent(
     gram: str = "auto",
     system: str = "auto",
     chunk_size: int | None = None,
+    integer_inputs: bool = False,
+    output_scale: float = 1.0,
+    max_logit_change: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Regression Descent: θ ← θ − η Jᵀ (J Jᵀ + λI)⁻¹ r.
 
@@ -228,6 +372,8 @@ def regression_descent(
       scale_by_regression_descent(
           apply_fn, damping=damping, loss=loss, outputs=outputs, gram=gram,
           system=system, chunk_size=chunk_size, step_size=learning_rate,
+          integer_inputs=integer_inputs, output_scale=output_scale,
+          max_logit_change=max_logit_change,
       ),
       optax.scale_by_learning_rate(learning_rate),
   )

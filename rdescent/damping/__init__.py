@@ -7,6 +7,9 @@ See `rdescent.damping._base` for the controller protocol. Public controllers:
 * `levenberg_marquardt(initial=1e-3)`: trust ratio on the same batch,
 * `residual_proportional(mu, delta)`, `gradient_proportional(mu)`,
 * `gcv()`: generalized cross-validation from one eigendecomposition.
+
+`backtracking(controller)` wraps any of them with a bounded line search on
+the same batch.
 """
 
 from rdescent.damping._base import DampingController
@@ -20,6 +23,8 @@ from rdescent.damping._gcv import gcv
 from rdescent.damping._levenberg_marquardt import LevenbergMarquardtState
 from rdescent.damping._levenberg_marquardt import levenberg_marquardt
 from rdescent.damping._levenberg_marquardt import nielsen_update
+from rdescent.damping._line_search import BacktrackingState
+from rdescent.damping._line_search import backtracking
 from rdescent.damping._next_batch_ratio import NextBatchRatioState
 from rdescent.damping._next_batch_ratio import next_batch_ratio
 from rdescent.damping._next_batch_ratio import ratio_and_coefficient
@@ -29,6 +34,7 @@ from rdescent.damping._proportional import gradient_proportional
 from rdescent.damping._proportional import residual_proportional
 
 __all__ = (
+    "BacktrackingState",
     "DampingController",
     "DampingStep",
     "GCVState",
@@ -36,6 +42,7 @@ __all__ = (
     "NextBatchRatioState",
     "ProportionalState",
     "as_controller",
+    "backtracking",
     "constant",
     "gcv",
     "gradient_proportional",

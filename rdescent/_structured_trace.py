@@ -1,0 +1,289 @@
+"""Finding the linear operations that consume a model's parameters, in its jaxpr.
+
+The structured Gram engine (`rdescent.structured_gram`) needs, for every
+parameter leaf θ_ℓ, the operations through which θ_ℓ reaches the outputs. This
+module walks the jaxpr of one example's forward pass, `f(θ, x_i) -> (k,)`,
+and follows each leaf through *views* (reshape, transpose, squeeze,
+expand_dims, copy, broadcast_in_dim, float convert_element_type). A view of a
+leaf that is consumed by one of
+
+    dot_general(x, V) or dot_general(V, x)          kind "dot"
+    conv_general_dilated(x, V)                      kind "conv"   (V the kernel)
+    add(x, V) or add(V, x), output shaped like x     kind "bias"
+
+with the other operand x not itself a parameter view, is a *site*: the output
+z = op(x, V) depends on θ_ℓ only through V, so ∂f/∂θ_ℓ at that site is the
+vector-Jacobian product of V ↦ op(x, V) with the cotangent δ = ∂f/∂z.
+
+A leaf is *covered* when every use of it is a site; any other use (an
+elementwise scale, a norm, a gather, a control-flow primitive, an output of
+the model) makes it a *fallback* leaf, whose per-example Jacobian the engine
+materialises. Calls to `jax.jit` / `closed_call` are walked into (inlined);
+other higher-order primitives (custom_jvp_call, scan, cond, remat, ...) are
+evaluated as they are, and a leaf that enters one falls back.
+
+The same walker evaluates the jaxpr (`evaluate`): it adds a perturbation e_s
+to the output of each active site s, z_s + e_s, and records the site's input
+x_s, so that one VJP with respect to the (zero) perturbations gives every
+δ_s = ∂f/∂z_s. A "dot" or "conv" site whose output feeds only a "bias" site
+shares that site's perturbation (their cotangents are equal), which halves the
+cotangent memory of dense and convolution layers.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax.extend import core as jex_core
+
+_VIEW_PRIMITIVES = frozenset(
+    {"reshape", "transpose", "squeeze", "expand_dims", "copy", "copy_p", "broadcast_in_dim"}
+)
+_INLINED_CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _ParamView:
+  """A value equal to `chain` applied to parameter leaf number `leaf`."""
+
+  leaf: int
+  chain: tuple  # JaxprEqn views, applied in order
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+  """A recognised parameter-consuming linear operation (per-example shapes).
+
+  Attributes:
+    index: position in program order (the walker's numbering).
+    kind: "dot", "conv" or "bias".
+    leaf: index of the parameter leaf (in `jax.tree_util.tree_leaves` order).
+    chain: the view equations from the leaf to the operand V.
+    param_position: operand index of V in `eqn` (0 or 1).
+    eqn: the equation itself (primitive and its parameters).
+    input_aval: abstract value of the other operand x (one example).
+    output_aval: abstract value of z = op(x, V) (one example).
+  """
+
+  index: int
+  kind: str
+  leaf: int
+  chain: tuple
+  param_position: int
+  eqn: Any
+  input_aval: Any
+  output_aval: Any
+
+  @property
+  def view_is_isometric(self) -> bool:
+    """True when V is a re-arrangement of the leaf (same numbers, no copies)."""
+    leaf_size = math.prod(self.chain[0].invars[0].aval.shape) if self.chain else None
+    sizes = {math.prod(e.outvars[0].aval.shape) for e in self.chain}
+    return not self.chain or sizes == {leaf_size}
+
+
+@dataclasses.dataclass(frozen=True)
+class Structure:
+  """What the walk found: sites, fallback leaves and shared perturbations.
+
+  Attributes:
+    sites: every site, in program order (including those of fallback leaves).
+    fallback: leaves with at least one use that is not a site.
+    shares: {dot/conv site: bias site} whose cotangents are equal (both active).
+  """
+
+  sites: tuple[Site, ...]
+  fallback: frozenset[int]
+  shares: dict[int, int]
+
+  def active(self, site: Site) -> bool:
+    return site.leaf not in self.fallback
+
+  @property
+  def active_sites(self) -> tuple[Site, ...]:
+    return tuple(s for s in self.sites if self.active(s))
+
+  @property
+  def perturbed(self) -> tuple[int, ...]:
+    """Active sites that get their own perturbation (the cotangent sources)."""
+    return tuple(s.index for s in self.active_sites if s.index not in self.shares)
+
+  def source(self, site: Site) -> int:
+    """The site whose perturbation gives `site`'s cotangent."""
+    return self.shares.get(site.index, site.index)
+
+
+def _is_view(eqn) -> bool:
+  name = eqn.primitive.name
+  if name == "convert_element_type":
+    return jnp.issubdtype(eqn.params["new_dtype"], jnp.floating)
+  return name in _VIEW_PRIMITIVES
+
+
+def _site_kind(eqn, tags) -> str | None:
+  tagged = [i for i, tag in enumerate(tags) if tag is not None]
+  if len(tagged) != 1 or len(eqn.invars) != 2:
+    return None
+  name = eqn.primitive.name
+  if name == "dot_general":
+    return "dot"
+  if name == "conv_general_dilated" and tagged == [1]:
+    return "conv"
+  if name == "add":
+    other = eqn.invars[1 - tagged[0]].aval
+    out = eqn.outvars[0].aval
+    if other.shape == out.shape and other.dtype == out.dtype:
+      return "bias"
+  return None
+
+
+def bind(eqn, operands: list[Any]) -> Any:
+  """Applies `eqn`'s primitive with its parameters to `operands`."""
+  return eqn.primitive.bind(*operands, **eqn.primitive.get_bind_params(eqn.params))
+
+
+def apply_chain(chain: tuple, leaf: jax.Array) -> jax.Array:
+  """V = the view equations of `chain` applied to a parameter leaf."""
+  for eqn in chain:
+    leaf = bind(eqn, [leaf])
+  return leaf
+
+
+SiteHook = Callable[[Site, list[Any], Any], Any]
+
+
+class _Walker:
+  """Walks (and, given a hook, evaluates) a jaxpr, tracking parameter views."""
+
+  def __init__(self, hook: SiteHook | None):
+    self.hook = hook
+    self.sites: list[Site] = []
+    self.fallback: set[int] = set()
+    self.candidate_shares: list[tuple[int, int]] = []
+
+  def run(self, jaxpr, consts, args, arg_tags):
+    evaluate = self.hook is not None
+    values: dict[Any, Any] = {}
+    tags: dict[Any, _ParamView | None] = {}
+    uses = collections.Counter(
+        v for eqn in jaxpr.eqns for v in eqn.invars if not isinstance(v, jex_core.Literal)
+    )
+    uses.update(v for v in jaxpr.outvars if not isinstance(v, jex_core.Literal))
+    dot_outputs: dict[Any, int] = {}
+
+    def read(v):
+      if isinstance(v, jex_core.Literal):
+        return v.val, None
+      return values.get(v), tags.get(v)
+
+    for v, value in zip(jaxpr.constvars, consts):
+      values[v], tags[v] = value, None
+    for v, value, tag in zip(jaxpr.invars, args, arg_tags):
+      values[v], tags[v] = value, tag
+
+    for eqn in jaxpr.eqns:
+      operands, in_tags = zip(*map(read, eqn.invars)) if eqn.invars else ((), ())
+      operands, in_tags = list(operands), list(in_tags)
+      out_tags = [None] * len(eqn.outvars)
+      name = eqn.primitive.name
+      if not any(in_tags):
+        outs = self._bind(eqn, operands) if evaluate else None
+      elif name in _INLINED_CALLS:
+        inner = eqn.params[_INLINED_CALLS[name]]
+        outs, out_tags = self.run(inner.jaxpr, inner.consts, operands, in_tags)
+      elif _is_view(eqn):
+        tag = in_tags[0]
+        out_tags = [_ParamView(tag.leaf, tag.chain + (eqn,))]
+        outs = self._bind(eqn, operands) if evaluate else None
+      elif (kind := _site_kind(eqn, in_tags)) is not None:
+        position = next(i for i, tag in enumerate(in_tags) if tag is not None)
+        tag = in_tags[position]
+        site = Site(
+            index=len(self.sites), kind=kind, leaf=tag.leaf, chain=tag.chain,
+            param_position=position, eqn=eqn,
+            input_aval=eqn.invars[1 - position].aval, output_aval=eqn.outvars[0].aval,
+        )
+        self.sites.append(site)
+        other = eqn.invars[1 - position]
+        if kind in ("dot", "conv"):
+          dot_outputs[eqn.outvars[0]] = site.index
+        elif kind == "bias" and other in dot_outputs and uses[other] == 1:
+          self.candidate_shares.append((dot_outputs[other], site.index))
+        outs = self.hook(site, operands, bind(eqn, operands)) if evaluate else None
+      else:
+        self.fallback.update(tag.leaf for tag in in_tags if tag is not None)
+        outs = self._bind(eqn, operands) if evaluate else None
+      if not eqn.primitive.multiple_results and name not in _INLINED_CALLS:
+        outs = [outs]
+      for i, v in enumerate(eqn.outvars):
+        values[v] = outs[i] if outs is not None else None
+        tags[v] = out_tags[i]
+    results = [read(v) for v in jaxpr.outvars]
+    return [r[0] for r in results], [r[1] for r in results]
+
+  @staticmethod
+  def _bind(eqn, operands):
+    out = bind(eqn, operands)
+    return list(out) if eqn.primitive.multiple_results else out
+
+
+def _param_tags(num_params: int, num_args: int) -> list[_ParamView | None]:
+  return [_ParamView(i, ()) if i < num_params else None for i in range(num_args)]
+
+
+def analyse(closed_jaxpr, num_params: int) -> Structure:
+  """Finds the sites of a jaxpr whose first `num_params` inputs are parameter leaves."""
+  walker = _Walker(hook=None)
+  jaxpr = closed_jaxpr.jaxpr
+  _, out_tags = walker.run(
+      jaxpr, closed_jaxpr.consts, [None] * len(jaxpr.invars),
+      _param_tags(num_params, len(jaxpr.invars)),
+  )
+  fallback = walker.fallback | {tag.leaf for tag in out_tags if tag is not None}
+  active = lambda index: walker.sites[index].leaf not in fallback
+  shares = {d: b for d, b in walker.candidate_shares if active(d) and active(b)}
+  return Structure(tuple(walker.sites), frozenset(fallback), shares)
+
+
+def evaluate(
+    closed_jaxpr,
+    structure: Structure,
+    num_params: int,
+    args: list[Any],
+    perturbations: dict[int, jax.Array],
+) -> tuple[list[Any], dict[int, Any]]:
+  """Evaluates the jaxpr with z_s + e_s at the perturbed sites.
+
+  Args:
+    closed_jaxpr: the jaxpr that `analyse` saw.
+    structure: its `Structure`.
+    num_params: how many leading inputs are parameter leaves.
+    args: the jaxpr's inputs (parameter leaves, then the example's leaves).
+    perturbations: {site index: e_s} for `structure.perturbed`, shaped like
+      the site's output.
+
+  Returns:
+    The jaxpr's outputs and {site index: x_s}, the other operand of every
+    active "dot" and "conv" site.
+  """
+  layer_inputs: dict[int, Any] = {}
+
+  def hook(site, operands, out):
+    if not structure.active(site):
+      return out
+    if site.kind in ("dot", "conv"):
+      layer_inputs[site.index] = operands[1 - site.param_position]
+    if site.index in perturbations:
+      out = out + perturbations[site.index]
+    return out
+
+  jaxpr = closed_jaxpr.jaxpr
+  outs, _ = _Walker(hook).run(
+      jaxpr, closed_jaxpr.consts, args, _param_tags(num_params, len(jaxpr.invars))
+  )
+  return outs, layer_inputs

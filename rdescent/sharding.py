@@ -1,0 +1,306 @@
+"""Data-parallel Regression Descent with `jax.sharding`.
+
+RD needs no distribution layer of its own: shard the batch along the example
+axis over a mesh, keep the parameters replicated (or shard some of them over
+a second mesh axis), and jit the step. The RD transforms run unchanged on
+meshes with `AxisType.Auto` and `AxisType.Explicit` axes (under Explicit axes
+the step runs with Auto axes inside, see `auto_axes_update`, and returns the
+direction with the parameters' shardings).
+
+A full data-parallel training loop (one host; on many hosts call
+`jax.distributed.initialize()` first, every process runs the same program on
+its own part of the batch, see `shard_batch`):
+
+    import jax, optax, rdescent as rd
+    from jax.sharding import AxisType
+
+    mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                         axis_types=(AxisType.Explicit,))
+    tx = rd.regression_descent(apply_fn, learning_rate=1.0, damping=1e-3)
+    params = rd.sharding.replicate(params, mesh)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def train_step(params, opt_state, batch):
+      updates, opt_state = tx.update(None, opt_state, params, batch=batch)
+      return optax.apply_updates(params, updates), opt_state
+
+    with jax.set_mesh(mesh):
+      for inputs, targets in batches:          # m examples, m divisible by devices
+        batch = rd.sharding.shard_batch((inputs, targets), mesh, axis="data")
+        params, opt_state = train_step(params, opt_state, batch)
+
+Layout of one step, n devices, m examples (m/n per device), k outputs, dense
+layers l with widths d_in,l → d_out,l, p parameters:
+
+1. forward pass and the k cotangent passes on local examples: no traffic;
+2. all-gather of the layer inputs a (m × d_in,l) and cotangents δ
+   (m × k × d_out,l), the low-rank factors of K (`rdescent.gram`, structured
+   engine); with per-example Jacobians instead, their m k p numbers;
+3. all-gather of the residuals r (m k numbers); every device then holds K
+   (built from the gathered factors) and solves the (m k)² system replicated
+   — or builds only its block row of K and all-gathers the rows ((m k)²);
+4. the direction Jᵀα is a local VJP with the local slice of α followed by a
+   psum (all-reduce) of p numbers.
+
+`communication_bytes` evaluates the volume. Under `jax.jit` the XLA SPMD
+partitioner derives the collectives from the shardings; the formula is the
+volume of the layout above.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+
+GRAM_LAYOUTS = ("replicated", "row_blocks")
+GATHERED = ("factors", "jacobian")
+
+
+def shard_batch(batch: Any, mesh: Mesh, axis: str | Sequence[str] = "data") -> Any:
+  """Places every array of `batch` on `mesh`, split along its leading (example) axis.
+
+  Each leaf of shape (m, ...) gets `NamedSharding(mesh, PartitionSpec(axis))`:
+  device j of the `axis` mesh dimension holds examples [j m/n, (j+1) m/n)
+  (n the size of `axis`, replicated over the other mesh axes).
+
+  On several hosts (after `jax.distributed.initialize()`) pass each process's
+  own examples and build the global array with
+  `jax.make_array_from_process_local_data(sharding, local_batch)` instead.
+
+  Args:
+    batch: an array or pytree of arrays with a common leading axis m.
+    mesh: the device mesh (`jax.make_mesh`).
+    axis: the mesh axis (or axes) the examples are split over.
+
+  Returns:
+    The batch as global `jax.Array`s sharded over `axis`.
+  """
+  axes = (axis,) if isinstance(axis, str) else tuple(axis)
+  for name in axes:
+    if name not in mesh.axis_names:
+      raise ValueError(
+          f"shard_batch: axis={name!r} is not an axis of the mesh; mesh axes are "
+          f"{mesh.axis_names}."
+      )
+  num_shards = math.prod(mesh.shape[name] for name in axes)
+  leaves = jax.tree_util.tree_leaves(batch)
+  if not leaves:
+    raise ValueError("shard_batch: `batch` has no array leaves.")
+  for leaf in leaves:
+    shape = jax.numpy.shape(leaf)
+    if not shape or shape[0] % num_shards:
+      raise ValueError(
+          f"shard_batch: every leaf needs a leading example axis divisible by the "
+          f"{num_shards} shards of mesh axis {axis!r}; got a leaf of shape {shape}."
+      )
+  spec = PartitionSpec(axes[0] if len(axes) == 1 else axes)
+  return jax.device_put(batch, NamedSharding(mesh, spec))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Places every array of `tree` on all devices of `mesh` (`PartitionSpec()`)."""
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def _spec(leaf: Any) -> PartitionSpec:
+  """The PartitionSpec of an array's type (replicated for non-arrays)."""
+  try:
+    return jax.typeof(leaf).sharding.spec
+  except (AttributeError, TypeError):
+    return PartitionSpec()
+
+
+def _explicit_mesh(tree: Any) -> Any:
+  """The abstract mesh with Explicit axes in use, or None.
+
+  The mesh set by `jax.set_mesh`, else the mesh of the first array of `tree`
+  whose sharding has Explicit axes (arrays placed with `shard_batch` and
+  passed to a jitted step without a mesh context).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty:
+    return mesh if mesh.explicit_axes else None
+  for leaf in jax.tree_util.tree_leaves(tree):
+    if not isinstance(leaf, jax.Array):
+      continue
+    leaf_mesh = getattr(jax.typeof(leaf).sharding, "mesh", None)
+    if leaf_mesh is not None and not leaf_mesh.empty and leaf_mesh.explicit_axes:
+      return getattr(leaf_mesh, "abstract_mesh", leaf_mesh)
+  return None
+
+
+def auto_axes_update(update_fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any]]:
+  """Runs an RD `update_fn` with Auto mesh axes when the current mesh has Explicit ones.
+
+  Under `AxisType.Explicit` every contraction over a sharded axis needs its
+  output sharding spelled out ("contracting dimensions are sharded"). RD's
+  Gram matrices and solves contract over the example axis everywhere, and
+  their operands are small, so the step is traced with the mesh's axes made
+  Auto (`jax.sharding.auto_axes`): the XLA partitioner places the
+  collectives. The returned direction gets each parameter's sharding and the
+  state the shardings of the incoming state. Without a mesh, or with Auto
+  axes only, `update_fn` is called as is.
+  """
+
+  def wrapped(updates, state, params=None, **extra_args):
+    mesh = _explicit_mesh((params, extra_args))
+    if params is None or mesh is None:
+      return update_fn(updates, state, params, **extra_args)
+    leaves, treedef = jax.tree_util.tree_flatten(extra_args)
+    is_array = [isinstance(leaf, jax.Array) for leaf in leaves]
+    arrays = [leaf for leaf, array in zip(leaves, is_array) if array]
+
+    def call(updates, state, params, arrays):
+      it = iter(arrays)
+      merged = [next(it) if array else leaf for leaf, array in zip(leaves, is_array)]
+      return update_fn(updates, state, params, **jax.tree_util.tree_unflatten(treedef, merged))
+
+    out_sharding = (jax.tree_util.tree_map(_spec, params),
+                    jax.tree_util.tree_map(_spec, state))
+    with jax.sharding.use_abstract_mesh(mesh):
+      return jax.sharding.auto_axes(call, out_sharding=out_sharding)(
+          updates, state, params, arrays
+      )
+
+  return wrapped
+
+
+def replicated_call(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """`fn` evaluated with all of its array arguments on every device of the mesh.
+
+  Under a mesh context (`jax.set_mesh`, or the Auto axes of
+  `auto_axes_update`) the call runs inside `jax.shard_map` with replicated
+  inputs and output: the arguments are all-gathered (for RD: the m inputs of
+  the batch, m · d_0 numbers, and any parameter sharded over a model axis),
+  and every device evaluates `fn` on all of them, without the XLA partitioner.
+  RD builds its Gram matrix K (and the per-example Jacobians of the primal
+  system) this way: the (m k)² solve that follows runs replicated anyway, and
+  the partitioner of XLA 0.10 computes a wrong per-example Jacobian of a
+  convolution whose batch is sharded (vmap of a convolution's kernel
+  gradient). Without a mesh, or inside `shard_map`, `fn` is called as is.
+  """
+
+  def wrapped(*args, **kwargs):
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.manual_axes:
+      return fn(*args, **kwargs)
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+    is_array = [isinstance(leaf, jax.Array) for leaf in leaves]
+    arrays = [leaf for leaf, array in zip(leaves, is_array) if array]
+
+    def local(arrays):
+      it = iter(arrays)
+      merged = [next(it) if array else leaf for leaf, array in zip(leaves, is_array)]
+      call_args, call_kwargs = jax.tree_util.tree_unflatten(treedef, merged)
+      return fn(*call_args, **call_kwargs)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(),),
+                         out_specs=PartitionSpec(), check_vma=False)(arrays)
+
+  return wrapped
+
+
+class CommunicationBytes(NamedTuple):
+  """Bytes each device receives in one data-parallel RD step (see the module docstring).
+
+  Attributes:
+    layer_inputs: all-gather of the layer inputs, (n−1)/n · m · Σ_l d_in,l.
+    cotangents: all-gather of the cotangents, (n−1)/n · m k · Σ_l d_out,l;
+      with `gathered="jacobian"`: the per-example Jacobians, (n−1)/n · m k p
+      (and `layer_inputs` is 0).
+    residuals: all-gather of the residuals, (n−1)/n · m k.
+    gram: all-gather of K's block rows, (n−1)/n · (m k)² (per output:
+      (n−1)/n · k m²); 0 when every device builds all of K.
+    direction: ring all-reduce of the p-vector Jᵀα, 2 (n−1)/n · p.
+    total: the sum.
+  """
+
+  layer_inputs: float
+  cotangents: float
+  residuals: float
+  gram: float
+  direction: float
+  total: float
+
+
+def communication_bytes(
+    num_examples: int,
+    layer_sizes: Sequence[int],
+    num_devices: int,
+    *,
+    num_outputs: int | None = None,
+    outputs: str = "full",
+    gram_layout: str = "replicated",
+    gathered: str = "factors",
+    num_params: int | None = None,
+    bytes_per_number: int = 4,
+) -> CommunicationBytes:
+  """Bytes received per device in one data-parallel RD step of a dense network.
+
+  With n devices, m examples, k outputs, dense layers d_in,l → d_out,l
+  (consecutive `layer_sizes`), p parameters and b bytes per number:
+
+      b (n−1)/n · [ m Σ_l d_in,l  +  m k Σ_l d_out,l      (K's factors a, δ)
+                    + m k                                 (residuals)
+                    + G                                   (K's rows, see below)
+                    + 2 p ]                               (psum of Jᵀα)
+
+  G = 0 when every device builds all of K from the gathered factors
+  (`gram_layout="replicated"`, no K traffic, the K work done n times), or
+  G = (m k)² (per output: k m²) when each builds its block row and the rows
+  are all-gathered (`"row_blocks"`). `gathered="jacobian"` replaces the
+  factor terms by the per-example Jacobians, m k p. The all-reduce is
+  counted as a ring (reduce-scatter then all-gather). Loss scalars are
+  ignored. Per-output mode gathers the same factors (all k cotangents).
+
+  Args:
+    num_examples: m, the global batch size.
+    layer_sizes: widths [d_0, d_1, ..., d_L] of the dense layers.
+    num_devices: n, devices along the data axis.
+    num_outputs: k (default: `layer_sizes[-1]`).
+    outputs: `"full"` or `"per_output"`.
+    gram_layout: `"replicated"` or `"row_blocks"`.
+    gathered: `"factors"` (structured Gram) or `"jacobian"`.
+    num_params: p (default: weights and biases of the dense layers).
+    bytes_per_number: 4 for float32.
+
+  Returns:
+    A `CommunicationBytes` of per-device received bytes.
+  """
+  if outputs not in ("full", "per_output"):
+    raise ValueError(f"outputs={outputs!r}; expected 'full' or 'per_output'.")
+  if gram_layout not in GRAM_LAYOUTS:
+    raise ValueError(f"gram_layout={gram_layout!r}; expected one of {GRAM_LAYOUTS}.")
+  if gathered not in GATHERED:
+    raise ValueError(f"gathered={gathered!r}; expected one of {GATHERED}.")
+  if len(layer_sizes) < 2:
+    raise ValueError(f"layer_sizes needs at least two widths; got {list(layer_sizes)}.")
+  if num_devices < 1 or num_examples % num_devices:
+    raise ValueError(
+        f"num_examples={num_examples} must be divisible by num_devices={num_devices} >= 1."
+    )
+  m, n = num_examples, num_devices
+  k = layer_sizes[-1] if num_outputs is None else num_outputs
+  fan_in, fan_out = layer_sizes[:-1], layer_sizes[1:]
+  p = num_params if num_params is not None else sum(
+      i * o + o for i, o in zip(fan_in, fan_out)
+  )
+  share = bytes_per_number * (n - 1) / n
+  if gathered == "factors":
+    layer_inputs = share * m * sum(fan_in)
+    cotangents = share * m * k * sum(fan_out)
+  else:
+    layer_inputs = 0.0
+    cotangents = share * m * k * p
+  residuals = share * m * k
+  gram_numbers = (m * k) ** 2 if outputs == "full" else k * m * m
+  gram = share * gram_numbers if gram_layout == "row_blocks" else 0.0
+  direction = 2 * share * p
+  total = layer_inputs + cotangents + residuals + gram + direction
+  return CommunicationBytes(layer_inputs, cotangents, residuals, gram, direction, total)

@@ -1,0 +1,478 @@
+"""The structured Gram engine: K = J Jᵀ without materialising the Jacobian.
+
+For a parameter V used as z = x V inside the model (per example: x_i of shape
+(T, n) with T positions, z_i of shape (T, o)), the Jacobian of output (i, c)
+with respect to V is Σ_t x_{i,t} ⊗ δ_{i,c,t}, with δ_{i,c} = ∂f_{i,c}/∂z_i.
+Hence that layer's block of K = J Jᵀ is
+
+    K_V[(i,c),(j,c')] = Σ_{t,t'} (x_{i,t} · x_{j,t'}) (δ_{i,c,t} · δ_{j,c',t'})
+
+which for a dense layer (T = 1) is (x_i · x_j)(δ_{i,c} · δ_{j,c'}): m² n + m² k² o
+multiply-adds instead of m² k² n o, and no m·k·p array. A bias b in
+z = y + b adds (δ_{i,c} · δ_{j,c'}) (summed over positions when it is broadcast).
+The engine
+
+1. traces one example's forward pass to a jaxpr and finds the sites where
+   parameter leaves enter dot_general, conv_general_dilated and bias adds
+   (`rdescent._structured_trace`);
+2. evaluates it with zero perturbations added at those sites, recording each
+   site's input x, and gets every δ with one VJP per example, batched over the
+   k output directions with `jax.vmap` (and over the m examples);
+3. assembles K leaf by leaf, with the cheapest exact form for each:
+   * `"dense"`: one dot_general use without positions (T = 1):
+     (x_i · x_j) ∘ (δ_{i,c} · δ_{j,c'}), sharing the δ-Gram with the layer's
+     bias;
+   * `"bias"`: one bias add that does not broadcast the bias: δ_{i,c} · δ_{j,c'};
+   * `"position_pair"`: one dot_general use with positions (sequence models):
+     the position-pair sum above, chosen when cheaper than materialising;
+   * `"materialised"`: per-example gradients of that leaf, G_{i,c} = the VJP
+     of the site with δ_{i,c} (summed over the leaf's sites), then G Gᵀ. Used
+     for convolution kernels (weight sharing over positions: one filter
+     gradient per example and output), broadcast biases, leaves used by
+     several operations, and position-pair layers where it is cheaper;
+   * `"fallback"`: leaves with a use that is not a site (norm scales,
+     embeddings gathered by index, parameters inside scan/cond/custom_jvp):
+     their per-example Jacobian, `jax.vmap` of `jax.jacrev` restricted to them.
+
+Peak memory (numbers of the compute dtype), with s over the active sites,
+src over the sites that carry their own perturbation, K's size
+N = (m k)² (`"full"`) or k m² (`"per_output"`), and k' = k² or k:
+
+    m Σ_s |x_s|  +  m k Σ_src |z_src|  +  2 N
+      + max( B m² k' T²            over "position_pair" leaves,
+             m k |θ_ℓ|             over "materialised" leaves,
+             m k p_fallback + the jacobian engine's autodiff intermediates )
+
+where B is the layer's dot_general batch size. No m·k·p array is formed for
+"dense", "bias" and "position_pair" leaves. `describe` reports the plan, its
+flop count and this estimate for a given model and batch.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from rdescent import _structured_trace as trace_lib
+
+Params = Any
+ApplyFn = Callable[[Params, Any], jax.Array]
+FORMS = ("dense", "bias", "position_pair", "materialised", "fallback")
+
+
+@dataclasses.dataclass(frozen=True)
+class TracedModel:
+  """One example's forward pass as a jaxpr, and the structure found in it.
+
+  Attributes:
+    jaxpr: closed jaxpr of f(*param_leaves, *example_leaves) -> (k,).
+    structure: its `_structured_trace.Structure`.
+    num_params: number of parameter leaves.
+    leaf_sizes: size of each parameter leaf.
+    num_outputs: k.
+  """
+
+  jaxpr: Any
+  structure: trace_lib.Structure
+  num_params: int
+  leaf_sizes: tuple[int, ...]
+  num_outputs: int
+
+  @property
+  def covered(self) -> tuple[int, ...]:
+    """Leaves handled without their per-example Jacobian (used, not fallback)."""
+    used = {s.leaf for s in self.structure.sites}
+    return tuple(sorted(used - self.structure.fallback))
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafPlan:
+  """How one parameter leaf's block of K is computed."""
+
+  leaf: int
+  form: str
+  sites: tuple[trace_lib.Site, ...]
+  flops: int
+  memory: int  # transient numbers beyond the shared buffers
+
+
+def _example(tree: Any) -> Any:
+  return jax.tree_util.tree_map(lambda leaf: leaf[None], tree)
+
+
+def trace_model(apply_fn: ApplyFn, params: Params, inputs: Any) -> TracedModel:
+  """Traces one example of `apply_fn` and finds its parameter sites."""
+  param_leaves, param_def = jax.tree_util.tree_flatten(params)
+  input_leaves, input_def = jax.tree_util.tree_flatten(inputs)
+  num_params = len(param_leaves)
+
+  def single(*leaves):
+    p = jax.tree_util.tree_unflatten(param_def, leaves[:num_params])
+    x = jax.tree_util.tree_unflatten(input_def, leaves[num_params:])
+    return jnp.reshape(apply_fn(p, _example(x)), (-1,))
+
+  specs = [jax.ShapeDtypeStruct(jnp.shape(l), jnp.result_type(l)) for l in param_leaves]
+  specs += [jax.ShapeDtypeStruct(jnp.shape(l)[1:], jnp.result_type(l)) for l in input_leaves]
+  closed = jax.make_jaxpr(single)(*specs)
+  structure = trace_lib.analyse(closed, num_params)
+  (out_aval,) = closed.out_avals
+  return TracedModel(
+      jaxpr=closed, structure=structure, num_params=num_params,
+      leaf_sizes=tuple(int(math.prod(jnp.shape(l))) for l in param_leaves),
+      num_outputs=int(out_aval.shape[0]),
+  )
+
+
+def _map_examples(fn: Callable, inputs: Any, chunk_size: int | None) -> Any:
+  if chunk_size is None:
+    return jax.vmap(fn)(inputs)
+  return jax.lax.map(fn, inputs, batch_size=chunk_size)
+
+
+def cotangents(
+    traced: TracedModel, param_leaves: list[jax.Array], inputs: Any, chunk_size: int | None
+) -> tuple[dict[int, jax.Array], dict[int, jax.Array]]:
+  """Layer inputs x_s, shape (m, *x), and cotangents δ_src, shape (m, k, *z).
+
+  δ_{i,c} = ∂f_{i,c}/∂z_i comes from one VJP per example with respect to the
+  zero perturbations, batched over the k one-hot output directions.
+  """
+  structure = traced.structure
+  sites = {s.index: s for s in structure.sites}
+
+  def per_example(example):
+    zeros = {
+        s: jnp.zeros(sites[s].output_aval.shape, sites[s].output_aval.dtype)
+        for s in structure.perturbed
+    }
+
+    def forward(perturbations):
+      args = [*param_leaves, *jax.tree_util.tree_leaves(example)]
+      outs, layer_inputs = trace_lib.evaluate(
+          traced.jaxpr, structure, traced.num_params, args, perturbations
+      )
+      return outs[0], layer_inputs
+
+    out, vjp_fn, layer_inputs = jax.vjp(forward, zeros, has_aux=True)
+    basis = jnp.eye(traced.num_outputs, dtype=out.dtype)
+    (deltas,) = jax.vmap(vjp_fn)(basis)
+    return layer_inputs, deltas
+
+  return _map_examples(per_example, inputs, chunk_size)
+
+
+# ---------------------------------------------------------------- dot layout
+
+
+@dataclasses.dataclass(frozen=True)
+class _DotLayout:
+  """A dot_general site as z[b, t, o] = Σ_n x[b, t, n] V[b, n, o] (per example)."""
+
+  x_perm: tuple[int, ...]  # x axes -> (batch, free, contracting)
+  z_perm: tuple[int, ...]  # z axes -> (batch, x free, V free)
+  batch: int
+  positions: int
+  contracting: int
+  features: int
+
+
+def _dot_layout(site: trace_lib.Site) -> _DotLayout:
+  (lhs_c, rhs_c), (lhs_b, rhs_b) = site.eqn.params["dimension_numbers"]
+  x_on_left = site.param_position == 1
+  x_c, x_b = (lhs_c, lhs_b) if x_on_left else (rhs_c, rhs_b)
+  x_shape = site.input_aval.shape
+  x_free = [a for a in range(len(x_shape)) if a not in x_c and a not in x_b]
+  num_batch = len(x_b)
+  z_ndim = len(site.output_aval.shape)
+  v_free_count = z_ndim - num_batch - len(x_free)
+  batch_axes = list(range(num_batch))
+  if x_on_left:
+    z_x = list(range(num_batch, num_batch + len(x_free)))
+    z_v = list(range(num_batch + len(x_free), z_ndim))
+  else:
+    z_v = list(range(num_batch, num_batch + v_free_count))
+    z_x = list(range(num_batch + v_free_count, z_ndim))
+  size = lambda axes, shape: int(math.prod(shape[a] for a in axes))
+  return _DotLayout(
+      x_perm=tuple(list(x_b) + x_free + list(x_c)),
+      z_perm=tuple(batch_axes + z_x + z_v),
+      batch=size(x_b, x_shape),
+      positions=size(x_free, x_shape),
+      contracting=size(x_c, x_shape),
+      features=size(z_v, site.output_aval.shape),
+  )
+
+
+def _canonical_inputs(layout: _DotLayout, x: jax.Array) -> jax.Array:
+  """(m, *x) -> (m, B, T, n)."""
+  x = jnp.transpose(x, (0, *(a + 1 for a in layout.x_perm)))
+  return x.reshape(x.shape[0], layout.batch, layout.positions, layout.contracting)
+
+
+def _canonical_cotangents(layout: _DotLayout, delta: jax.Array) -> jax.Array:
+  """(m, k, *z) -> (m, k, B, T, o)."""
+  delta = jnp.transpose(delta, (0, 1, *(a + 2 for a in layout.z_perm)))
+  return delta.reshape(*delta.shape[:2], layout.batch, layout.positions, layout.features)
+
+
+# ---------------------------------------------------------------- planning
+
+
+def _site_gradient_flops(site: trace_lib.Site, leaf_size: int, m: int, k: int) -> int:
+  """Multiply-adds of the per-example VJPs of one site (2 m k T |θ|, T positions)."""
+  z_size = math.prod(site.output_aval.shape)
+  if site.kind == "bias":
+    return m * k * z_size
+  if site.kind == "dot":
+    return 2 * m * k * _dot_layout(site).positions * leaf_size
+  out_channels = site.output_aval.shape[site.eqn.params["dimension_numbers"].out_spec[1]]
+  return 2 * m * k * (z_size // out_channels) * leaf_size
+
+
+def plan(traced: TracedModel, num_examples: int, per_output: bool) -> list[LeafPlan]:
+  """The cheapest exact form for every used leaf, with its flop and memory cost.
+
+  The δ-Gram of a shared cotangent source (2 m² k' |z| flops) is counted once,
+  in the first "dense"/"bias" leaf that uses it.
+  """
+  m, k = num_examples, traced.num_outputs
+  kk = k if per_output else k * k
+  structure = traced.structure
+  by_leaf = collections.defaultdict(list)
+  for site in structure.sites:
+    by_leaf[site.leaf].append(site)
+  counted_sources: set[int] = set()
+  plans = []
+  for leaf, sites in sorted(by_leaf.items()):
+    size = traced.leaf_sizes[leaf]
+    materialised_flops = sum(_site_gradient_flops(s, size, m, k) for s in sites)
+    materialised_flops += 2 * m * m * kk * size
+    if leaf in structure.fallback:
+      plans.append(LeafPlan(leaf, "fallback", tuple(sites), 2 * m * m * kk * size, m * k * size))
+      continue
+    form, flops, memory = "materialised", materialised_flops, m * k * size
+    site = sites[0]
+    if len(sites) == 1 and site.view_is_isometric:
+      source = structure.source(site)
+      source_size = math.prod(structure.sites[source].output_aval.shape)
+      gram_flops = 0 if source in counted_sources else 2 * m * m * kk * source_size + m * m * kk
+      if site.kind == "bias" and size == math.prod(site.output_aval.shape):
+        form, flops, memory = "bias", gram_flops, m * m * kk
+      elif site.kind == "dot":
+        lay = _dot_layout(site)
+        if lay.batch == 1 and lay.positions == 1:
+          form, flops, memory = "dense", gram_flops + 2 * m * m * lay.contracting, m * m * kk
+        else:
+          pairs = lay.batch * m * m * lay.positions**2
+          pair_flops = 2 * pairs * (lay.contracting + kk * lay.features + kk)
+          if pair_flops <= materialised_flops:
+            form, flops, memory = "position_pair", pair_flops, pairs * kk
+      if form in ("dense", "bias"):
+        counted_sources.add(source)
+    plans.append(LeafPlan(leaf, form, tuple(sites), flops, memory))
+  return plans
+
+
+# ---------------------------------------------------------------- assembly
+
+
+class _Gram:
+  """Accumulates K as (m, k, m, k) (full) or (k, m, m) (per output)."""
+
+  def __init__(self, m: int, k: int, per_output: bool, dtype):
+    self.per_output = per_output
+    self.value = jnp.zeros((k, m, m) if per_output else (m, k, m, k), dtype)
+
+  def add_gradients(self, grads: jax.Array) -> None:
+    """Adds G Gᵀ for per-example gradients G of shape (m, k, P)."""
+    spec = "icp,jcp->cij" if self.per_output else "icp,jdp->icjd"
+    self.value = self.value + jnp.einsum(spec, grads, grads)
+
+  def add_scaled_cotangent_gram(self, scale: jax.Array, delta: jax.Array) -> None:
+    """Adds scale[i, j] (δ_{i,c} · δ_{j,c'}) for δ of shape (m, k, Z)."""
+    if self.per_output:
+      self.value = self.value + scale[None] * jnp.einsum("icz,jcz->cij", delta, delta)
+    else:
+      gram = jnp.einsum("icz,jdz->icjd", delta, delta)
+      self.value = self.value + scale[:, None, :, None] * gram
+
+  def add_position_pairs(self, x: jax.Array, delta: jax.Array) -> None:
+    """Adds Σ_{b,t,u} (x_{ibt} · x_{jbu})(δ_{icbt} · δ_{jc'bu}); x (m,B,T,n), δ (m,k,B,T,o)."""
+    inputs = jnp.einsum("ibtn,jbun->bitju", x, x)
+    if self.per_output:
+      cot = jnp.einsum("icbto,jcbuo->bcitju", delta, delta)
+      self.value = self.value + jnp.einsum("bitju,bcitju->cij", inputs, cot)
+    else:
+      cot = jnp.einsum("icbto,jdbuo->bictjdu", delta, delta)
+      self.value = self.value + jnp.einsum("bitju,bictjdu->icjd", inputs, cot)
+
+  def result(self) -> jax.Array:
+    if self.per_output:
+      return self.value
+    m, k = self.value.shape[:2]
+    return self.value.reshape(m * k, m * k)
+
+
+def _site_gradients(
+    site: trace_lib.Site, leaf: jax.Array, x: jax.Array | None, delta: jax.Array
+) -> jax.Array:
+  """Per-example gradients of the leaf through one site, shape (m, k, |θ|)."""
+  if x is None:  # bias: the VJP does not depend on the other operand's value
+    x_in_axis, x = None, jnp.zeros(site.input_aval.shape, site.input_aval.dtype)
+  else:
+    x_in_axis = 0
+
+  def gradient(x_i, delta_ic):
+    def use(theta):
+      view = trace_lib.apply_chain(site.chain, theta)
+      operands = [x_i, view] if site.param_position == 1 else [view, x_i]
+      return trace_lib.bind(site.eqn, operands)
+
+    _, vjp_fn = jax.vjp(use, leaf)
+    return vjp_fn(delta_ic)[0].reshape(-1)
+
+  per_output = jax.vmap(gradient, in_axes=(None, 0))
+  return jax.vmap(per_output, in_axes=(x_in_axis, 0))(x, delta)
+
+
+def _fallback_gradients(
+    apply_fn: ApplyFn, params: Params, inputs: Any, leaves: tuple[int, ...],
+    num_outputs: int, chunk_size: int | None,
+) -> jax.Array:
+  """Per-example Jacobians of the fallback leaves only, (m, k, Σ |θ_ℓ|)."""
+  all_leaves, treedef = jax.tree_util.tree_flatten(params)
+  chosen = [all_leaves[i] for i in leaves]
+
+  def single(sub, example):
+    full = list(all_leaves)
+    for i, leaf in zip(leaves, sub):
+      full[i] = leaf
+    p = jax.tree_util.tree_unflatten(treedef, full)
+    return jnp.reshape(apply_fn(p, _example(example)), (-1,))
+
+  size = sum(l.size for l in chosen)
+  jac = jax.jacfwd(single) if size < num_outputs else jax.jacrev(single)
+  per_leaf = _map_examples(lambda example: jac(chosen, example), inputs, chunk_size)
+  m = jax.tree_util.tree_leaves(inputs)[0].shape[0]
+  return jnp.concatenate([j.reshape(m, num_outputs, -1) for j in per_leaf], axis=-1)
+
+
+def gram_from_trace(
+    traced: TracedModel,
+    apply_fn: ApplyFn,
+    params: Params,
+    inputs: Any,
+    *,
+    outputs: str = "full",
+    chunk_size: int | None = None,
+) -> jax.Array:
+  """K = J Jᵀ from a `TracedModel` (see the module docstring).
+
+  Returns (m k, m k), example-major, for `outputs="full"`; (k, m, m) for
+  `"per_output"`.
+  """
+  per_output = outputs == "per_output"
+  param_leaves = jax.tree_util.tree_leaves(params)
+  m = jax.tree_util.tree_leaves(inputs)[0].shape[0]
+  k = traced.num_outputs
+  structure = traced.structure
+  layer_inputs, deltas = cotangents(traced, param_leaves, inputs, chunk_size)
+  dtype = jnp.result_type(*param_leaves)
+  gram = _Gram(m, k, per_output, dtype)
+  flat = lambda delta: delta.reshape(m, k, -1)
+
+  scales: dict[int, jax.Array] = {}
+  fallback: list[int] = []
+  for leaf_plan in plan(traced, m, per_output):
+    site = leaf_plan.sites[0]
+    if leaf_plan.form == "fallback":
+      fallback.append(leaf_plan.leaf)
+    elif leaf_plan.form == "bias":
+      source = structure.source(site)
+      scales[source] = scales.get(source, 0.0) + jnp.ones((m, m), dtype)
+    elif leaf_plan.form == "dense":
+      source = structure.source(site)
+      x = layer_inputs[site.index].reshape(m, -1)
+      scales[source] = scales.get(source, 0.0) + x @ x.T
+    elif leaf_plan.form == "position_pair":
+      layout = _dot_layout(site)
+      gram.add_position_pairs(
+          _canonical_inputs(layout, layer_inputs[site.index]),
+          _canonical_cotangents(layout, deltas[structure.source(site)]),
+      )
+    else:
+      grads = sum(
+          _site_gradients(
+              s, param_leaves[s.leaf], layer_inputs.get(s.index), deltas[structure.source(s)]
+          )
+          for s in leaf_plan.sites
+      )
+      gram.add_gradients(grads)
+  for source, scale in scales.items():
+    gram.add_scaled_cotangent_gram(scale, flat(deltas[source]))
+  if fallback:
+    gram.add_gradients(
+        _fallback_gradients(apply_fn, params, inputs, tuple(fallback), k, chunk_size)
+    )
+  return gram.result()
+
+
+def structured_gram(
+    apply_fn: ApplyFn,
+    params: Params,
+    inputs: Any,
+    *,
+    outputs: str = "full",
+    chunk_size: int | None = None,
+) -> jax.Array:
+  """K = J Jᵀ by the structured engine; equals `gram_matrix(method="jacobian")`.
+
+  Args:
+    apply_fn: `apply_fn(params, inputs) -> (m,) or (m, k)`; examples must be
+      independent.
+    params: parameter pytree.
+    inputs: array or pytree of arrays with leading axis m.
+    outputs: `"full"` -> (m k, m k) example-major; `"per_output"` -> (k, m, m).
+    chunk_size: examples processed at once for the cotangents and fallback
+      Jacobians (None: all m).
+  """
+  traced = trace_model(apply_fn, params, inputs)
+  return gram_from_trace(
+      traced, apply_fn, params, inputs, outputs=outputs, chunk_size=chunk_size
+  )
+
+
+def describe(
+    apply_fn: ApplyFn, params: Params, inputs: Any, *, outputs: str = "full"
+) -> dict[str, Any]:
+  """The engine's plan for a model and batch: forms, flop count, memory estimate.
+
+  Returns a dict with `"leaves"` (one (path, form, flops) per used leaf),
+  `"flops"` (the assembly's total: 2 per multiply-add; the cotangent VJP and
+  fallback Jacobians are not included) and `"peak_numbers"` (the estimate of
+  the module docstring, in numbers of the compute dtype).
+  """
+  traced = trace_model(apply_fn, params, inputs)
+  m = jax.tree_util.tree_leaves(inputs)[0].shape[0]
+  k = traced.num_outputs
+  per_output = outputs == "per_output"
+  plans = plan(traced, m, per_output)
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  structure = traced.structure
+  sites = {s.index: s for s in structure.sites}
+  stored = sum(m * math.prod(s.input_aval.shape) for s in structure.active_sites
+               if s.kind in ("dot", "conv"))
+  stored += sum(m * k * math.prod(sites[s].output_aval.shape) for s in structure.perturbed)
+  gram_size = k * m * m if per_output else (m * k) ** 2
+  fallback = sum(p.memory for p in plans if p.form == "fallback")
+  transient = max([p.memory for p in plans if p.form != "fallback"] + [fallback, 0])
+  return {
+      "leaves": [(paths[p.leaf], p.form, p.flops) for p in plans],
+      "flops": sum(p.flops for p in plans),
+      "peak_numbers": stored + 2 * gram_size + transient,
+  }
