@@ -2,8 +2,11 @@
 
 from rdescent import damping
 from rdescent import datasets
+from rdescent import last_layer
 from rdescent import losses
+from rdescent import sharding
 from rdescent.gram import gram_matrix
+from rdescent.last_layer import closed_form_last_layer
 from rdescent.problem import LinearizedProblem
 from rdescent.transform import RegressionDescentState
 from rdescent.transform import STATUS_MESSAGES
@@ -16,10 +19,13 @@ __all__ = (
     "LinearizedProblem",
     "RegressionDescentState",
     "STATUS_MESSAGES",
+    "closed_form_last_layer",
     "damping",
     "datasets",
     "gram_matrix",
+    "last_layer",
     "losses",
     "regression_descent",
     "scale_by_regression_descent",
+    "sharding",
 )
