@@ -3,7 +3,8 @@
 A preset of the Lorenz96 study (`benchmarks.lorenz96`, same runner and
 protocol): one seed, MLP 40-128-128-40 on x(t) → x(t + 0.05) (N = 40, F = 8,
 RK4), RD in the paper's setting (per-output, λ = 1e-5, batch 32, step 1)
-against Adam (lr 1e-3, batch 32), each for the same seconds of training.
+and RD in full mode with Levenberg-Marquardt damping against Adam (lr 1e-3,
+batch 32), each for the same seconds of training.
 Prints a table and writes `demo_output/lorenz96.png` (loss against seconds
 and against steps) and `demo_output/lorenz96.json`.
 
@@ -27,8 +28,13 @@ OUT_DIR = pathlib.Path("demo_output")
 
 
 def demo_specs() -> list[runner.OptimizerSpec]:
-  return [opt.rd_spec("rd paper (per-output λ=1e-5)", damping=1e-5, outputs="per_output"),
-          *opt.adam_grid([1e-3])]
+  return [
+      opt.rd_spec("rd paper (per-output λ=1e-5)", damping=1e-5, outputs="per_output"),
+      opt.rd_spec("rd full levenberg_marquardt", outputs="full",
+                  damping=("levenberg_marquardt", {"initial": 1e-3}),
+                  describe="levenberg_marquardt(initial=1e-3)"),
+      *opt.adam_grid([1e-3]),
+  ]
 
 
 def print_table(result) -> None:

@@ -69,9 +69,12 @@ def rd_spec(label: str, *, damping: Any = 1e-5, learning_rate: float = 1.0,
 
 
 def _make_damping(damping: Any) -> Any:
-  """A float stays a float; ("name", kwargs) builds `rd.damping.name(**kwargs)`."""
+  """A float stays a float; ("name", kwargs) builds `rd.damping.name(**kwargs)`;
+  ("backtracking_name", kwargs) wraps that in `rd.damping.backtracking`."""
   if isinstance(damping, tuple):
     name, kwargs = damping
+    if name.startswith("backtracking_"):
+      return rd.damping.backtracking(_make_damping((name[len("backtracking_"):], kwargs)))
     return getattr(rd.damping, name)(**kwargs)
   return damping
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple
 # Imported by `load_all`, in this order (`run all` runs the studies in this order).
 STUDY_MODULES = (
     "benchmarks.lorenz96",
+    "benchmarks.full_batch_fit",
     "benchmarks.mnist",
     "benchmarks.saturation",
     "benchmarks.batch_size",
