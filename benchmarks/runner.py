@@ -241,7 +241,8 @@ def train_run(
   cache = compiled_cache if compiled_cache is not None else {}
   key = (spec.label, batch_size)
   tx = spec.build(task)
-  opt_state = tx.init(params)
+  # One buffer per leaf: a state whose leaves share an array cannot be donated.
+  opt_state = jax.tree_util.tree_map(jnp.copy, tx.init(params))
   compile_seconds = None
   if key not in cache:
     start = time.perf_counter()

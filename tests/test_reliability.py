@@ -7,6 +7,8 @@ parameters and every leaf of the optimizer state are finite, and the state's
 
 from __future__ import annotations
 
+import functools
+
 import hypothesis
 import hypothesis.strategies as st
 import jax
@@ -391,3 +393,26 @@ def test_chained_updates_are_finite_and_respect_the_chain(m, log_damping, dtype,
   assert _all_finite(updates) and _all_finite(state)
   norm = float(optax.tree.norm(jax.tree_util.tree_map(lambda u: u.astype(jnp.float32), updates)))
   assert norm <= clip * 1.01 + 1e-6
+
+
+def test_every_state_can_be_donated_to_jit():
+  """No two leaves of an initial state share a buffer (donation would fail)."""
+  params, x, y = _setup(m=4)
+  controllers = [1e-3, rd.damping.next_batch_ratio(), rd.damping.levenberg_marquardt(),
+                 rd.damping.residual_proportional(), rd.damping.gradient_proportional(),
+                 rd.damping.gcv(), rd.damping.backtracking(rd.damping.constant(1e-3))]
+  for damping in controllers:
+    tx = rd.regression_descent(models.mlp_apply, 1.0, damping=damping)
+    state = tx.init(params)
+    leaves = jax.tree_util.tree_leaves(state)
+    assert len({id(leaf) for leaf in leaves}) == len(leaves), damping
+  # The controller whose state once shared a buffer, donated for real.
+  tx = rd.regression_descent(models.mlp_apply, 1.0, damping=rd.damping.next_batch_ratio())
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, state):
+    updates, state = tx.update(None, state, params, batch=(x, y))
+    return optax.apply_updates(params, updates), state
+
+  new_params, _ = step(jax.tree_util.tree_map(jnp.copy, params), tx.init(params))
+  assert _all_finite(new_params)

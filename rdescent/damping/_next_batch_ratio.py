@@ -106,12 +106,12 @@ def next_batch_ratio(initial: float = 1e-5) -> _base.DampingController:
 
   def init(params):
     dtype = _base.float_dtype(params)
-    zero = jnp.zeros([], dtype)
+    # Distinct buffers for every leaf, so that the state can be donated to jit.
     return NextBatchRatioState(
         damping=jnp.asarray(initial, dtype),
         pending=jnp.asarray(False),
-        reference=zero,
-        predicted=zero,
+        reference=jnp.zeros([], dtype),
+        predicted=jnp.zeros([], dtype),
         last_step=jax.tree_util.tree_map(jnp.zeros_like, params),
     )
 
