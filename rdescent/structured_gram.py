@@ -246,6 +246,8 @@ def plan(traced: TracedModel, num_examples: int, per_output: bool) -> list[LeafP
   by_leaf = collections.defaultdict(list)
   for site in structure.sites:
     by_leaf[site.leaf].append(site)
+  for leaf in structure.fallback:  # leaves used only outside sites have no site at all
+    by_leaf.setdefault(leaf, [])
   counted_sources: set[int] = set()
   plans = []
   for leaf, sites in sorted(by_leaf.items()):
@@ -389,10 +391,11 @@ def gram_from_trace(
   scales: dict[int, jax.Array] = {}
   fallback: list[int] = []
   for leaf_plan in plan(traced, m, per_output):
-    site = leaf_plan.sites[0]
     if leaf_plan.form == "fallback":
       fallback.append(leaf_plan.leaf)
-    elif leaf_plan.form == "bias":
+      continue
+    site = leaf_plan.sites[0]
+    if leaf_plan.form == "bias":
       source = structure.source(site)
       scales[source] = scales.get(source, 0.0) + jnp.ones((m, m), dtype)
     elif leaf_plan.form == "dense":

@@ -39,3 +39,17 @@ def test_unknown_study_and_quick_without_out_are_refused():
     done = subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
+
+
+def test_gram_speed_quick_writes_json_and_table(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  command = [sys.executable, "-m", "benchmarks.gram_speed", "--quick", "--repeats", "2",
+             "--out", str(tmp_path)]
+  done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  result = json.loads((tmp_path / "gram_speed.json").read_text())
+  assert result["study"] == "gram_speed" and len(result["rows"]) == 3
+  for row in result["rows"]:
+    assert row["structured_ms"] > 0 and row["jacobian_ms"] > 0 and row["sgd_ms"] > 0
+    assert row["structured_flops"] > 0 and row["structured_estimate_bytes"] > 0
+  assert "| jacobian / structured |" in done.stdout
