@@ -117,6 +117,9 @@ def markdown_table(result: Mapping[str, Any]) -> str:
   if result.get("kind") == "scaling":
     from benchmarks import scaling
     return scaling.markdown_table(result)
+  if result.get("kind") == "sharding":
+    from benchmarks import sharding
+    return sharding.markdown_table(result)
   summary = summarize(result)
   classification = any(r["test_accuracy"] is not None for r in summary["rows"])
   head = ["optimizer", "batch", "steps", "ms/step", "compile s",
@@ -211,6 +214,9 @@ def plot_study(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
   if result.get("kind") == "scaling":
     from benchmarks import scaling
     return scaling.plot(result, path)
+  if result.get("kind") == "sharding":
+    from benchmarks import sharding
+    return sharding.plot(result, path)
   groups = _by_label(result)
   labels = plotted_labels(result)
   classification = any("accuracy" in r["curve"] for r in result["runs"])

@@ -130,7 +130,11 @@ class LinearizedProblem:
 
   def solve(self, damping: jax.Array | float) -> solve_lib.SolveResult:
     """Solves the damped system for λ = `damping` (no new Jacobian)."""
-    return solve_lib.damped_cholesky_solve(self.matrix, self.rhs, damping)
+    # Replicated under a mesh: the retry loop of the solve then holds no
+    # collectives (a sharded retry loop hangs XLA:CPU on repeated calls).
+    return sharding_lib.replicated_call(solve_lib.damped_cholesky_solve)(
+        self.matrix, self.rhs, damping
+    )
 
   def direction(self, solution: jax.Array) -> Any:
     """The RD direction d (a params-shaped pytree) from a solution of `solve`."""

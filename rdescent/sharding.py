@@ -34,18 +34,23 @@ Layout of one step, n devices, m examples (m/n per device), k outputs, dense
 layers l with widths d_in,l → d_out,l, p parameters:
 
 1. forward pass and the k cotangent passes on local examples: no traffic;
-2. all-gather of the layer inputs a (m × d_in,l) and cotangents δ
-   (m × k × d_out,l), the low-rank factors of K (`rdescent.gram`, structured
-   engine); with per-example Jacobians instead, their m k p numbers;
-3. all-gather of the residuals r (m k numbers); every device then holds K
-   (built from the gathered factors) and solves the (m k)² system replicated
-   — or builds only its block row of K and all-gathers the rows ((m k)²);
+2. K: what rdescent does (`replicated_call`) is an all-gather of the network
+   inputs (m × d_0 numbers) after which every device builds all of K itself
+   (no traffic, the K work done n times). Alternatives that split the K work:
+   all-gather the layer inputs a (m × d_in,l) and cotangents δ (m × k ×
+   d_out,l), the low-rank factors of K (structured engine), or the
+   per-example Jacobians (m k p numbers);
+3. all-gather of the residuals r (m k numbers); every device then solves the
+   (m k)² system (k systems of m² per output) replicated — or builds only its
+   block row of K and all-gathers the rows ((m k)²);
 4. the direction Jᵀα is a local VJP with the local slice of α followed by a
    psum (all-reduce) of p numbers.
 
+The compiled dual step shows exactly these collectives (all-gather of x and
+r, one all-reduce of the parameter-shaped direction, a few flags). The primal
+system (p < m k) instead all-reduces the local JᵀJ and Jᵀr (p² + p numbers).
 `communication_bytes` evaluates the volume. Under `jax.jit` the XLA SPMD
-partitioner derives the collectives from the shardings; the formula is the
-volume of the layout above.
+partitioner derives the collectives from the shardings.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 GRAM_LAYOUTS = ("replicated", "row_blocks")
-GATHERED = ("factors", "jacobian")
+GATHERED = ("inputs", "factors", "jacobian")
 
 
 def shard_batch(batch: Any, mesh: Mesh, axis: str | Sequence[str] = "data") -> Any:
@@ -180,10 +185,12 @@ def replicated_call(fn: Callable[..., Any]) -> Callable[..., Any]:
   the batch, m · d_0 numbers, and any parameter sharded over a model axis),
   and every device evaluates `fn` on all of them, without the XLA partitioner.
   RD builds its Gram matrix K (and the per-example Jacobians of the primal
-  system) this way: the (m k)² solve that follows runs replicated anyway, and
-  the partitioner of XLA 0.10 computes a wrong per-example Jacobian of a
-  convolution whose batch is sharded (vmap of a convolution's kernel
-  gradient). Without a mesh, or inside `shard_map`, `fn` is called as is.
+  system) and solves the damped system this way: the (m k)² solve runs
+  replicated anyway; the partitioner of XLA 0.10 computes a wrong per-example
+  Jacobian of a convolution whose batch is sharded (vmap of a convolution's
+  kernel gradient); and a partitioned solve puts collectives inside the
+  retry loop of `damped_cholesky_solve`, which hung XLA:CPU on repeated
+  calls. Without a mesh, or inside `shard_map`, `fn` is called as is.
   """
 
   def wrapped(*args, **kwargs):
@@ -210,8 +217,10 @@ class CommunicationBytes(NamedTuple):
   """Bytes each device receives in one data-parallel RD step (see the module docstring).
 
   Attributes:
-    layer_inputs: all-gather of the layer inputs, (n−1)/n · m · Σ_l d_in,l.
-    cotangents: all-gather of the cotangents, (n−1)/n · m k · Σ_l d_out,l;
+    layer_inputs: all-gather of the network inputs, (n−1)/n · m d_0; with
+      `gathered="factors"` of all layer inputs, (n−1)/n · m · Σ_l d_in,l.
+    cotangents: 0; with `gathered="factors"` the all-gather of the
+      cotangents, (n−1)/n · m k · Σ_l d_out,l;
       with `gathered="jacobian"`: the per-example Jacobians, (n−1)/n · m k p
       (and `layer_inputs` is 0).
     residuals: all-gather of the residuals, (n−1)/n · m k.
@@ -237,7 +246,7 @@ def communication_bytes(
     num_outputs: int | None = None,
     outputs: str = "full",
     gram_layout: str = "replicated",
-    gathered: str = "factors",
+    gathered: str = "inputs",
     num_params: int | None = None,
     bytes_per_number: int = 4,
 ) -> CommunicationBytes:
@@ -246,18 +255,19 @@ def communication_bytes(
   With n devices, m examples, k outputs, dense layers d_in,l → d_out,l
   (consecutive `layer_sizes`), p parameters and b bytes per number:
 
-      b (n−1)/n · [ m Σ_l d_in,l  +  m k Σ_l d_out,l      (K's factors a, δ)
+      b (n−1)/n · [ m d_0                                 (inputs, "inputs")
                     + m k                                 (residuals)
                     + G                                   (K's rows, see below)
                     + 2 p ]                               (psum of Jᵀα)
 
-  G = 0 when every device builds all of K from the gathered factors
+  G = 0 when every device builds all of K from what it gathered
   (`gram_layout="replicated"`, no K traffic, the K work done n times), or
   G = (m k)² (per output: k m²) when each builds its block row and the rows
-  are all-gathered (`"row_blocks"`). `gathered="jacobian"` replaces the
-  factor terms by the per-example Jacobians, m k p. The all-reduce is
+  are all-gathered (`"row_blocks"`). `gathered="factors"` replaces the input
+  term by K's low-rank factors, m Σ_l d_in,l + m k Σ_l d_out,l (a, δ);
+  `gathered="jacobian"` by the per-example Jacobians, m k p. The all-reduce is
   counted as a ring (reduce-scatter then all-gather). Loss scalars are
-  ignored. Per-output mode gathers the same factors (all k cotangents).
+  ignored. Per-output mode gathers the same numbers (all k cotangents).
 
   Args:
     num_examples: m, the global batch size.
@@ -266,7 +276,8 @@ def communication_bytes(
     num_outputs: k (default: `layer_sizes[-1]`).
     outputs: `"full"` or `"per_output"`.
     gram_layout: `"replicated"` or `"row_blocks"`.
-    gathered: `"factors"` (structured Gram) or `"jacobian"`.
+    gathered: `"inputs"` (what rdescent does: every device builds all of K),
+      `"factors"` (K's factors a, δ) or `"jacobian"` (per-example Jacobians).
     num_params: p (default: weights and biases of the dense layers).
     bytes_per_number: 4 for float32.
 
@@ -292,7 +303,10 @@ def communication_bytes(
       i * o + o for i, o in zip(fan_in, fan_out)
   )
   share = bytes_per_number * (n - 1) / n
-  if gathered == "factors":
+  if gathered == "inputs":
+    layer_inputs = share * m * layer_sizes[0]
+    cotangents = 0.0
+  elif gathered == "factors":
     layer_inputs = share * m * sum(fan_in)
     cotangents = share * m * k * sum(fan_out)
   else:

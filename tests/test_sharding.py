@@ -1,0 +1,449 @@
+"""Data-parallel RD (rdescent.sharding): 4 simulated CPU devices against 1 device.
+
+The multi-device checks run in one subprocess started with
+XLA_FLAGS=--xla_force_host_platform_device_count=4 (this file run as a
+script), so that the rest of the suite keeps its single device. The
+subprocess writes one JSON record per case; the tests below read them.
+
+To keep the subprocess short, every variant of a model (output mode × Gram
+engine) is one jitted program: one compile on one device and one per mesh.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import hypothesis
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NUM_DEVICES = 4
+STEP_RTOL = 1e-5     # 1 device vs 4 devices, one step, float32
+TRAIN_RTOL = 1e-4    # after 5 float32 steps (differences in summation order compound)
+OUTPUTS = ("full", "per_output")
+MESHES = ("auto", "explicit")
+# (model, system, damping, Gram engines, meshes) of the one-step comparisons.
+# The primal p × p system of the small model has cond(JᵀJ + λI) ≈ 3700 at
+# λ = 1e-2: float32 rounding alone then moves the direction by ~2e-5 (the
+# 1-device float32 step is 1.6e-5 from float64), so a 1e-5 comparison would
+# test the conditioning, not the sharding. At λ = 1 the condition number is
+# ≈ 44 and the 1e-5 check measures the sharding.
+GROUPS = (
+    ("mlp", "dual", 1e-2, None, MESHES),
+    ("cnn", "dual", 1e-2, None, MESHES),
+    ("small", "primal", 1.0, ("auto",), ("explicit",)),
+)
+
+
+def engines() -> list[str]:
+  """The Gram engines of `rd.gram.METHODS` (besides "auto")."""
+  import rdescent as rd
+  return [m for m in rd.gram.METHODS if m != "auto"]
+
+
+def _group_variants(group) -> list[tuple[str, str]]:
+  """(outputs, engine) pairs of one group."""
+  group_engines = group[3] if group[3] is not None else tuple(engines())
+  return [(outputs, engine) for outputs in OUTPUTS for engine in group_engines]
+
+
+def step_cases() -> list[str]:
+  """model-outputs-system-engine-mesh names of the one-step comparisons."""
+  return [f"{group[0]}-{outputs}-{group[1]}-{engine}-{mesh}"
+          for group in GROUPS
+          for outputs, engine in _group_variants(group)
+          for mesh in group[4]]
+
+
+# ----------------------------------------------------------------- subprocess
+
+
+def _models():
+  import jax
+  import jax.numpy as jnp
+  from tests import models
+
+  def cnn_init(key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {
+        "conv": {"w": jax.random.normal(k1, (3, 3, 1, 3)) / 3.0,
+                 "b": 0.1 * jax.random.normal(k3, (3,))},
+        "dense": {"w": jax.random.normal(k2, (48, 2)) / 7.0, "b": jnp.zeros(2)},
+    }
+
+  def cnn_apply(params, x):
+    h = jax.lax.conv_general_dilated(
+        x, params["conv"]["w"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    h = jnp.tanh(h + params["conv"]["b"]).reshape(x.shape[0], -1)
+    return h @ params["dense"]["w"] + params["dense"]["b"]
+
+  def problem(name, key, m=8):
+    kp, kx, ky = jax.random.split(key, 3)
+    if name == "cnn":
+      params, x = cnn_init(kp), jax.random.normal(kx, (m, 6, 6, 1))
+      return cnn_apply, params, x, jax.random.normal(ky, (m, 2))
+    sizes = [3, 6, 3] if name == "mlp" else [2, 3, 2]
+    m = m if name == "mlp" else 16
+    params = models.mlp_init(kp, sizes)
+    x = jax.random.normal(kx, (m, sizes[0]))
+    return models.mlp_apply, params, x, jax.random.normal(ky, (m, sizes[-1]))
+
+  return problem
+
+
+def _relative(a, b) -> float:
+  import jax
+  from tests import models
+  a, b = (models.flat(jax.tree_util.tree_map(np.asarray, t)) for t in (a, b))
+  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _mesh(kind, shape=(NUM_DEVICES,), names=("data",)):
+  import jax
+  from jax.sharding import AxisType
+  axis_type = AxisType.Explicit if kind == "explicit" else AxisType.Auto
+  return jax.make_mesh(shape, names, axis_types=(axis_type,) * len(shape))
+
+
+def _spec_axes(spec) -> list:
+  """A PartitionSpec as a JSON list (None for unsharded dimensions)."""
+  return [list(entry) if isinstance(entry, tuple) else entry for entry in spec]
+
+
+def _collectives_outside_entry(hlo_text: str) -> list[str]:
+  """Collective ops of a compiled module that sit in a computation other than ENTRY.
+
+  RD's solve retries inside a while loop; a collective in its body makes the
+  devices rendezvous once per trip (and hung XLA:CPU on repeated calls), so
+  the solve runs replicated and every collective must be in ENTRY.
+  """
+  import re
+  found, computation = [], None
+  for line in hlo_text.splitlines():
+    header = re.match(r"^(ENTRY )?%?(\S+) .*\{$", line)
+    if header:
+      computation = "ENTRY" if header.group(1) else header.group(2)
+    elif computation != "ENTRY" and re.search(
+        r"(all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter)[-a-z]*\(", line):
+      found.append(f"{computation}: {line.strip()[:120]}")
+  return found
+
+
+def _batch_record(compiled, sharded_x) -> dict:
+  """How the batch was laid out: the array's shards and the compiled step's input sharding."""
+  return {
+      "loop_collectives": _collectives_outside_entry(compiled.as_text()),
+      "input_spec": _spec_axes(sharded_x.sharding.spec),
+      "shard_rows": sorted(shard.index[0].start or 0 for shard in sharded_x.addressable_shards),
+      "shard_sizes": [shard.data.shape[0] for shard in sharded_x.addressable_shards],
+      "step_input_spec": _spec_axes(compiled.input_shardings[0][2].spec),
+  }
+
+
+def _group_step(model: str, system: str, damping: float, variants):
+  """One jitted function returning the RD steps of all `variants` of `model`."""
+  import jax
+  import rdescent as rd
+  apply_fn, params, x, y = _models()(model, jax.random.PRNGKey(len(model)))
+  txs = {f"{outputs}-{engine}": rd.scale_by_regression_descent(
+      apply_fn, damping=damping, outputs=outputs, system=system, gram=engine)
+         for outputs, engine in variants}
+  states = {name: tx.init(params) for name, tx in txs.items()}
+
+  @jax.jit
+  def step(params, states, x, y):
+    return {name: tx.update(None, states[name], params, batch=(x, y))
+            for name, tx in txs.items()}
+
+  return step, (params, states, x, y)
+
+
+def _run_group(model, system, damping, variants, meshes) -> dict:
+  """Records of one group: every variant on every mesh against one device."""
+  import jax
+  import rdescent as rd
+  step, (params, states, x, y) = _group_step(model, system, damping, variants)
+  expected = step(params, states, x, y)
+  records = {}
+  for mesh_kind in meshes:
+    mesh = _mesh(mesh_kind)
+    with jax.set_mesh(mesh):
+      sharded_x, sharded_y = rd.sharding.shard_batch((x, y), mesh)
+      placed = rd.sharding.replicate(params, mesh)
+      compiled = step.lower(placed, states, sharded_x, sharded_y).compile()
+      got = compiled(placed, states, sharded_x, sharded_y)
+    layout = _batch_record(compiled, sharded_x)
+    for outputs, engine in variants:
+      name = f"{outputs}-{engine}"
+      (direction, new_state), (want, want_state) = got[name], expected[name]
+      records[f"{model}-{outputs}-{system}-{engine}-{mesh_kind}"] = {
+          "direction_rel": _relative(direction, want),
+          "loss_rel": abs(float(new_state.loss) / float(want_state.loss) - 1.0),
+          "status": int(new_state.status),
+          "direction_spec": _spec_axes(jax.tree_util.tree_leaves(direction)[0].sharding.spec),
+          **layout,
+      }
+  return records
+
+
+def _step_records() -> dict:
+  """All one-step records; a group that fails is rerun variant by variant to name the culprit."""
+  records = {}
+  for model, system, damping, _, meshes in GROUPS:
+    group = next(g for g in GROUPS if g[0] == model)
+    variants = _group_variants(group)
+    try:
+      records.update(_run_group(model, system, damping, variants, meshes))
+    except Exception:  # pylint: disable=broad-except
+      for variant in variants:
+        try:
+          records.update(_run_group(model, system, damping, [variant], meshes))
+        except Exception as error:  # reported per case by the tests
+          for mesh_kind in meshes:
+            records[f"{model}-{variant[0]}-{system}-{variant[1]}-{mesh_kind}"] = {
+                "error": f"{type(error).__name__}: {error}"[:2000]}
+  return records
+
+
+def _training(steps: int = 5, m: int = 32) -> dict:
+  """5 RD steps (LM damping) on 5 batches of a noisy teacher network, sharded and not."""
+  import jax
+  import optax
+  import rdescent as rd
+  from tests import models
+  apply_fn, params, x, noise = _models()("mlp", jax.random.PRNGKey(7), m=m * steps)
+  # Targets of a teacher network plus noise: the loss falls but stays away from
+  # 0, where relative loss differences would only measure float32 cancellation.
+  y = apply_fn(models.mlp_init(jax.random.PRNGKey(8), [3, 6, 3]), x) + 0.3 * noise
+  tx = rd.regression_descent(apply_fn, learning_rate=1.0,
+                             damping=rd.damping.levenberg_marquardt(initial=1e-2))
+
+  @jax.jit
+  def train_step(params, opt_state, batch):
+    updates, opt_state = tx.update(None, opt_state, params, batch=batch)
+    return optax.apply_updates(params, updates), opt_state
+
+  def train(params, place):
+    opt_state, losses = tx.init(params), []
+    for i in range(steps):
+      batch = place((x[m * i:m * (i + 1)], y[m * i:m * (i + 1)]))
+      params, opt_state = train_step(params, opt_state, batch)
+      losses.append(float(opt_state[0].loss))
+    return params, losses
+
+  expected, expected_losses = train(params, lambda batch: batch)
+  mesh = _mesh("explicit")
+  with jax.set_mesh(mesh):
+    trained, losses = train(rd.sharding.replicate(params, mesh),
+                            lambda batch: rd.sharding.shard_batch(batch, mesh))
+  return {
+      "params_rel": _relative(trained, expected),
+      "loss_rel": max(abs(a / b - 1.0) for a, b in zip(losses, expected_losses)),
+      "losses": expected_losses,
+      "param_specs": [_spec_axes(leaf.sharding.spec)
+                      for leaf in jax.tree_util.tree_leaves(trained)],
+  }
+
+
+def _tensor_parallel(mesh_kind: str) -> dict:
+  """2 × 2 mesh: batch over "data", the first layer's units over "model"."""
+  import jax
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+  import rdescent as rd
+  apply_fn, params, x, y = _models()("mlp", jax.random.PRNGKey(3))
+  tx = rd.scale_by_regression_descent(apply_fn, damping=1e-2, gram="jacobian")
+  step = _tensor_step(apply_fn)
+  state = tx.init(params)
+  expected, _ = step(params, state, x, y)
+  mesh = _mesh(mesh_kind, (2, 2), ("data", "model"))
+  with jax.set_mesh(mesh):
+    placed = rd.sharding.replicate(params, mesh)
+    placed[0] = {"w": jax.device_put(params[0]["w"], NamedSharding(mesh, P(None, "model"))),
+                 "b": jax.device_put(params[0]["b"], NamedSharding(mesh, P("model")))}
+    batch = rd.sharding.shard_batch((x, y), mesh, axis="data")
+    direction, new_state = step(placed, state, *batch)
+  return {
+      "direction_rel": _relative(direction, expected),
+      "status": int(new_state.status),
+      "input_spec": _spec_axes(batch[0].sharding.spec),
+      "kernel_spec": _spec_axes(direction[0]["w"].sharding.spec),
+      "bias_spec": _spec_axes(direction[0]["b"].sharding.spec),
+  }
+
+
+@functools.lru_cache(maxsize=None)
+def _tensor_step(apply_fn):
+  """The jitted step of the tensor-parallel cases (one trace, compiled per mesh)."""
+  import jax
+  import rdescent as rd
+  tx = rd.scale_by_regression_descent(apply_fn, damping=1e-2, gram="jacobian")
+  return jax.jit(lambda p, s, x, y: tx.update(None, s, p, batch=(x, y)))
+
+
+def _run_all() -> dict:
+  import jax
+  assert jax.device_count() == NUM_DEVICES, jax.devices()
+  results = _step_records()
+  for name, fn in ([("training", _training)]
+                   + [(f"tensor-{k}", functools.partial(_tensor_parallel, k)) for k in MESHES]):
+    try:
+      results[name] = fn()
+    except Exception as error:  # reported per case by the tests
+      results[name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
+  return results
+
+
+@pytest.fixture(scope="module")
+def multi_device():
+  # Optimisation level 0 of the CPU backend halves the compile time; both the
+  # 1-device and the 4-device programs are compiled with it.
+  env = dict(os.environ, PYTHONPATH=str(REPO),
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_DEVICES} "
+                       "--xla_backend_optimization_level=0",
+             JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, __file__], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _record(results, name):
+  record = results[name]
+  assert "error" not in record, record["error"]
+  return record
+
+
+def _assert_batch_split(record, devices=NUM_DEVICES, m=None):
+  """The batch is split along its example axis: one block of m/n rows per device."""
+  assert record["input_spec"][0] == "data", record
+  sizes = record["shard_sizes"]
+  assert len(sizes) == devices and len(set(sizes)) == 1, record
+  assert record["shard_rows"] == [i * sizes[0] for i in range(devices)], record
+
+
+@pytest.mark.parametrize("case", step_cases())
+def test_four_device_step_equals_one_device_step(multi_device, case):
+  record = _record(multi_device, case)
+  assert record["status"] == 0
+  _assert_batch_split(record)
+  # The compiled sharded step received the batch split over "data" (not gathered first).
+  assert record["step_input_spec"][0] == "data", record
+  assert record["loop_collectives"] == [], record
+  # Replicated parameters give a replicated direction.
+  assert all(axis is None for axis in record["direction_spec"]), record
+  assert record["direction_rel"] <= STEP_RTOL, record
+  assert record["loss_rel"] <= STEP_RTOL, record
+
+
+def test_sharded_training_run_matches_unsharded(multi_device):
+  record = _record(multi_device, "training")
+  assert record["losses"][-1] < record["losses"][0], record
+  assert record["params_rel"] <= TRAIN_RTOL, record
+  assert record["loss_rel"] <= TRAIN_RTOL, record
+  # The parameters stay replicated (nothing sharded over "data").
+  assert all(axis is None for spec in record["param_specs"] for axis in spec), record
+
+
+@pytest.mark.parametrize("mesh_kind", MESHES)
+def test_parameter_sharded_over_a_model_axis(multi_device, mesh_kind):
+  record = _record(multi_device, f"tensor-{mesh_kind}")
+  assert record["status"] == 0
+  assert record["input_spec"][0] == "data", record
+  assert record["direction_rel"] <= STEP_RTOL, record
+  # The direction keeps the parameter's model-parallel layout.
+  assert record["kernel_spec"] == [None, "model"], record
+  assert record["bias_spec"] == ["model"], record
+
+
+# ----------------------------------------------------------------- in process
+
+
+def test_communication_bytes_counts_each_transfer():
+  import rdescent as rd
+  m, n, k, sizes = 64, 4, 3, [5, 7, 3]
+  p = 5 * 7 + 7 + 7 * 3 + 3
+  share = 4 * (n - 1) / n
+  default = rd.sharding.communication_bytes(m, sizes, n)   # what rdescent does
+  assert default.layer_inputs == share * m * 5 and default.cotangents == 0.0
+  assert default.gram == 0.0 and default.residuals == share * m * k
+  assert default.direction == 2 * share * p
+  got = rd.sharding.communication_bytes(m, sizes, n, gathered="factors")
+  assert got.layer_inputs == share * m * (5 + 7)
+  assert got.cotangents == share * m * k * (7 + 3)
+  assert got.residuals == share * m * k
+  assert got.gram == 0.0
+  assert got.direction == 2 * share * p
+  assert got.total == pytest.approx(sum(got[:-1]))
+  rows = rd.sharding.communication_bytes(m, sizes, n, gram_layout="row_blocks",
+                                         gathered="factors")
+  assert rows.gram == share * (m * k) ** 2
+  per_output = rd.sharding.communication_bytes(m, sizes, n, gram_layout="row_blocks",
+                                               outputs="per_output")
+  assert per_output.gram == share * k * m * m
+  jacobian = rd.sharding.communication_bytes(m, sizes, n, gathered="jacobian")
+  assert jacobian.layer_inputs == 0.0 and jacobian.cotangents == share * m * k * p
+
+
+@hypothesis.settings(max_examples=15, deadline=None)
+@hypothesis.given(
+    per_device=st.integers(1, 64), devices=st.integers(1, 64),
+    sizes=st.lists(st.integers(1, 512), min_size=2, max_size=5),
+    outputs=st.sampled_from(["full", "per_output"]),
+    layout=st.sampled_from(["replicated", "row_blocks"]),
+    gathered=st.sampled_from(["inputs", "factors", "jacobian"]),
+)
+def test_communication_bytes_scales_with_the_gathered_share(per_device, devices, sizes, outputs,
+                                                            layout, gathered):
+  import rdescent as rd
+  m = per_device * devices
+  got = rd.sharding.communication_bytes(m, sizes, devices, outputs=outputs, gram_layout=layout,
+                                        gathered=gathered)
+  if devices == 1:
+    assert got.total == 0.0
+    return
+  # Every term is (n−1)/n times a volume that depends on m, k, widths only.
+  # one example per device: the same volumes times (m−1)/m (here m ≥ devices ≥ 2).
+  single = rd.sharding.communication_bytes(m, sizes, m, outputs=outputs, gram_layout=layout,
+                                           gathered=gathered)
+  np.testing.assert_allclose(np.array(got) * devices / (devices - 1),
+                             np.array(single) * m / (m - 1), rtol=1e-12)
+
+
+def test_communication_bytes_rejects_bad_arguments():
+  import rdescent as rd
+  with pytest.raises(ValueError, match="divisible"):
+    rd.sharding.communication_bytes(10, [3, 2], 4)
+  with pytest.raises(ValueError, match="outputs"):
+    rd.sharding.communication_bytes(8, [3, 2], 4, outputs="both")
+  with pytest.raises(ValueError, match="gram_layout"):
+    rd.sharding.communication_bytes(8, [3, 2], 4, gram_layout="ring")
+
+
+def test_shard_batch_and_replicate_on_a_one_device_mesh():
+  import jax
+  import jax.numpy as jnp
+  import rdescent as rd
+  mesh = jax.make_mesh((1,), ("data",))
+  x, y = jnp.ones((6, 2)), jnp.zeros((6,))
+  sx, sy = rd.sharding.shard_batch((x, y), mesh)
+  assert sx.sharding.spec == jax.sharding.PartitionSpec("data")
+  np.testing.assert_array_equal(sx, x)
+  params = rd.sharding.replicate({"w": jnp.ones(3)}, mesh)
+  assert params["w"].sharding.spec == jax.sharding.PartitionSpec()
+  with pytest.raises(ValueError, match="not an axis of the mesh"):
+    rd.sharding.shard_batch((x, y), mesh, axis="batch")
+  with pytest.raises(ValueError, match="leading example axis"):
+    rd.sharding.shard_batch(jnp.float32(1.0), mesh)
+
+
+if __name__ == "__main__":
+  print(json.dumps(_run_all()))
