@@ -257,14 +257,21 @@ def plot_study(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
   fig.suptitle(f"{result['study']}: {result.get('task', {}).get('model', '')} — "
                f"{machine.get('device', '')}, median over {result['config']['seeds']} seed(s), "
                "band = min–max", fontsize=9)
+  return save_figure(fig, path)
+
+
+def print_summary(result: Mapping[str, Any]) -> None:
+  print(f"\n== {result['study']} ==")
+  print(markdown_table(result))
+
+
+def save_figure(fig, path) -> pathlib.Path:
+  """Lays out `fig`, writes it to `path` (PNG, parent folders created), closes it."""
+  import matplotlib.pyplot as plt
+
   fig.tight_layout()
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=90)
   plt.close(fig)
   return path
-
-
-def print_summary(result: Mapping[str, Any]) -> None:
-  print(f"\n== {result['study']} ==")
-  print(markdown_table(result))

@@ -186,12 +186,9 @@ def plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
   ax.legend(fontsize=8)
   fig.suptitle(f"{result['config']['model']}, m = {result['config']['m']} — "
                f"{result['machine']['device']}", fontsize=9)
-  fig.tight_layout()
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+  from benchmarks import report
+
+  return report.save_figure(fig, path)
 
 
 if __name__ == "__main__":
