@@ -81,7 +81,8 @@ def run_studies(args) -> int:
 def write_table(args) -> int:
   paths = sorted(args.results.glob("*.json"))
   order = {name: i for i, name in enumerate(registry.load_all())}
-  results = [runner.load(p) for p in paths]
+  # Runner studies only (they carry a "kind"); e.g. gram_speed.json has its own table.
+  results = [r for r in (runner.load(p) for p in paths) if "kind" in r]
   if args.studies:
     keep = args.studies.split(",")
     results = [r for r in results if r["study"] in keep]
