@@ -160,3 +160,16 @@ def check_nonnegative_finite(name: str, value: Any) -> None:
       raise ValueError(f"{name} must be a scalar; got shape {array.shape}.")
     if not np.isfinite(array) or array < 0:
       raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
+
+
+def check_positive(name: str, value: Any) -> None:
+  """Raises a ValueError for a concrete hyperparameter that is not finite and > 0."""
+  check_nonnegative_finite(name, value)
+  if is_concrete(value) and value <= 0:
+    raise ValueError(f"{name} must be > 0; got {value!r}.")
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """Scalar bool array, inside jit too: every entry of every leaf is finite."""
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))

@@ -199,9 +199,7 @@ def _check_hyperparameters(ridge, decay, current_weight, proximal, num_classes) 
   _validation.check_nonnegative_finite("decay", decay)
   if _validation.is_concrete(decay) and float(decay) > 1.0:
     raise ValueError(f"decay must be in [0, 1]; got {decay!r}.")
-  _validation.check_nonnegative_finite("current_weight", current_weight)
-  if _validation.is_concrete(current_weight) and float(current_weight) <= 0.0:
-    raise ValueError(f"current_weight must be > 0; got {current_weight!r}.")
+  _validation.check_positive("current_weight", current_weight)
   if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
     raise ValueError(f"num_classes must be a positive int or None; got {num_classes!r}.")
 

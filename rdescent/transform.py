@@ -106,18 +106,6 @@ def _upcast(params: Any) -> Any:
   )
 
 
-def _all_finite(tree: Any) -> jax.Array:
-  leaves = jax.tree_util.tree_leaves(tree)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
-
-
-def _check_positive(name: str, value: Any) -> None:
-  """Trace-time check of a concrete option that must be finite and > 0."""
-  _validation.check_nonnegative_finite(name, value)
-  if _validation.is_concrete(value) and value <= 0:
-    raise ValueError(f"{name} must be > 0; got {value!r}.")
-
-
 def _scaled_outputs(apply_fn: ApplyFn, output_scale: Any) -> ApplyFn:
   """(params, inputs) ↦ α apply_fn(params, inputs), α = `output_scale`."""
 
@@ -227,9 +215,9 @@ def scale_by_regression_descent(
     )
   if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
     raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}.")
-  _check_positive("output_scale", output_scale)
+  _validation.check_positive("output_scale", output_scale)
   if max_logit_change is not None:
-    _check_positive("max_logit_change", max_logit_change)
+    _validation.check_positive("max_logit_change", max_logit_change)
   if not (_validation.is_concrete(output_scale) and output_scale == 1.0):
     apply_fn = _scaled_outputs(apply_fn, output_scale)
   controller = damping_lib.as_controller(damping)
@@ -280,8 +268,8 @@ def scale_by_regression_descent(
       step = step._replace(direction=jax.tree_util.tree_map(
           lambda c, d: jnp.where(step.accepted, c, d), capped, step.direction))
 
-    finite_loss = jnp.isfinite(problem.loss) & _all_finite(problem.factors.rhs)
-    finite_direction = _all_finite(step.direction)
+    finite_loss = jnp.isfinite(problem.loss) & _validation.all_finite(problem.factors.rhs)
+    finite_direction = _validation.all_finite(step.direction)
     status = jnp.select(
         [~finite_loss, ~step.solve_ok, ~finite_direction, ~step.accepted],
         [STATUS_NONFINITE_LOSS, STATUS_SOLVE_FAILED, STATUS_NONFINITE_DIRECTION,

@@ -140,12 +140,6 @@ def check_range(min_damping: float, max_damping: float) -> None:
     )
 
 
-def check_positive(name: str, value: float) -> None:
-  _validation.check_nonnegative_finite(name, value)
-  if _validation.is_concrete(value) and value <= 0:
-    raise ValueError(f"{name} must be > 0; got {value!r}.")
-
-
 def clamp(damping: jax.Array, min_damping: float, max_damping: float) -> jax.Array:
   """λ clipped to [min, max]; NaN becomes max (the safe side)."""
   damping = jnp.where(jnp.isnan(damping), max_damping, damping)
@@ -157,10 +151,6 @@ def float_dtype(params: Any) -> jnp.dtype:
   dtypes = [jnp.asarray(leaf).dtype for leaf in jax.tree_util.tree_leaves(params)]
   return jnp.result_type(*dtypes) if dtypes else jnp.float32
 
-
-def is_finite_tree(tree: Any) -> jax.Array:
-  leaves = jax.tree_util.tree_leaves(tree)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
 def tree_scale(tree: Any, scale: jax.Array) -> Any:

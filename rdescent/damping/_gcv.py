@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rdescent import solve as solve_lib
+from rdescent import _validation
 from rdescent.damping import _base
 
 MAX_FLOOR = 1e6
@@ -79,7 +80,7 @@ def gcv(
     failure_growth: factor of the failure floor (see the module docstring).
   """
   _base.check_range(grid_min, grid_max)
-  _base.check_positive("failure_growth", failure_growth)
+  _validation.check_positive("failure_growth", failure_growth)
   if not isinstance(num, int) or num < 1:
     raise ValueError(f"num must be a positive int; got {num!r}.")
   base_grid = np.logspace(np.log10(grid_min), np.log10(grid_max), num)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from rdescent import _validation
 from rdescent.damping import _base
 
 
@@ -70,7 +71,7 @@ def levenberg_marquardt(
   solution) is accepted with λ unchanged, so λ stays bounded there.
   """
   _base.check_range(min_damping, max_damping)
-  _base.check_positive("initial", initial)
+  _validation.check_positive("initial", initial)
   if not isinstance(max_solves, int) or max_solves < 1:
     raise ValueError(f"max_solves must be a positive int; got {max_solves!r}.")
 
@@ -104,7 +105,7 @@ def levenberg_marquardt(
       actual = loss - problem.loss_at(_base.step_params(problem.params, direction, step_size))
       negligible = predicted <= 10 * eps * jnp.abs(loss)
       ratio = jnp.where(negligible, 1.0, actual / jnp.where(negligible, 1.0, predicted))
-      healthy = result.ok & _base.is_finite_tree(direction) & jnp.isfinite(actual)
+      healthy = result.ok & _validation.all_finite(direction) & jnp.isfinite(actual)
       accepted = healthy & (negligible | (ratio > accept_ratio))
       return direction, ratio, accepted, negligible, result.ok
 

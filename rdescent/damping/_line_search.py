@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from rdescent import _validation
 from rdescent.damping import _base
 
 
@@ -73,7 +74,7 @@ def backtracking(
     A `DampingController` whose state is a `BacktrackingState`.
   """
   inner = _base.as_controller(controller)
-  _base.check_positive("shrink", shrink)
+  _validation.check_positive("shrink", shrink)
   if not shrink < 1:
     raise ValueError(f"shrink must be in (0, 1); got {shrink!r}.")
   if not isinstance(max_steps, int) or max_steps < 1:

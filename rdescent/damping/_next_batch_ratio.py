@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from rdescent import _validation
 from rdescent.damping import _base
 
 REJECT_ABOVE = 1.1
@@ -102,7 +103,7 @@ def ratio_and_coefficient(reference, loss, predicted):
 
 def next_batch_ratio(initial: float = 1e-5) -> _base.DampingController:
   """The paper code's next-batch ratio rule for λ (see the module docstring)."""
-  _base.check_positive("initial", initial)
+  _validation.check_positive("initial", initial)
 
   def init(params):
     dtype = _base.float_dtype(params)

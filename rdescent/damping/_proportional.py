@@ -23,6 +23,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rdescent import _validation
 from rdescent.damping import _base
 
 MAX_BOOST = 1e6
@@ -40,7 +41,7 @@ def _proportional(
     failure_growth: float,
 ) -> _base.DampingController:
   _base.check_range(min_damping, max_damping)
-  _base.check_positive("failure_growth", failure_growth)
+  _validation.check_positive("failure_growth", failure_growth)
 
   def init(params):
     dtype = _base.float_dtype(params)
@@ -89,8 +90,8 @@ def residual_proportional(
     delta: δ > 0; δ ∈ [1, 2] gives local quadratic convergence of LM on
       zero-residual problems.
   """
-  _base.check_positive("mu", mu)
-  _base.check_positive("delta", delta)
+  _validation.check_positive("mu", mu)
+  _validation.check_positive("delta", delta)
 
   def measure(problem):
     rhs = problem.factors.rhs
@@ -107,7 +108,7 @@ def gradient_proportional(
     failure_growth: float = 10.0,
 ) -> _base.DampingController:
   """λ = μ ‖Jᵀ r‖^(1/2), clamped to [min_damping, max_damping]."""
-  _base.check_positive("mu", mu)
+  _validation.check_positive("mu", mu)
 
   def measure(problem):
     return mu * jnp.sqrt(_base.gradient_norm(problem))
