@@ -22,6 +22,15 @@ def mlp_init(key, sizes, dtype=jnp.float32):
   return params
 
 
+def mlp_problem(key, sizes, m, dtype=jnp.float64):
+  """An MLP's params (`mlp_init`) with random inputs (m, sizes[0]) and targets (m, sizes[-1])."""
+  kp, kx, ky = jax.random.split(key, 3)
+  params = mlp_init(kp, sizes, dtype)
+  x = jax.random.normal(kx, (m, sizes[0]), dtype)
+  y = jax.random.normal(ky, (m, sizes[-1]), dtype)
+  return params, x, y
+
+
 def mlp_apply(params, x, activation="tanh"):
   act = ACTIVATIONS[activation]
   for i, layer in enumerate(params):

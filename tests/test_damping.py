@@ -27,14 +27,6 @@ def _jit_update(tx):
   return jax.jit(lambda p, s, x, y: tx.update(None, s, p, batch=(x, y)))
 
 
-def _mlp_problem(key, sizes, m, dtype=jnp.float64):
-  kp, kx, ky = jax.random.split(key, 3)
-  params = models.mlp_init(kp, sizes, dtype)
-  x = jax.random.normal(kx, (m, sizes[0]), dtype)
-  y = jax.random.normal(ky, (m, sizes[-1]), dtype)
-  return params, x, y
-
-
 def _dense(apply_fn, params, x, y):
   """(J, r) in float64 NumPy: J is (m k, p), r = f(θ; X) − Y flattened."""
   jacobian = models.dense_jacobian(apply_fn, params, x)
@@ -228,7 +220,7 @@ def test_gcv_scores_of_blocks_equal_the_block_diagonal_regression():
 @pytest.mark.parametrize("system", ["dual", "primal"])
 def test_gcv_controller_picks_the_dense_gcv_minimiser(system):
   with jax.enable_x64(True):
-    params, x, y = _mlp_problem(jax.random.PRNGKey(6), [2, 4, 1], m=12)  # p = 17
+    params, x, y = models.mlp_problem(jax.random.PRNGKey(6), [2, 4, 1], m=12)  # p = 17
     jacobian, residual = _dense(models.mlp_apply, params, x, y)
     controller = rd.damping.gcv(1e-6, 1e2, 25)
     tx = rd.scale_by_regression_descent(models.mlp_apply, damping=controller, system=system)
@@ -251,7 +243,7 @@ def test_gcv_controller_picks_the_dense_gcv_minimiser(system):
 )
 def test_proportional_controllers_equal_their_formulas(outputs, system):
   with jax.enable_x64(True):
-    params, x, y = _mlp_problem(jax.random.PRNGKey(7), [3, 4, 2], m=5)  # p = 26, m k = 10
+    params, x, y = models.mlp_problem(jax.random.PRNGKey(7), [3, 4, 2], m=5)  # p = 26, m k = 10
     jacobian, residual = _dense(models.mlp_apply, params, x, y)
     m = x.shape[0]
     # ‖Jᵀr‖ has one code path per (outputs, system); ‖r‖ has one in all.
@@ -275,7 +267,7 @@ def test_proportional_controllers_equal_their_formulas(outputs, system):
 
 def test_proportional_damping_is_clamped():
   with jax.enable_x64(True):
-    params, x, y = _mlp_problem(jax.random.PRNGKey(8), [2, 3, 1], m=4)
+    params, x, y = models.mlp_problem(jax.random.PRNGKey(8), [2, 3, 1], m=4)
     controller = rd.damping.residual_proportional(mu=1e6, min_damping=1e-4, max_damping=5.0)
     tx = rd.scale_by_regression_descent(models.mlp_apply, damping=controller)
     _, state = _jit_update(tx)(params, tx.init(params), x, y)
@@ -301,7 +293,7 @@ def _exact_fit_controllers():
 @pytest.mark.parametrize("name", sorted(_exact_fit_controllers()))
 def test_damping_stays_bounded_for_hundreds_of_steps_at_an_exact_solution(name):
   controller, bounds = _exact_fit_controllers()[name]
-  params, x, _ = _mlp_problem(jax.random.PRNGKey(9), [2, 5, 1], m=8, dtype=jnp.float32)
+  params, x, _ = models.mlp_problem(jax.random.PRNGKey(9), [2, 5, 1], m=8, dtype=jnp.float32)
   y = jax.jit(models.mlp_apply)(params, x)
   tx = rd.regression_descent(models.mlp_apply, learning_rate=1.0, damping=controller)
 
@@ -333,9 +325,9 @@ def test_damping_stays_bounded_for_hundreds_of_steps_at_an_exact_solution(name):
 
 def test_next_batch_ratio_accepts_rejects_and_undoes_the_previous_step_exactly():
   with jax.enable_x64(True):
-    params, x1, y1 = _mlp_problem(jax.random.PRNGKey(10), [2, 5, 1], m=6)
-    _, x2, y2 = _mlp_problem(jax.random.PRNGKey(11), [2, 5, 1], m=6)
-    _, x3, y3 = _mlp_problem(jax.random.PRNGKey(12), [2, 5, 1], m=6)
+    params, x1, y1 = models.mlp_problem(jax.random.PRNGKey(10), [2, 5, 1], m=6)
+    _, x2, y2 = models.mlp_problem(jax.random.PRNGKey(11), [2, 5, 1], m=6)
+    _, x3, y3 = models.mlp_problem(jax.random.PRNGKey(12), [2, 5, 1], m=6)
     eta, initial = 0.5, 1e-2
     tx = rd.regression_descent(
         models.mlp_apply, learning_rate=eta, damping=rd.damping.next_batch_ratio(initial)
@@ -552,7 +544,7 @@ def test_lm_solves_more_garbow_hillstrom_problems_like_scipy(name):
 
 def test_momentum_and_weight_decay_chain_like_the_hand_computation():
   with jax.enable_x64(True):
-    params, x, y = _mlp_problem(jax.random.PRNGKey(14), [2, 4, 1], m=5)
+    params, x, y = models.mlp_problem(jax.random.PRNGKey(14), [2, 4, 1], m=5)
     damping, decay, momentum, eta = 0.1, 1e-4, 0.9, 0.5
     tx = optax.chain(
         rd.scale_by_regression_descent(models.mlp_apply, damping=damping),
@@ -621,7 +613,7 @@ def test_backtracking_rejects_when_no_step_length_passes():
 
 def test_backtracking_keeps_a_good_step_whole():
   with jax.enable_x64(True):
-    params, x, y = _mlp_problem(jax.random.PRNGKey(15), [3, 8, 1], m=4)  # over-parameterised
+    params, x, y = models.mlp_problem(jax.random.PRNGKey(15), [3, 8, 1], m=4)  # over-parameterised
     plain = rd.regression_descent(models.mlp_apply, 1.0, damping=1e-3)
     wrapped = rd.regression_descent(models.mlp_apply, 1.0, damping=rd.damping.backtracking(1e-3))
     expected, _ = _jit_update(plain)(params, plain.init(params), x, y)

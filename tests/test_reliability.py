@@ -26,11 +26,7 @@ SIZES = (3, 8, 2)
 
 
 def _setup(m=6, sizes=SIZES, dtype=jnp.float32, seed=0):
-  kp, kx, ky = jax.random.split(jax.random.PRNGKey(seed), 3)
-  params = models.mlp_init(kp, sizes, dtype)
-  x = jax.random.normal(kx, (m, sizes[0]), dtype)
-  y = jax.random.normal(ky, (m, sizes[-1]), dtype)
-  return params, x, y
+  return models.mlp_problem(jax.random.PRNGKey(seed), sizes, m, dtype)
 
 
 def _step_fn(tx):

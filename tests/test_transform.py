@@ -23,14 +23,6 @@ def _direction(apply_fn, params, x, y, **kwargs):
   return direction, state
 
 
-def _problem(key, sizes, m, dtype=jnp.float64):
-  kp, kx, ky = jax.random.split(key, 3)
-  params = models.mlp_init(kp, sizes, dtype)
-  x = jax.random.normal(kx, (m, sizes[0]), dtype)
-  y = jax.random.normal(ky, (m, sizes[-1]), dtype)
-  return params, x, y
-
-
 def test_overparameterised_linear_model_interpolates_in_one_step():
   with jax.enable_x64(True):
     key = jax.random.PRNGKey(0)
@@ -49,7 +41,7 @@ def test_overparameterised_linear_model_interpolates_in_one_step():
 @pytest.mark.parametrize("system", ["dual", "primal"])
 def test_full_mode_equals_dense_ridge_direction(activation, system):
   with jax.enable_x64(True):
-    params, x, y = _problem(jax.random.PRNGKey(1), [3, 6, 5, 2], m=7)
+    params, x, y = models.mlp_problem(jax.random.PRNGKey(1), [3, 6, 5, 2], m=7)
     apply_fn = lambda p, x: models.mlp_apply(p, x, activation)
     damping = 0.3
     direction, state = _direction(apply_fn, params, x, y, damping=damping, system=system)
@@ -64,7 +56,7 @@ def test_full_mode_equals_dense_ridge_direction(activation, system):
 @pytest.mark.parametrize("system", ["dual", "primal"])
 def test_per_output_mode_equals_its_formula(system):
   with jax.enable_x64(True):
-    params, x, y = _problem(jax.random.PRNGKey(2), [4, 5, 3], m=6)
+    params, x, y = models.mlp_problem(jax.random.PRNGKey(2), [4, 5, 3], m=6)
     damping = 0.05
     direction, _ = _direction(
         models.mlp_apply, params, x, y, damping=damping, outputs="per_output", system=system
@@ -77,7 +69,7 @@ def test_per_output_mode_equals_its_formula(system):
 
 def test_primal_and_dual_agree_and_auto_picks_the_smaller_system():
   with jax.enable_x64(True):
-    params, x, y = _problem(jax.random.PRNGKey(3), [2, 3, 2], m=20)  # p = 17 < m k = 40
+    params, x, y = models.mlp_problem(jax.random.PRNGKey(3), [2, 3, 2], m=20)  # p = 17 < m k = 40
     for outputs in ("full", "per_output"):
       dual, _ = _direction(models.mlp_apply, params, x, y, damping=0.1, outputs=outputs, system="dual")
       primal, _ = _direction(models.mlp_apply, params, x, y, damping=0.1, outputs=outputs, system="primal")
@@ -114,7 +106,7 @@ def test_flax_linen_params_and_chunking():
 
 def test_large_damping_tends_to_scaled_gradient():
   with jax.enable_x64(True):
-    params, x, y = _problem(jax.random.PRNGKey(4), [3, 4, 2], m=5)
+    params, x, y = models.mlp_problem(jax.random.PRNGKey(4), [3, 4, 2], m=5)
     damping = 1e8
     direction, _ = _direction(models.mlp_apply, params, x, y, damping=damping)
     loss = lambda p: 0.5 * jnp.sum((models.mlp_apply(p, x) - y) ** 2)
@@ -123,7 +115,7 @@ def test_large_damping_tends_to_scaled_gradient():
 
 
 def test_chain_with_clipping_under_jit_and_schedule():
-  params, x, y = _problem(jax.random.PRNGKey(5), [3, 8, 2], m=16, dtype=jnp.float32)
+  params, x, y = models.mlp_problem(jax.random.PRNGKey(5), [3, 8, 2], m=16, dtype=jnp.float32)
   tx = optax.chain(
       rd.scale_by_regression_descent(models.mlp_apply, damping=1e-2),
       optax.clip_by_global_norm(0.1),
@@ -138,7 +130,7 @@ def test_chain_with_clipping_under_jit_and_schedule():
 
 
 def test_inject_hyperparams_and_damping_schedule():
-  params, x, y = _problem(jax.random.PRNGKey(6), [3, 8, 2], m=16, dtype=jnp.float32)
+  params, x, y = models.mlp_problem(jax.random.PRNGKey(6), [3, 8, 2], m=16, dtype=jnp.float32)
   tx = optax.inject_hyperparams(rd.regression_descent, static_args=("apply_fn",))(
       apply_fn=models.mlp_apply, learning_rate=0.5, damping=1e-2
   )
@@ -191,7 +183,7 @@ def test_direction_solves_ridge_for_random_shapes(m, k, width, vector_output, ou
   if vector_output:
     k = 1
   with jax.enable_x64(True):
-    params, x, y = _problem(jax.random.PRNGKey(m * 100 + k * 10 + width), [2, width, k], m=m)
+    params, x, y = models.mlp_problem(jax.random.PRNGKey(m * 100 + k * 10 + width), [2, width, k], m=m)
     apply_fn = models.mlp_apply
     if vector_output:
       apply_fn = lambda p, x: models.mlp_apply(p, x)[:, 0]
@@ -210,7 +202,7 @@ def test_direction_solves_ridge_for_random_shapes(m, k, width, vector_output, ou
 class TestErrors:
 
   def setup_method(self):
-    self.params, self.x, self.y = _problem(jax.random.PRNGKey(8), [3, 4, 2], m=5, dtype=jnp.float32)
+    self.params, self.x, self.y = models.mlp_problem(jax.random.PRNGKey(8), [3, 4, 2], m=5, dtype=jnp.float32)
     self.tx = rd.scale_by_regression_descent(models.mlp_apply)
     self.state = self.tx.init(self.params)
 
