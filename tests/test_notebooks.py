@@ -82,6 +82,8 @@ def test_notebook_runs_at_ci_size_and_plots(path, kernel_specs, monkeypatch, tmp
     pytest.skip(f"MNIST IDX files not found under $RDESCENT_DATA_DIR "
                 f"({os.environ.get('RDESCENT_DATA_DIR')})")
   monkeypatch.setenv("RDESCENT_NOTEBOOK_SIZE", "ci")
+  if os.environ.get("RDESCENT_DATA_DIR"):  # the kernel runs in tmp_path: no relative paths
+    monkeypatch.setenv("RDESCENT_DATA_DIR", os.path.abspath(os.environ["RDESCENT_DATA_DIR"]))
   monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend makes the PNGs
   # Tiny problems: XLA's cheapest optimisation level cuts compile time by about a third.
   flags = os.environ.get("XLA_FLAGS", "")
