@@ -37,50 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import rdescent as rd
+from benchmarks import models
 from rdescent import structured_gram
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results" / "cpu"
-
-
-# ---------------------------------------------------------------- models
-
-
-def mlp_init(seed: int, sizes: list[int]) -> list[dict[str, jax.Array]]:
-  rng = np.random.default_rng(seed)
-  return [{"w": jnp.asarray(rng.standard_normal((n, o)) / math.sqrt(n), jnp.float32),
-           "b": jnp.zeros((o,), jnp.float32)} for n, o in zip(sizes[:-1], sizes[1:])]
-
-
-def mlp_apply(params, x):
-  x = x.reshape(x.shape[0], -1)
-  for i, layer in enumerate(params):
-    x = x @ layer["w"] + layer["b"]
-    if i < len(params) - 1:
-      x = jnp.tanh(x)
-  return x
-
-
-def small_cnn_init(seed: int, channels: int = 8, side: int = 28) -> dict[str, Any]:
-  rng = np.random.default_rng(seed)
-  pooled = (side - 2) // 2
-  return {
-      "conv": {"kernel": jnp.asarray(rng.standard_normal((3, 3, 1, channels)) / 3, jnp.float32),
-               "bias": jnp.zeros((channels,), jnp.float32)},
-      "dense": {"kernel": jnp.asarray(rng.standard_normal((pooled * pooled * channels, 10))
-                                      / math.sqrt(pooled * pooled * channels), jnp.float32),
-                "bias": jnp.zeros((10,), jnp.float32)},
-  }
-
-
-def small_cnn_apply(params, x):
-  """The paper's SmallCNN: conv 1→C 3×3 VALID (NHWC), ReLU, 2×2 max-pool, dense → 10."""
-  x = jax.lax.conv_general_dilated(
-      x, params["conv"]["kernel"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-  ) + params["conv"]["bias"]
-  x = jax.nn.relu(x)
-  m, side, channels = x.shape[0], x.shape[1] // 2, x.shape[-1]
-  x = x.reshape(m, side, 2, side, 2, channels).max(axis=(2, 4)).reshape(m, -1)
-  return x @ params["dense"]["kernel"] + params["dense"]["bias"]
 
 
 def cases(quick: bool) -> list[dict[str, Any]]:
@@ -92,12 +52,15 @@ def cases(quick: bool) -> list[dict[str, Any]]:
     mlp_sizes, mlp_ms, cnn = [784, 256, 256, 10], [32, 128, 256], dict(channels=8, side=28)
     lorenz, lorenz_m = [40, 256, 256, 40], 32
   name = lambda sizes: "MLP " + "-".join(map(str, sizes))
-  found = [dict(name=name(mlp_sizes), apply=mlp_apply, params=mlp_init(0, mlp_sizes),
+  mlp, lorenz_mlp, cnn_model = (models.mlp(mlp_sizes, "tanh"), models.mlp(lorenz, "tanh"),
+                                models.small_cnn(**cnn))
+  found = [dict(name=name(mlp_sizes), apply=mlp.apply, params=mlp.init(jax.random.PRNGKey(0)),
                 input_shape=(mlp_sizes[0],), m=m) for m in mlp_ms]
   found.append(dict(name=f"SmallCNN conv 1→{cnn['channels']} on {cnn['side']}²",
-                    apply=small_cnn_apply, params=small_cnn_init(0, **cnn),
+                    apply=cnn_model.apply, params=cnn_model.init(jax.random.PRNGKey(0)),
                     input_shape=(cnn["side"], cnn["side"], 1), m=32 if not quick else 4))
-  found.append(dict(name=name(lorenz), apply=mlp_apply, params=mlp_init(1, lorenz),
+  found.append(dict(name=name(lorenz), apply=lorenz_mlp.apply,
+                    params=lorenz_mlp.init(jax.random.PRNGKey(1)),
                     input_shape=(lorenz[0],), m=lorenz_m))
   return found
 

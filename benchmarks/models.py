@@ -57,12 +57,14 @@ def mlp(sizes: Sequence[int], activation: str = "tanh") -> Model:
   return Model(name, init, apply)
 
 
-def small_cnn(channels: int = 8, num_classes: int = 10) -> Model:
+def small_cnn(channels: int = 8, num_classes: int = 10, side: int = 28) -> Model:
   """The paper's SmallCNN: conv 1→8 3×3 (valid), ReLU, 2×2 max-pool, dense 1352→10.
 
-  Inputs are (m, 28, 28) or (m, 28, 28, 1) images.
+  Inputs are (m, side, side) or (m, side, side, 1) images (side 28: MNIST; a
+  smaller even side gives a smaller model of the same shape, for quick runs).
   """
-  features = 13 * 13 * channels
+  pooled = (side - 2) // 2
+  features = pooled * pooled * channels
 
   def init(key):
     kconv, kdense = jax.random.split(key)
@@ -73,14 +75,14 @@ def small_cnn(channels: int = 8, num_classes: int = 10) -> Model:
     }
 
   def apply(params, inputs):
-    x = inputs.reshape(inputs.shape[0], 28, 28, 1)
+    x = inputs.reshape(inputs.shape[0], side, side, 1)
     x = jax.lax.conv_general_dilated(
         x, params["conv"]["kernel"], window_strides=(1, 1), padding="VALID",
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     ) + params["conv"]["bias"]
     x = jax.nn.relu(x)
     m = x.shape[0]
-    x = x.reshape(m, 13, 2, 13, 2, channels).max(axis=(2, 4))
+    x = x.reshape(m, pooled, 2, pooled, 2, channels).max(axis=(2, 4))
     x = x.reshape(m, features)
     return x @ params["dense"]["kernel"] + params["dense"]["bias"]
 

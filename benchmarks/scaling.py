@@ -14,7 +14,6 @@ import time
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import rdescent as rd
