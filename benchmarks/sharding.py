@@ -3,7 +3,8 @@
 Two parts (one JSON):
 
 * `timings`: one jitted `scale_by_regression_descent` step (full and per-output
-  mode) with the batch sharded over n = 1, 2, 4, 8 simulated CPU devices
+  mode; K built by every device, or in block rows with `data_axis="data"`)
+  with the batch sharded over n = 1, 2, 4, 8 simulated CPU devices
   (`XLA_FLAGS=--xla_force_host_platform_device_count=n`, one subprocess per n,
   this module run as a script), an `AxisType.Explicit` mesh, replicated
   parameters. Median over repeats after compilation; n = 0 is the same step
@@ -26,6 +27,7 @@ import time
 from typing import Any, Mapping
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+LAYOUTS = ("replicated", "row_blocks")
 FULL = {"devices": (1, 2, 4, 8), "sizes": (64, 128, 128, 10), "m": 64, "repeats": 5,
         "outputs": ("full", "per_output")}
 QUICK = {"devices": (2,), "sizes": (4, 4, 2), "m": 4, "repeats": 1, "outputs": ("full",)}
@@ -36,7 +38,7 @@ COMM_DEVICES = (8, 64)
 
 def _worker(devices: int, sizes: tuple[int, ...], m: int, repeats: int,
             outputs_modes: tuple[str, ...]) -> list[dict[str, Any]]:
-  """Runs in a subprocess with `devices` CPU devices: median step seconds per output mode."""
+  """Runs in a subprocess with `devices` CPU devices: median step seconds per mode and layout."""
   import jax
   import numpy as np
   from jax.sharding import AxisType
@@ -52,12 +54,14 @@ def _worker(devices: int, sizes: tuple[int, ...], m: int, repeats: int,
   y = jax.random.normal(jax.random.fold_in(key, 2), (m, sizes[-1]))
   mesh = jax.make_mesh((devices,), ("data",), axis_types=(AxisType.Explicit,))
   rows = []
-  for outputs in outputs_modes:
+  for outputs, layout in [(o, l) for o in outputs_modes for l in LAYOUTS]:
     tx = rd.scale_by_regression_descent(model.apply, damping=1e-3, outputs=outputs,
-                                        system="dual")
+                                        system="dual",
+                                        data_axis="data" if layout == "row_blocks" else None)
     step = jax.jit(lambda p, s, x, y, tx=tx: tx.update(None, s, p, batch=(x, y)))
     state = tx.init(params)
-    for meshed in ((False, True) if devices == 1 else (True,)):
+    plain = devices == 1 and layout == "replicated"
+    for meshed in ((False, True) if plain else (True,)):
       if meshed:
         with jax.set_mesh(mesh):
           args = (rd.sharding.replicate(params, mesh), state,
@@ -75,7 +79,7 @@ def _worker(devices: int, sizes: tuple[int, ...], m: int, repeats: int,
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - start)
       rows.append({"devices": devices if meshed else 0, "outputs": outputs,
-                   "seconds": float(np.median(times)), "compile_seconds": compile_seconds})
+                   "layout": layout if meshed else "no mesh", "seconds": float(np.median(times)), "compile_seconds": compile_seconds})
   return rows
 
 
@@ -94,7 +98,7 @@ def _timings(config: Mapping[str, Any], progress: bool) -> list[dict[str, Any]]:
     rows += new
     if progress:
       for row in new:
-        print(f"sharding devices={row['devices']} {row['outputs']:10s} "
+        print(f"sharding devices={row['devices']} {row['outputs']:10s} {row['layout']:10s} "
               f"{1e3 * row['seconds']:9.2f} ms/step", flush=True)
   return rows
 
@@ -107,7 +111,7 @@ def _communication() -> list[dict[str, Any]]:
     for outputs in ("full", "per_output"):
       for layout in ("replicated", "row_blocks"):
         for gathered in ("inputs", "factors", "jacobian"):
-          if gathered != "factors" and layout == "row_blocks":
+          if (gathered == "inputs") != (layout == "replicated"):
             continue
           got = rd.sharding.communication_bytes(m, COMM_SIZES, devices, outputs=outputs,
                                                 gram_layout=layout, gathered=gathered)
@@ -134,6 +138,7 @@ def run(options) -> dict[str, Any]:
                  "m": config["m"], "devices": list(config["devices"]),
                  "repeats": config["repeats"], "outputs": list(config["outputs"]),
                  "damping": 1e-3, "system": "dual", "mesh": "Explicit", "quick": options.quick,
+                 "layouts": list(LAYOUTS),
                  "communication_model": "MLP " + "-".join(map(str, COMM_SIZES)),
                  "communication_m": COMM_M},
       "timings": _timings(config, options.progress),
@@ -152,9 +157,10 @@ def markdown_table(result: Mapping[str, Any]) -> str:
   config = result["config"]
   lines = [f"Step time, {config['model']}, m = {config['m']}, dual system, median of "
            f"{config['repeats']} (devices 0: no mesh).", "",
-           "| devices | outputs | ms/step | compile s |", "|---|---|---|---|"]
+           "| devices | outputs | K layout | ms/step | compile s |", "|---|---|---|---|---|"]
   for r in result["timings"]:
-    lines.append(f"| {r['devices']} | {r['outputs']} | {1e3 * r['seconds']:.3g} | "
+    lines.append(f"| {r['devices']} | {r['outputs']} | {r.get('layout', 'replicated')} | "
+                 f"{1e3 * r['seconds']:.3g} | "
                  f"{r['compile_seconds']:.2f} |")
   lines += ["", f"Bytes received per device per step, {config['communication_model']}, "
             f"m = {config['communication_m']}, float32 (`rd.sharding.communication_bytes`); "
@@ -176,9 +182,12 @@ def plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
 
   fig, ax = plt.subplots(figsize=(5, 3.8))
   for outputs in ("full", "per_output"):
-    rows = [r for r in result["timings"] if r["outputs"] == outputs and r["devices"] > 0]
-    ax.plot([r["devices"] for r in rows], [1e3 * r["seconds"] for r in rows], "o-",
-            label=outputs)
+    for layout, style in zip(LAYOUTS, ("o-", "s--")):
+      rows = [r for r in result["timings"] if r["outputs"] == outputs and r["devices"] > 0
+              and r.get("layout", "replicated") == layout]
+      if rows:
+        ax.plot([r["devices"] for r in rows], [1e3 * r["seconds"] for r in rows], style,
+                label=f"{outputs}, K {layout}")
   ax.set_xscale("log", base=2)
   ax.set_xlabel("simulated devices (batch sharded)")
   ax.set_ylabel("ms per RD step")

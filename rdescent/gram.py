@@ -94,18 +94,67 @@ def flat_jacobian(jacobian: Params, num_examples: int, num_outputs: int) -> jax.
   )
 
 
+def jacobian_factors(jacobian: Params) -> structured_lib.GramFactors:
+  """The `GramFactors` of a per-example Jacobian pytree: one gradient block per leaf."""
+  leaves = jax.tree_util.tree_leaves(jacobian)
+  num_examples, num_outputs = leaves[0].shape[:2]
+  flats = tuple(leaf.reshape(num_examples, num_outputs, -1) for leaf in leaves)
+  reference = jnp.zeros((num_examples, num_outputs, 0), jnp.result_type(*leaves))
+  return structured_lib.GramFactors((), (), flats, reference)
+
+
 def gram_from_jacobian(jacobian: Params, *, outputs: str = "full") -> jax.Array:
   """K = J Jᵀ from a per-example Jacobian pytree, leaf by leaf (no concatenation).
 
   Returns (m k, m k) for `outputs="full"`, (k, m, m) for `"per_output"`.
   """
-  leaves = jax.tree_util.tree_leaves(jacobian)
-  num_examples, num_outputs = leaves[0].shape[:2]
-  flats = [leaf.reshape(num_examples, num_outputs, -1) for leaf in leaves]
-  if outputs == "full":
-    gram = sum(jnp.einsum("icp,jdp->icjd", f, f) for f in flats)
-    return gram.reshape(num_examples * num_outputs, num_examples * num_outputs)
-  return sum(jnp.einsum("icp,jcp->cij", f, f) for f in flats)
+  factors = jacobian_factors(jacobian)
+  return structured_lib.cross_gram(factors, factors, outputs=outputs)
+
+
+def gram_factors(
+    apply_fn: ApplyFn,
+    params: Params,
+    inputs: Any,
+    *,
+    method: str = "auto",
+    outputs: str = "full",
+    chunk_size: int | None = None,
+) -> structured_lib.GramFactors:
+  """Per-example factors of K (`rdescent.structured_gram.GramFactors`).
+
+  K's block between two sets of examples is `cross_gram` of their factors;
+  `cross_gram(f, f)` equals `gram_matrix` with the same arguments. The
+  structured engine's factors are layer inputs and output cotangents (plus
+  per-example gradients of the leaves it materialises); the jacobian
+  engine's are the per-example Jacobians (m k p numbers).
+  """
+  _validation.check_option("method", method, METHODS)
+  _validation.check_option("outputs", outputs, OUTPUT_MODES)
+  if method in ("auto", "structured"):
+    traced = structured_lib.trace_model(apply_fn, params, inputs)
+    if method == "structured" or traced.covered:
+      return structured_lib.factors_from_trace(
+          traced, apply_fn, params, inputs, outputs=outputs, chunk_size=chunk_size
+      )
+  out_shape = jax.eval_shape(apply_fn, params, inputs).shape
+  jacobian = per_example_jacobian(
+      apply_fn, params, inputs, num_outputs=math.prod(out_shape[1:]),
+      chunk_size=chunk_size,
+  )
+  return jacobian_factors(jacobian)
+
+
+def cross_gram(
+    rows: structured_lib.GramFactors, cols: structured_lib.GramFactors, *, outputs: str = "full"
+) -> jax.Array:
+  """K's block between the examples of two `gram_factors` of the same model and engine.
+
+  K[(i, c), (j, c')] for i in `rows`, j in `cols`: (m_r k, m_c k),
+  example-major, for `outputs="full"`, (k, m_r, m_c) for `"per_output"`.
+  """
+  _validation.check_option("outputs", outputs, OUTPUT_MODES)
+  return structured_lib.cross_gram(rows, cols, outputs=outputs)
 
 
 def gram_matrix(
@@ -132,17 +181,7 @@ def gram_matrix(
   Returns:
     K as described by `outputs`.
   """
-  _validation.check_option("method", method, METHODS)
-  _validation.check_option("outputs", outputs, OUTPUT_MODES)
-  if method in ("auto", "structured"):
-    traced = structured_lib.trace_model(apply_fn, params, inputs)
-    if method == "structured" or traced.covered:
-      return structured_lib.gram_from_trace(
-          traced, apply_fn, params, inputs, outputs=outputs, chunk_size=chunk_size
-      )
-  out_shape = jax.eval_shape(apply_fn, params, inputs).shape
-  jacobian = per_example_jacobian(
-      apply_fn, params, inputs, num_outputs=math.prod(out_shape[1:]),
-      chunk_size=chunk_size,
+  factors = gram_factors(
+      apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
   )
-  return gram_from_jacobian(jacobian, outputs=outputs)
+  return structured_lib.cross_gram(factors, factors, outputs=outputs)

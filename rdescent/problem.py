@@ -33,6 +33,18 @@ from rdescent import solve as solve_lib
 SYSTEMS = ("auto", "dual", "primal")
 
 
+def _gram(apply_fn, params, inputs, method, outputs, chunk_size, data_axis) -> jax.Array:
+  """K under a mesh: every device builds all of it (`data_axis=None`) or its block row."""
+  if data_axis is None:
+    return sharding_lib.replicated_call(gram_lib.gram_matrix)(
+        apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
+    )
+  return sharding_lib.row_block_gram(
+      apply_fn, params, inputs, axis=data_axis, method=method, outputs=outputs,
+      chunk_size=chunk_size,
+  )
+
+
 class LinearizedProblem:
   """The RD regression at one (params, batch); built inside a trace.
 
@@ -60,6 +72,7 @@ class LinearizedProblem:
       gram: str,
       system: str,
       chunk_size: int | None,
+      data_axis: str | None = None,
       name: str = "scale_by_regression_descent",
   ):
     self._apply_fn = apply_fn
@@ -94,16 +107,11 @@ class LinearizedProblem:
 
     if system == "dual":
       if self.per_output:
-        self.matrix = sharding_lib.replicated_call(gram_lib.gram_matrix)(
-            apply_fn, params, inputs, method=gram, outputs="per_output",
-            chunk_size=chunk_size,
-        )
+        self.matrix = _gram(apply_fn, params, inputs, gram, "per_output", chunk_size,
+                            data_axis)
         self.rhs = rhs_u.T
       else:
-        gram_full = sharding_lib.replicated_call(gram_lib.gram_matrix)(
-            apply_fn, params, inputs, method=gram, outputs="full",
-            chunk_size=chunk_size,
-        )
+        gram_full = _gram(apply_fn, params, inputs, gram, "full", chunk_size, data_axis)
         if factor is not None:
           gram4 = gram_full.reshape(num_examples, num_outputs, num_examples, num_outputs)
           gram4 = jnp.einsum("ikq,ikjl,jlr->iqjr", factor, gram4, factor)

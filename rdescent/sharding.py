@@ -16,7 +16,10 @@ its own part of the batch, see `shard_batch`):
 
     mesh = jax.make_mesh((jax.device_count(),), ("data",),
                          axis_types=(AxisType.Explicit,))
-    tx = rd.regression_descent(apply_fn, learning_rate=1.0, damping=1e-3)
+    # data_axis="data": each device builds its block row of K (see below);
+    # leave it out to have every device build all of K.
+    tx = rd.regression_descent(apply_fn, learning_rate=1.0, damping=1e-3,
+                               data_axis="data")
     params = rd.sharding.replicate(params, mesh)
     opt_state = tx.init(params)
 
@@ -34,20 +37,27 @@ Layout of one step, n devices, m examples (m/n per device), k outputs, dense
 layers l with widths d_in,l → d_out,l, p parameters:
 
 1. forward pass and the k cotangent passes on local examples: no traffic;
-2. K: what rdescent does (`replicated_call`) is an all-gather of the network
-   inputs (m × d_0 numbers) after which every device builds all of K itself
-   (no traffic, the K work done n times). Alternatives that split the K work:
-   all-gather the layer inputs a (m × d_in,l) and cotangents δ (m × k ×
-   d_out,l), the low-rank factors of K (structured engine), or the
-   per-example Jacobians (m k p numbers);
+2. K, in one of two layouts:
+   * `data_axis=None` (the default, `replicated_call`): an all-gather of the
+     network inputs (m × d_0 numbers), after which every device builds all
+     of K itself (no K traffic, the K work done n times);
+   * `data_axis="data"` (`row_block_gram`): each device computes the Gram
+     factors of its own m/n examples (layer inputs a, m × d_in,l, and
+     cotangents δ, m × k × d_out,l, for the structured engine; per-example
+     Jacobians, m k p numbers, for the jacobian engine), all-gathers the
+     others' factors, and builds its block row K[own, all] (1/n of the K
+     work); the rows are then all-gathered, (m k)² numbers (k m² per
+     output), for the solve;
 3. all-gather of the residuals r (m k numbers); every device then solves the
-   (m k)² system (k systems of m² per output) replicated — or builds only its
-   block row of K and all-gathers the rows ((m k)²);
+   (m k)² system (k systems of m² per output) replicated: its cost,
+   (m k)³/3 flops, is what limits m on many devices (per-output mode solves
+   k systems of m², k² times less; or use smaller batches per solve);
 4. the direction Jᵀα is a local VJP with the local slice of α followed by a
    psum (all-reduce) of p numbers.
 
-The compiled dual step shows exactly these collectives (all-gather of x and
-r, one all-reduce of the parameter-shaped direction, a few flags). The primal
+The compiled dual step shows exactly these collectives (all-gather of x, or
+of the factors and of K's rows, and of r; one all-reduce of the
+parameter-shaped direction; a few flags). The primal
 system (p < m k) instead all-reduces the local JᵀJ and Jᵀr (p² + p numbers).
 `communication_bytes` evaluates the volume. Under `jax.jit` the XLA SPMD
 partitioner derives the collectives from the shardings.
@@ -62,6 +72,8 @@ import jax
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
+
+from rdescent import gram as gram_lib
 
 GRAM_LAYOUTS = ("replicated", "row_blocks")
 GATHERED = ("inputs", "factors", "jacobian")
@@ -213,6 +225,76 @@ def replicated_call(fn: Callable[..., Any]) -> Callable[..., Any]:
   return wrapped
 
 
+def row_block_gram(
+    apply_fn: Callable[[Any, Any], jax.Array],
+    params: Any,
+    inputs: Any,
+    *,
+    axis: str,
+    method: str = "auto",
+    outputs: str = "full",
+    chunk_size: int | None = None,
+) -> jax.Array:
+  """K = J Jᵀ built in block rows, one block per device along mesh axis `axis`.
+
+  With the m examples split over the n devices of `axis` (m/n each), inside
+  `jax.shard_map` every device
+
+  1. computes the `rdescent.gram.gram_factors` of its own examples (layer
+     inputs and output cotangents for the structured engine, per-example
+     Jacobians for the jacobian engine): 1/n of that work;
+  2. all-gathers them (`jax.lax.all_gather`, tiled) from the other devices;
+  3. assembles its block row K[own examples, all examples]
+     (`rdescent.gram.cross_gram`): 1/n of K's flops.
+
+  The result is the global K with its rows sharded over `axis` (per output:
+  (k, m, m) with the second axis sharded); the replicated solve that follows
+  all-gathers it, (m k)² numbers (k m² per output). Compare
+  `replicated_call`, where every device builds all of K from the
+  all-gathered inputs: less traffic, n times the K work.
+
+  Without a mesh context (`jax.set_mesh`, or the Auto axes that
+  `auto_axes_update` sets under Explicit meshes), or inside `shard_map`,
+  K is built as on one device.
+
+  Args:
+    apply_fn, params, inputs, method, outputs, chunk_size: as for
+      `rdescent.gram.gram_matrix`.
+    axis: the mesh axis the examples are split over.
+
+  Returns:
+    K as `rdescent.gram.gram_matrix` returns it.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.manual_axes:
+    return gram_lib.gram_matrix(
+        apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
+    )
+  if axis not in mesh.axis_names:
+    raise ValueError(
+        f"data_axis={axis!r} is not an axis of the current mesh; its axes are "
+        f"{mesh.axis_names}."
+    )
+  num_devices = mesh.shape[axis]
+  num_examples = jax.tree_util.tree_leaves(inputs)[0].shape[0]
+  if num_examples % num_devices:
+    raise ValueError(
+        f"data_axis={axis!r}: the batch of {num_examples} examples must split evenly "
+        f"over the {num_devices} devices of that mesh axis."
+    )
+
+  def block_row(params, inputs):
+    own = gram_lib.gram_factors(
+        apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
+    )
+    every = jax.lax.all_gather(own, axis, tiled=True)
+    return gram_lib.cross_gram(own, every, outputs=outputs)
+
+  rows = PartitionSpec(axis) if outputs == "full" else PartitionSpec(None, axis)
+  return jax.shard_map(block_row, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(axis)),
+                       out_specs=rows, check_vma=False)(params, inputs)
+
+
 class CommunicationBytes(NamedTuple):
   """Bytes each device receives in one data-parallel RD step (see the module docstring).
 
@@ -276,8 +358,10 @@ def communication_bytes(
     num_outputs: k (default: `layer_sizes[-1]`).
     outputs: `"full"` or `"per_output"`.
     gram_layout: `"replicated"` or `"row_blocks"`.
-    gathered: `"inputs"` (what rdescent does: every device builds all of K),
-      `"factors"` (K's factors a, δ) or `"jacobian"` (per-example Jacobians).
+    gathered: `"inputs"` (every device builds all of K: `data_axis=None`),
+      `"factors"` (K's factors a, δ: the structured engine with
+      `data_axis`) or `"jacobian"` (per-example Jacobians: the jacobian
+      engine with `data_axis`).
     num_params: p (default: weights and biases of the dense layers).
     bytes_per_number: 4 for float32.
 

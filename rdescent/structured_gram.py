@@ -53,7 +53,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -283,41 +283,63 @@ def plan(traced: TracedModel, num_examples: int, per_output: bool) -> list[LeafP
 # ---------------------------------------------------------------- assembly
 
 
-class _Gram:
-  """Accumulates K as (m, k, m, k) (full) or (k, m, m) (per output)."""
+class GramFactors(NamedTuple):
+  """Per-example factors of K = J Jᵀ (a pytree; every array has leading axis m).
 
-  def __init__(self, m: int, k: int, per_output: bool, dtype):
-    self.per_output = per_output
-    self.value = jnp.zeros((k, m, m) if per_output else (m, k, m, k), dtype)
+  Every entry of K is a sum of products of one quantity of example i and one
+  of example j, so K's block between two sets of examples needs only their
+  factors (`cross_gram`): this is what lets each device of a mesh build its
+  own block row of K from its examples and the all-gathered factors of the
+  others (`rdescent.sharding`).
 
-  def add_gradients(self, grads: jax.Array) -> None:
-    """Adds G Gᵀ for per-example gradients G of shape (m, k, P)."""
-    spec = "icp,jcp->cij" if self.per_output else "icp,jdp->icjd"
-    self.value = self.value + jnp.einsum(spec, grads, grads)
+  Attributes:
+    sources: (F, δ) pairs, F of shape (m, f) and δ of shape (m, k, Z): a
+      cotangent source and the features of the leaves that use it ("dense":
+      the layer input x; "bias": a constant 1), adding
+      (F_i · F_j)(δ_{i,c} · δ_{j,c'}).
+    position_pairs: (x, δ) pairs of "position_pair" leaves, x (m, B, T, n),
+      δ (m, k, B, T, o).
+    gradients: per-example gradients G (m, k, P) of "materialised" and
+      "fallback" leaves (or, for the jacobian engine, of every leaf), adding
+      G_{i,c} · G_{j,c'}.
+    reference: an empty (m, k, 0) array: carries m, k and the dtype.
+  """
 
-  def add_scaled_cotangent_gram(self, scale: jax.Array, delta: jax.Array) -> None:
-    """Adds scale[i, j] (δ_{i,c} · δ_{j,c'}) for δ of shape (m, k, Z)."""
-    if self.per_output:
-      self.value = self.value + scale[None] * jnp.einsum("icz,jcz->cij", delta, delta)
+  sources: tuple[tuple[jax.Array, jax.Array], ...]
+  position_pairs: tuple[tuple[jax.Array, jax.Array], ...]
+  gradients: tuple[jax.Array, ...]
+  reference: jax.Array
+
+
+def cross_gram(rows: GramFactors, cols: GramFactors, *, outputs: str = "full") -> jax.Array:
+  """K's block between the examples of `rows` and those of `cols`.
+
+  Returns (m_r k, m_c k), example-major, for `outputs="full"` and
+  (k, m_r, m_c) for `"per_output"`; `cross_gram(f, f)` is K itself.
+  """
+  per_output = outputs == "per_output"
+  m_r, k, _ = rows.reference.shape
+  m_c = cols.reference.shape[0]
+  value = jnp.zeros((k, m_r, m_c) if per_output else (m_r, k, m_c, k), rows.reference.dtype)
+  for (features_r, delta_r), (features_c, delta_c) in zip(rows.sources, cols.sources):
+    scale = features_r @ features_c.T
+    if per_output:
+      value = value + scale[None] * jnp.einsum("icz,jcz->cij", delta_r, delta_c)
     else:
-      gram = jnp.einsum("icz,jdz->icjd", delta, delta)
-      self.value = self.value + scale[:, None, :, None] * gram
-
-  def add_position_pairs(self, x: jax.Array, delta: jax.Array) -> None:
-    """Adds Σ_{b,t,u} (x_{ibt} · x_{jbu})(δ_{icbt} · δ_{jc'bu}); x (m,B,T,n), δ (m,k,B,T,o)."""
-    inputs = jnp.einsum("ibtn,jbun->bitju", x, x)
-    if self.per_output:
-      cot = jnp.einsum("icbto,jcbuo->bcitju", delta, delta)
-      self.value = self.value + jnp.einsum("bitju,bcitju->cij", inputs, cot)
+      value = value + scale[:, None, :, None] * jnp.einsum("icz,jdz->icjd", delta_r, delta_c)
+  for (x_r, delta_r), (x_c, delta_c) in zip(rows.position_pairs, cols.position_pairs):
+    # Σ_{b,t,u} (x_{ibt} · x_{jbu})(δ_{icbt} · δ_{jc'bu})
+    inputs = jnp.einsum("ibtn,jbun->bitju", x_r, x_c)
+    if per_output:
+      cot = jnp.einsum("icbto,jcbuo->bcitju", delta_r, delta_c)
+      value = value + jnp.einsum("bitju,bcitju->cij", inputs, cot)
     else:
-      cot = jnp.einsum("icbto,jdbuo->bictjdu", delta, delta)
-      self.value = self.value + jnp.einsum("bitju,bictjdu->icjd", inputs, cot)
-
-  def result(self) -> jax.Array:
-    if self.per_output:
-      return self.value
-    m, k = self.value.shape[:2]
-    return self.value.reshape(m * k, m * k)
+      cot = jnp.einsum("icbto,jdbuo->bictjdu", delta_r, delta_c)
+      value = value + jnp.einsum("bitju,bictjdu->icjd", inputs, cot)
+  for grads_r, grads_c in zip(rows.gradients, cols.gradients):
+    spec = "icp,jcp->cij" if per_output else "icp,jdp->icjd"
+    value = value + jnp.einsum(spec, grads_r, grads_c)
+  return value if per_output else value.reshape(m_r * k, m_c * k)
 
 
 def _site_gradients(
@@ -364,6 +386,62 @@ def _fallback_gradients(
   return jnp.concatenate([j.reshape(m, num_outputs, -1) for j in per_leaf], axis=-1)
 
 
+def factors_from_trace(
+    traced: TracedModel,
+    apply_fn: ApplyFn,
+    params: Params,
+    inputs: Any,
+    *,
+    outputs: str = "full",
+    chunk_size: int | None = None,
+) -> GramFactors:
+  """The `GramFactors` of a batch, leaf by leaf in the forms chosen by `plan`."""
+  per_output = outputs == "per_output"
+  param_leaves = jax.tree_util.tree_leaves(params)
+  m = jax.tree_util.tree_leaves(inputs)[0].shape[0]
+  k = traced.num_outputs
+  structure = traced.structure
+  layer_inputs, deltas = cotangents(traced, param_leaves, inputs, chunk_size)
+  dtype = jnp.result_type(*param_leaves)
+
+  features: dict[int, list[jax.Array]] = {}
+  position_pairs, gradients, fallback = [], [], []
+  for leaf_plan in plan(traced, m, per_output):
+    if leaf_plan.form == "fallback":
+      fallback.append(leaf_plan.leaf)
+      continue
+    site = leaf_plan.sites[0]
+    if leaf_plan.form == "bias":
+      features.setdefault(structure.source(site), []).append(jnp.ones((m, 1), dtype))
+    elif leaf_plan.form == "dense":
+      x = layer_inputs[site.index].reshape(m, -1).astype(dtype)
+      features.setdefault(structure.source(site), []).append(x)
+    elif leaf_plan.form == "position_pair":
+      layout = _dot_layout(site)
+      position_pairs.append((
+          _canonical_inputs(layout, layer_inputs[site.index]),
+          _canonical_cotangents(layout, deltas[structure.source(site)]),
+      ))
+    else:
+      gradients.append(sum(
+          _site_gradients(
+              s, param_leaves[s.leaf], layer_inputs.get(s.index), deltas[structure.source(s)]
+          )
+          for s in leaf_plan.sites
+      ))
+  if fallback:
+    gradients.append(
+        _fallback_gradients(apply_fn, params, inputs, tuple(fallback), k, chunk_size)
+    )
+  sources = tuple(
+      (jnp.concatenate(columns, axis=1) if len(columns) > 1 else columns[0],
+       deltas[source].reshape(m, k, -1))
+      for source, columns in features.items()
+  )
+  return GramFactors(sources, tuple(position_pairs), tuple(gradients),
+                     jnp.zeros((m, k, 0), dtype))
+
+
 def gram_from_trace(
     traced: TracedModel,
     apply_fn: ApplyFn,
@@ -378,51 +456,10 @@ def gram_from_trace(
   Returns (m k, m k), example-major, for `outputs="full"`; (k, m, m) for
   `"per_output"`.
   """
-  per_output = outputs == "per_output"
-  param_leaves = jax.tree_util.tree_leaves(params)
-  m = jax.tree_util.tree_leaves(inputs)[0].shape[0]
-  k = traced.num_outputs
-  structure = traced.structure
-  layer_inputs, deltas = cotangents(traced, param_leaves, inputs, chunk_size)
-  dtype = jnp.result_type(*param_leaves)
-  gram = _Gram(m, k, per_output, dtype)
-  flat = lambda delta: delta.reshape(m, k, -1)
-
-  scales: dict[int, jax.Array] = {}
-  fallback: list[int] = []
-  for leaf_plan in plan(traced, m, per_output):
-    if leaf_plan.form == "fallback":
-      fallback.append(leaf_plan.leaf)
-      continue
-    site = leaf_plan.sites[0]
-    if leaf_plan.form == "bias":
-      source = structure.source(site)
-      scales[source] = scales.get(source, 0.0) + jnp.ones((m, m), dtype)
-    elif leaf_plan.form == "dense":
-      source = structure.source(site)
-      x = layer_inputs[site.index].reshape(m, -1)
-      scales[source] = scales.get(source, 0.0) + x @ x.T
-    elif leaf_plan.form == "position_pair":
-      layout = _dot_layout(site)
-      gram.add_position_pairs(
-          _canonical_inputs(layout, layer_inputs[site.index]),
-          _canonical_cotangents(layout, deltas[structure.source(site)]),
-      )
-    else:
-      grads = sum(
-          _site_gradients(
-              s, param_leaves[s.leaf], layer_inputs.get(s.index), deltas[structure.source(s)]
-          )
-          for s in leaf_plan.sites
-      )
-      gram.add_gradients(grads)
-  for source, scale in scales.items():
-    gram.add_scaled_cotangent_gram(scale, flat(deltas[source]))
-  if fallback:
-    gram.add_gradients(
-        _fallback_gradients(apply_fn, params, inputs, tuple(fallback), k, chunk_size)
-    )
-  return gram.result()
+  factors = factors_from_trace(
+      traced, apply_fn, params, inputs, outputs=outputs, chunk_size=chunk_size
+  )
+  return cross_gram(factors, factors, outputs=outputs)
 
 
 def structured_gram(

@@ -140,6 +140,7 @@ def scale_by_regression_descent(
     integer_inputs: bool = False,
     output_scale: float = 1.0,
     max_logit_change: float | None = None,
+    data_axis: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """The Regression Descent direction d = Jᵀ (K + λI)⁻¹ r (gradient sign).
 
@@ -193,6 +194,17 @@ def scale_by_regression_descent(
       (`levenberg_marquardt`, a line search) judge it before the cap, and
       `next_batch_ratio` is refused, because its undo would not match the
       capped step. With k = 1 the spread is 0 and nothing is capped.
+    data_axis: None, or the name of the mesh axis the batch's examples are
+      split over (data parallelism, see `rdescent.sharding`). With a name,
+      the dual system's K is built in block rows: each device computes the
+      Gram factors of its own examples, all-gathers the others' and
+      assembles K[own examples, all examples] (`rdescent.sharding.
+      row_block_gram`), so the K work is split over the devices and K's rows
+      are all-gathered for the replicated solve. With None (the default)
+      every device builds all of K from the all-gathered inputs (less
+      traffic, n times the K work). Needs a mesh context (`jax.set_mesh`,
+      or arrays on a mesh with Explicit axes); without one the step is
+      computed as on one device. The primal system is not affected.
 
   Precision: the Gram matrix, the solve and the state are computed in the
   parameters' dtype, but at least float32: bfloat16/float16 parameters are
@@ -218,6 +230,8 @@ def scale_by_regression_descent(
   _validation.check_positive("output_scale", output_scale)
   if max_logit_change is not None:
     _validation.check_positive("max_logit_change", max_logit_change)
+  if data_axis is not None and not isinstance(data_axis, str):
+    raise ValueError(f"data_axis must be a mesh axis name (str) or None; got {data_axis!r}.")
   if not (_validation.is_concrete(output_scale) and output_scale == 1.0):
     apply_fn = _scaled_outputs(apply_fn, output_scale)
   controller = damping_lib.as_controller(damping)
@@ -255,7 +269,7 @@ def scale_by_regression_descent(
       _validation.check_floating("targets", targets, name)
     problem = problem_lib.LinearizedProblem(
         apply_fn, params, inputs, targets, loss=loss_obj, outputs=outputs,
-        gram=gram, system=system, chunk_size=chunk_size, name=name,
+        gram=gram, system=system, chunk_size=chunk_size, data_axis=data_axis, name=name,
     )
     eta = step_size(state.count) if callable(step_size) else step_size
     step = controller.step(problem, state.damping_state, state.count, eta)
@@ -342,6 +356,7 @@ def regression_descent(
     integer_inputs: bool = False,
     output_scale: float = 1.0,
     max_logit_change: float | None = None,
+    data_axis: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Regression Descent: θ ← θ − η Jᵀ (J Jᵀ + λI)⁻¹ r.
 
@@ -361,7 +376,7 @@ def regression_descent(
           apply_fn, damping=damping, loss=loss, outputs=outputs, gram=gram,
           system=system, chunk_size=chunk_size, step_size=learning_rate,
           integer_inputs=integer_inputs, output_scale=output_scale,
-          max_logit_change=max_logit_change,
+          max_logit_change=max_logit_change, data_axis=data_axis,
       ),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -29,6 +29,8 @@ STEP_RTOL = 1e-5     # 1 device vs 4 devices, one step, float32
 TRAIN_RTOL = 1e-4    # after 5 float32 steps (differences in summation order compound)
 OUTPUTS = ("full", "per_output")
 MESHES = ("auto", "explicit")
+# K built by every device ("replicated") or in block rows (data_axis="data").
+LAYOUTS = ("replicated", "row_blocks")
 # (model, system, damping, Gram engines, meshes) of the one-step comparisons.
 # The primal p × p system of the small model has cond(JᵀJ + λI) ≈ 3700 at
 # λ = 1e-2: float32 rounding alone then moves the direction by ~2e-5 (the
@@ -48,18 +50,31 @@ def engines() -> list[str]:
   return [m for m in rd.gram.METHODS if m != "auto"]
 
 
-def _group_variants(group) -> list[tuple[str, str]]:
-  """(outputs, engine) pairs of one group."""
+def _group_variants(group) -> list[tuple[str, str, str]]:
+  """(outputs, engine, layout) of one group (the primal system has one layout)."""
   group_engines = group[3] if group[3] is not None else tuple(engines())
-  return [(outputs, engine) for outputs in OUTPUTS for engine in group_engines]
+  layouts = LAYOUTS if group[1] == "dual" else ("replicated",)
+  return [(outputs, engine, layout)
+          for outputs in OUTPUTS for engine in group_engines for layout in layouts]
+
+
+def _variant_name(outputs: str, engine: str, layout: str) -> str:
+  return f"{outputs}-{engine}" + ("" if layout == "replicated" else "-rows")
 
 
 def step_cases() -> list[str]:
-  """model-outputs-system-engine-mesh names of the one-step comparisons."""
-  return [f"{group[0]}-{outputs}-{group[1]}-{engine}-{mesh}"
+  """model-outputs-system-engine[-rows]-mesh names of the one-step comparisons."""
+  return [f"{group[0]}-{outputs}-{group[1]}-{engine}"
+          + ("" if layout == "replicated" else "-rows") + f"-{mesh}"
           for group in GROUPS
-          for outputs, engine in _group_variants(group)
+          for outputs, engine, layout in _group_variants(group)
           for mesh in group[4]]
+
+
+def row_block_cases() -> list[str]:
+  """model-outputs-engine names of the direct `row_block_gram` checks."""
+  return [f"{model}-{outputs}-{engine}"
+          for model in ("mlp", "cnn") for outputs in OUTPUTS for engine in engines()]
 
 
 # ----------------------------------------------------------------- subprocess
@@ -153,9 +168,10 @@ def _group_step(model: str, system: str, damping: float, variants):
   import jax
   import rdescent as rd
   apply_fn, params, x, y = _models()(model, jax.random.PRNGKey(len(model)))
-  txs = {f"{outputs}-{engine}": rd.scale_by_regression_descent(
-      apply_fn, damping=damping, outputs=outputs, system=system, gram=engine)
-         for outputs, engine in variants}
+  txs = {_variant_name(outputs, engine, layout): rd.scale_by_regression_descent(
+      apply_fn, damping=damping, outputs=outputs, system=system, gram=engine,
+      data_axis="data" if layout == "row_blocks" else None)
+         for outputs, engine, layout in variants}
   states = {name: tx.init(params) for name, tx in txs.items()}
 
   @jax.jit
@@ -180,16 +196,17 @@ def _run_group(model, system, damping, variants, meshes) -> dict:
       placed = rd.sharding.replicate(params, mesh)
       compiled = step.lower(placed, states, sharded_x, sharded_y).compile()
       got = compiled(placed, states, sharded_x, sharded_y)
-    layout = _batch_record(compiled, sharded_x)
-    for outputs, engine in variants:
-      name = f"{outputs}-{engine}"
+    batch_layout = _batch_record(compiled, sharded_x)
+    for outputs, engine, layout in variants:
+      name = _variant_name(outputs, engine, layout)
       (direction, new_state), (want, want_state) = got[name], expected[name]
-      records[f"{model}-{outputs}-{system}-{engine}-{mesh_kind}"] = {
+      case = f"{model}-{outputs}-{system}-{engine}" + name[len(f"{outputs}-{engine}"):]
+      records[f"{case}-{mesh_kind}"] = {
           "direction_rel": _relative(direction, want),
           "loss_rel": abs(float(new_state.loss) / float(want_state.loss) - 1.0),
           "status": int(new_state.status),
           "direction_spec": _spec_axes(jax.tree_util.tree_leaves(direction)[0].sharding.spec),
-          **layout,
+          **batch_layout,
       }
   return records
 
@@ -207,9 +224,39 @@ def _step_records() -> dict:
         try:
           records.update(_run_group(model, system, damping, [variant], meshes))
         except Exception as error:  # reported per case by the tests
+          suffix = "" if variant[2] == "replicated" else "-rows"
           for mesh_kind in meshes:
-            records[f"{model}-{variant[0]}-{system}-{variant[1]}-{mesh_kind}"] = {
+            records[f"{model}-{variant[0]}-{system}-{variant[1]}{suffix}-{mesh_kind}"] = {
                 "error": f"{type(error).__name__}: {error}"[:2000]}
+  return records
+
+
+def _row_block_grams() -> dict:
+  """K from `row_block_gram` on 4 devices against `gram_matrix` on one, and its layout."""
+  import jax
+  import rdescent as rd
+  records = {}
+  mesh = _mesh("auto")
+  for model in ("mlp", "cnn"):
+    apply_fn, params, x, _ = _models()(model, jax.random.PRNGKey(11))
+    for outputs in OUTPUTS:
+      for engine in engines():
+        name = f"{model}-{outputs}-{engine}"
+        try:
+          expected = rd.gram.gram_matrix(apply_fn, params, x, method=engine, outputs=outputs)
+          build = jax.jit(lambda p, x: rd.sharding.row_block_gram(
+              apply_fn, p, x, axis="data", method=engine, outputs=outputs))
+          with jax.set_mesh(mesh):
+            got = build(rd.sharding.replicate(params, mesh), rd.sharding.shard_batch(x, mesh))
+          records[name] = {
+              "rel": float(np.linalg.norm(np.asarray(got) - np.asarray(expected))
+                           / np.linalg.norm(np.asarray(expected))),
+              "spec": _spec_axes(got.sharding.spec),
+              "shape": list(got.shape),
+              "shard_shapes": [list(shard.data.shape) for shard in got.addressable_shards],
+          }
+        except Exception as error:  # reported per case by the tests
+          records[name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
   return records
 
 
@@ -293,6 +340,7 @@ def _run_all() -> dict:
   import jax
   assert jax.device_count() == NUM_DEVICES, jax.devices()
   results = _step_records()
+  results.update({f"rowgram-{name}": record for name, record in _row_block_grams().items()})
   for name, fn in ([("training", _training)]
                    + [(f"tensor-{k}", functools.partial(_tensor_parallel, k)) for k in MESHES]):
     try:
@@ -351,6 +399,20 @@ def test_sharded_training_run_matches_unsharded(multi_device):
   assert record["loss_rel"] <= TRAIN_RTOL, record
   # The parameters stay replicated (nothing sharded over "data").
   assert all(axis is None for spec in record["param_specs"] for axis in spec), record
+
+
+@pytest.mark.parametrize("case", row_block_cases())
+def test_row_block_gram_gives_each_device_its_block_row(multi_device, case):
+  record = _record(multi_device, f"rowgram-{case}")
+  assert record["rel"] <= STEP_RTOL, record
+  # K's rows (per output: the rows of every K_c) are split over "data": each
+  # of the 4 devices holds the block row of its own examples.
+  full = "-full-" in case
+  assert record["spec"][0 if full else 1] == "data", record
+  rows = record["shape"][0 if full else 1]
+  expected_shard = list(record["shape"])
+  expected_shard[0 if full else 1] = rows // NUM_DEVICES
+  assert record["shard_shapes"] == [expected_shard] * NUM_DEVICES, record
 
 
 @pytest.mark.parametrize("mesh_kind", MESHES)
@@ -426,6 +488,27 @@ def test_communication_bytes_rejects_bad_arguments():
     rd.sharding.communication_bytes(8, [3, 2], 4, outputs="both")
   with pytest.raises(ValueError, match="gram_layout"):
     rd.sharding.communication_bytes(8, [3, 2], 4, gram_layout="ring")
+
+
+def test_data_axis_is_checked_and_a_one_device_mesh_changes_nothing():
+  import jax
+  import rdescent as rd
+  from tests import models
+  apply_fn, params, x, y = _models()("mlp", jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="data_axis"):
+    rd.scale_by_regression_descent(apply_fn, data_axis=0)
+  plain = rd.scale_by_regression_descent(apply_fn, damping=1e-2)
+  rows = rd.scale_by_regression_descent(apply_fn, damping=1e-2, data_axis="data")
+  wrong = rd.scale_by_regression_descent(apply_fn, damping=1e-2, data_axis="batch")
+  step = lambda tx: jax.jit(lambda p, s, x, y: tx.update(None, s, p, batch=(x, y))[0])
+  expected = step(plain)(params, plain.init(params), x, y)
+  mesh = jax.make_mesh((1,), ("data",))
+  with jax.set_mesh(mesh):
+    batch = rd.sharding.shard_batch((x, y), mesh)
+    got = step(rows)(rd.sharding.replicate(params, mesh), rows.init(params), *batch)
+    with pytest.raises(ValueError, match="data_axis='batch' is not an axis"):
+      step(wrong)(params, wrong.init(params), *batch)
+  np.testing.assert_allclose(models.flat(got), models.flat(expected), rtol=1e-6, atol=1e-7)
 
 
 def test_shard_batch_and_replicate_on_a_one_device_mesh():
