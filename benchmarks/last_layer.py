@@ -112,11 +112,18 @@ def curve_task(train: int, test: int, eval_size: int) -> tuple[Task, FeaturesFn]
 
 
 def specs_for(features_fn: FeaturesFn, quick: bool, *, rd_damping: float,
-              adam_rates: Sequence[float], quick_rd: bool = False) -> list[OptimizerSpec]:
+              adam_rates: Sequence[float], quick_rd: bool = False,
+              rd_decay: float = 0.99) -> list[OptimizerSpec]:
   """Adam grid, RD (the paper's per-output form), closed-form + Adam / + RD.
 
   `quick` keeps Adam and closed-form + Adam (compiling RD takes seconds),
-  plus closed-form + RD when `quick_rd`.
+  plus closed-form + RD when `quick_rd`. `rd_decay` is the statistics decay
+  γ of closed-form + RD, and the best value depends on the task (measured,
+  batch 32): on Lorenz96 (129 head features) and MNIST, γ = 0 (the head of
+  the current batch alone) nearly interpolates each batch, the backbone
+  sees a residual of ~0 and training stalls (Lorenz96 loss 0.51, MNIST test
+  accuracy 40 %), while γ = 0.99 trains (0.063, 93.7 %); on the 1D curve
+  fit γ = 0 reached 2.2e-3 and γ = 0.99 only 0.35 (stale statistics).
   """
   if quick:
     specs = opt.adam_grid([1e-3]) + [closed_form_spec(features_fn, 1e-3)]
@@ -127,16 +134,17 @@ def specs_for(features_fn: FeaturesFn, quick: bool, *, rd_damping: float,
   specs += [closed_form_spec(features_fn, lr) for lr in adam_rates]
   specs += [closed_form_spec(features_fn, adam_rates[1], decay=0.9),
             closed_form_spec(features_fn, adam_rates[1], decay=0.99, current_weight=10.0)]
-  specs += [closed_form_rd_spec(features_fn, lam) for lam in (rd_damping, 10 * rd_damping)]
+  specs += [closed_form_rd_spec(features_fn, lam, decay=rd_decay)
+            for lam in (rd_damping, 10 * rd_damping)]
   return specs
 
 
 def _run(study: str, task: Task, features_fn: FeaturesFn, options: StudyOptions,
          *, rd_damping: float, adam_rates: Sequence[float],
-         quick_rd: bool = False) -> dict[str, Any]:
+         quick_rd: bool = False, rd_decay: float = 0.99) -> dict[str, Any]:
   sizes = QUICK if options.quick else FULL
   specs = specs_for(features_fn, options.quick, rd_damping=rd_damping, adam_rates=adam_rates,
-                    quick_rd=quick_rd)
+                    quick_rd=quick_rd, rd_decay=rd_decay)
   return run_training_study(
       study, task, specs, options, seeds=options.seeds or sizes["seeds"],
       budget=options.budget or sizes["budget"], batch_size=32,
@@ -158,7 +166,7 @@ def run_curve(options: StudyOptions) -> dict[str, Any]:
   train, test, eval_size = (512, 256, 256) if options.quick else (4096, 1024, 1024)
   task, features_fn = curve_task(train, test, eval_size)
   return _run("last_layer_curve", task, features_fn, options, rd_damping=1e-3,
-              adam_rates=(1e-3, 3e-3, 1e-2))
+              adam_rates=(1e-3, 3e-3, 1e-2), rd_decay=0.0)
 
 
 def run_mnist(options: StudyOptions) -> dict[str, Any]:

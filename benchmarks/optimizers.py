@@ -8,6 +8,7 @@ that other parts of the package provide are included only when present.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import optax
@@ -54,17 +55,19 @@ def has_structured_gram() -> bool:
 
 def rd_spec(label: str, *, damping: Any = 1e-5, learning_rate: float = 1.0,
             outputs: str = "per_output", gram: str = "auto", batch_size: int | None = None,
-            describe: Any = None) -> OptimizerSpec:
+            describe: Any = None, max_logit_change: float | None = None) -> OptimizerSpec:
   """A Regression Descent configuration; the loss comes from the task."""
 
   def build(task: Task):
     return rd.regression_descent(
         task.model.apply, learning_rate=learning_rate, damping=_make_damping(damping),
-        loss=task.loss, outputs=outputs, gram=gram,
+        loss=task.loss, outputs=outputs, gram=gram, max_logit_change=max_logit_change,
     )
 
   hyperparams = {"learning_rate": learning_rate, "outputs": outputs, "gram": gram,
                  "damping": describe if describe is not None else damping}
+  if max_logit_change is not None:
+    hyperparams["max_logit_change"] = max_logit_change
   return OptimizerSpec(label, "rd", build, hyperparams, uses_batch=True, batch_size=batch_size)
 
 
@@ -103,7 +106,10 @@ def rd_variants(loss: str, *, full_dampings: Sequence[float] = (1e-3, 1e-1),
   * per-output at the other λ of `per_output_dampings` (MSE only);
   * full mode at each λ of `full_dampings` (any loss);
   * each available damping controller, full mode (per-output for the paper's
-    `next_batch_ratio` rule on MSE).
+    `next_batch_ratio` rule on MSE);
+  * for cross-entropy, full mode with the logit-change cap B = π
+    (`max_logit_change`, the option meant for that loss) at the middle λ of
+    `full_dampings` and with `gradient_proportional`.
   """
   specs = []
   mse = loss == "mse"
@@ -122,4 +128,12 @@ def rd_variants(loss: str, *, full_dampings: Sequence[float] = (1e-3, 1e-1),
       args = ", ".join(f"{k}={_fmt(v)}" for k, v in kwargs.items())
       specs.append(rd_spec(f"rd {outputs} {name}({args})", damping=(name, kwargs),
                            outputs=outputs, describe=f"{name}({args})"))
+  if loss == "softmax_cross_entropy" and full_mode and full_dampings:
+    lam = full_dampings[len(full_dampings) // 2]
+    specs.append(rd_spec(f"rd full λ={_fmt(lam)} cap π", damping=lam, outputs="full",
+                         max_logit_change=math.pi))
+    if controllers and hasattr(rd.damping, "gradient_proportional"):
+      specs.append(rd_spec("rd full gradient_proportional(mu=1) cap π",
+                           damping=("gradient_proportional", {"mu": 1.0}), outputs="full",
+                           describe="gradient_proportional(mu=1)", max_logit_change=math.pi))
   return specs

@@ -29,8 +29,9 @@ from typing import Any, Mapping
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAYOUTS = ("replicated", "row_blocks")
 FULL = {"devices": (1, 2, 4, 8), "sizes": (64, 128, 128, 10), "m": 64, "repeats": 5,
-        "outputs": ("full", "per_output")}
-QUICK = {"devices": (2,), "sizes": (4, 4, 2), "m": 4, "repeats": 1, "outputs": ("full",)}
+        "outputs": ("full", "per_output"), "worker_timeout": 300}
+QUICK = {"devices": (2,), "sizes": (4, 4, 2), "m": 4, "repeats": 1, "outputs": ("full",),
+         "worker_timeout": 300}
 COMM_SIZES = (784, 256, 256, 10)
 COMM_M = 4096
 COMM_DEVICES = (8, 64)
@@ -62,6 +63,8 @@ def _worker(devices: int, sizes: tuple[int, ...], m: int, repeats: int,
     state = tx.init(params)
     plain = devices == 1 and layout == "replicated"
     for meshed in ((False, True) if plain else (True,)):
+      # Progress on stderr: a worker that hangs is reported with the case it was in.
+      print(f"start {outputs} {layout if meshed else 'no mesh'}", file=sys.stderr, flush=True)
       if meshed:
         with jax.set_mesh(mesh):
           args = (rd.sharding.replicate(params, mesh), state,
@@ -84,14 +87,36 @@ def _worker(devices: int, sizes: tuple[int, ...], m: int, repeats: int,
 
 
 def _timings(config: Mapping[str, Any], progress: bool) -> list[dict[str, Any]]:
+  """Step times per device count; a worker that hangs becomes a row with `hung`.
+
+  Simulated CPU devices have hung in this benchmark (every thread of the
+  worker waiting on a futex, no CPU used), intermittently, at 2 and 8
+  devices; the row records the case the worker was in. The workers run with
+  OPENBLAS_NUM_THREADS=1, so that the simulated devices' concurrent LAPACK
+  calls (the replicated Cholesky) do not share one OpenBLAS thread pool.
+  """
   rows = []
   for devices in config["devices"]:
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
+               OPENBLAS_NUM_THREADS="1",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     args = [sys.executable, "-m", "benchmarks.sharding", str(devices),
             ",".join(map(str, config["sizes"])), str(config["m"]), str(config["repeats"]),
             ",".join(config["outputs"])]
-    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    try:
+      done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=config["worker_timeout"])
+    except subprocess.TimeoutExpired as expired:
+      stderr = expired.stderr.decode() if isinstance(expired.stderr, bytes) else expired.stderr
+      started = [line for line in (stderr or "").splitlines() if line.startswith("start ")]
+      case = started[-1][len("start "):] if started else "before the first case"
+      rows.append({"devices": devices, "outputs": case.split()[0] if started else "-",
+                   "layout": " ".join(case.split()[1:]) if started else "-", "seconds": None,
+                   "compile_seconds": None,
+                   "hung": f"no result after {config['worker_timeout']} s, in case {case!r}"})
+      if progress:
+        print(f"sharding devices={devices}: {rows[-1]['hung']}", flush=True)
+      continue
     if done.returncode:
       raise RuntimeError(f"sharding worker with {devices} devices failed:\n{done.stderr[-3000:]}")
     new = json.loads(done.stdout.strip().splitlines()[-1])
@@ -138,7 +163,8 @@ def run(options) -> dict[str, Any]:
                  "m": config["m"], "devices": list(config["devices"]),
                  "repeats": config["repeats"], "outputs": list(config["outputs"]),
                  "damping": 1e-3, "system": "dual", "mesh": "Explicit", "quick": options.quick,
-                 "layouts": list(LAYOUTS),
+                 "layouts": list(LAYOUTS), "worker_env": "OPENBLAS_NUM_THREADS=1",
+                 "worker_timeout_s": config["worker_timeout"],
                  "communication_model": "MLP " + "-".join(map(str, COMM_SIZES)),
                  "communication_m": COMM_M},
       "timings": _timings(config, options.progress),
@@ -159,6 +185,9 @@ def markdown_table(result: Mapping[str, Any]) -> str:
            f"{config['repeats']} (devices 0: no mesh).", "",
            "| devices | outputs | K layout | ms/step | compile s |", "|---|---|---|---|---|"]
   for r in result["timings"]:
+    if r.get("hung"):
+      lines.append(f"| {r['devices']} | {r['outputs']} | {r['layout']} | hung: {r['hung']} | – |")
+      continue
     lines.append(f"| {r['devices']} | {r['outputs']} | {r.get('layout', 'replicated')} | "
                  f"{1e3 * r['seconds']:.3g} | "
                  f"{r['compile_seconds']:.2f} |")
@@ -184,7 +213,7 @@ def plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
   for outputs in ("full", "per_output"):
     for layout, style in zip(LAYOUTS, ("o-", "s--")):
       rows = [r for r in result["timings"] if r["outputs"] == outputs and r["devices"] > 0
-              and r.get("layout", "replicated") == layout]
+              and r.get("layout", "replicated") == layout and r["seconds"] is not None]
       if rows:
         ax.plot([r["devices"] for r in rows], [1e3 * r["seconds"] for r in rows], style,
                 label=f"{outputs}, K {layout}")
