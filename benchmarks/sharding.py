@@ -82,7 +82,9 @@ def _worker(devices: int, sizes: tuple[int, ...], m: int, repeats: int,
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - start)
       rows.append({"devices": devices if meshed else 0, "outputs": outputs,
-                   "layout": layout if meshed else "no mesh", "seconds": float(np.median(times)), "compile_seconds": compile_seconds})
+                   "layout": layout if meshed else "no mesh", "seconds": float(np.median(times)),
+                   "compile_seconds": compile_seconds})
+      print("row " + json.dumps(rows[-1]), file=sys.stderr, flush=True)
   return rows
 
 
@@ -108,7 +110,9 @@ def _timings(config: Mapping[str, Any], progress: bool) -> list[dict[str, Any]]:
                             timeout=config["worker_timeout"])
     except subprocess.TimeoutExpired as expired:
       stderr = expired.stderr.decode() if isinstance(expired.stderr, bytes) else expired.stderr
-      started = [line for line in (stderr or "").splitlines() if line.startswith("start ")]
+      lines = (stderr or "").splitlines()
+      rows += [json.loads(line[len("row "):]) for line in lines if line.startswith("row ")]
+      started = [line for line in lines if line.startswith("start ")]
       case = started[-1][len("start "):] if started else "before the first case"
       rows.append({"devices": devices, "outputs": case.split()[0] if started else "-",
                    "layout": " ".join(case.split()[1:]) if started else "-", "seconds": None,
