@@ -62,12 +62,18 @@ def _variant_name(outputs: str, engine: str, layout: str) -> str:
   return f"{outputs}-{engine}" + ("" if layout == "replicated" else "-rows")
 
 
+def _case_name(model: str, system: str, variant: tuple[str, str, str], mesh: str) -> str:
+  """model-outputs-system-engine[-rows]-mesh: the name of one one-step comparison."""
+  outputs, engine, layout = variant
+  rows = _variant_name(outputs, engine, layout)[len(f"{outputs}-{engine}"):]
+  return f"{model}-{outputs}-{system}-{engine}{rows}-{mesh}"
+
+
 def step_cases() -> list[str]:
-  """model-outputs-system-engine[-rows]-mesh names of the one-step comparisons."""
-  return [f"{group[0]}-{outputs}-{group[1]}-{engine}"
-          + ("" if layout == "replicated" else "-rows") + f"-{mesh}"
+  """The names of the one-step comparisons (`_case_name`)."""
+  return [_case_name(group[0], group[1], variant, mesh)
           for group in GROUPS
-          for outputs, engine, layout in _group_variants(group)
+          for variant in _group_variants(group)
           for mesh in group[4]]
 
 
@@ -197,11 +203,10 @@ def _run_group(model, system, damping, variants, meshes) -> dict:
       compiled = step.lower(placed, states, sharded_x, sharded_y).compile()
       got = compiled(placed, states, sharded_x, sharded_y)
     batch_layout = _batch_record(compiled, sharded_x)
-    for outputs, engine, layout in variants:
-      name = _variant_name(outputs, engine, layout)
+    for variant in variants:
+      name = _variant_name(*variant)
       (direction, new_state), (want, want_state) = got[name], expected[name]
-      case = f"{model}-{outputs}-{system}-{engine}" + name[len(f"{outputs}-{engine}"):]
-      records[f"{case}-{mesh_kind}"] = {
+      records[_case_name(model, system, variant, mesh_kind)] = {
           "direction_rel": _relative(direction, want),
           "loss_rel": abs(float(new_state.loss) / float(want_state.loss) - 1.0),
           "status": int(new_state.status),
@@ -224,9 +229,8 @@ def _step_records() -> dict:
         try:
           records.update(_run_group(model, system, damping, [variant], meshes))
         except Exception as error:  # reported per case by the tests
-          suffix = "" if variant[2] == "replicated" else "-rows"
           for mesh_kind in meshes:
-            records[f"{model}-{variant[0]}-{system}-{variant[1]}{suffix}-{mesh_kind}"] = {
+            records[_case_name(model, system, variant, mesh_kind)] = {
                 "error": f"{type(error).__name__}: {error}"[:2000]}
   return records
 
