@@ -91,11 +91,11 @@ def _worker(devices: int, sizes: tuple[int, ...], m: int, repeats: int,
 def _timings(config: Mapping[str, Any], progress: bool) -> list[dict[str, Any]]:
   """Step times per device count; a worker that hangs becomes a row with `hung`.
 
-  Simulated CPU devices have hung in this benchmark (every thread of the
-  worker waiting on a futex, no CPU used), intermittently, at 2 and 8
-  devices; the row records the case the worker was in. The workers run with
-  OPENBLAS_NUM_THREADS=1, so that the simulated devices' concurrent LAPACK
-  calls (the replicated Cholesky) do not share one OpenBLAS thread pool.
+  Simulated CPU devices hung in this benchmark until the per-output solves
+  stopped using batched LAPACK kernels on several CPU devices (see
+  `rdescent._batch_linalg`); a worker that still hangs records the case it
+  was in. The workers run with OPENBLAS_NUM_THREADS=1, so that the simulated
+  devices' concurrent LAPACK calls do not share one OpenBLAS thread pool.
   """
   rows = []
   for devices in config["devices"]:

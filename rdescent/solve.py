@@ -24,6 +24,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy import linalg as jsp_linalg
 
+from rdescent import _batch_linalg
+
 MAX_JITTER_TRIES = 3
 
 
@@ -47,17 +49,18 @@ def symmetrize(matrix: jax.Array) -> jax.Array:
   return 0.5 * (matrix + jnp.swapaxes(matrix, -1, -2))
 
 
+def _factor_and_solve(damped: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(C, x): the Cholesky factor of one damped matrix and x = (A + λI)⁻¹ b."""
+  factor = jsp_linalg.cho_factor(damped, lower=True)
+  return factor[0], jsp_linalg.cho_solve(factor, rhs)
+
+
 def _cholesky_solve(damped: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.Array]:
   """x = (A + λI)⁻¹ b for an already damped, symmetric A; batched; (x, ok)."""
-  size = damped.shape[-1]
-  factor = jsp_linalg.cho_factor(damped, lower=True)
-  if damped.ndim == 2:
-    solution = jsp_linalg.cho_solve(factor, rhs)
-  else:
-    solution = jax.vmap(
-        lambda c, b: jsp_linalg.cho_solve((c, True), b),
-    )(factor[0].reshape(-1, size, size), rhs.reshape(-1, size)).reshape(rhs.shape)
-  ok = jnp.all(jnp.isfinite(factor[0])) & jnp.all(jnp.isfinite(solution))
+  factor, solution = _batch_linalg.map_over_batch(
+      _factor_and_solve, damped, rhs, core_ndims=(2, 1)
+  )
+  ok = jnp.all(jnp.isfinite(factor)) & jnp.all(jnp.isfinite(solution))
   return solution, ok
 
 
@@ -126,7 +129,9 @@ class EigenSystem(NamedTuple):
 
 def eigen_decomposition(matrix: jax.Array) -> EigenSystem:
   """A = V diag(s) Vᵀ by `jnp.linalg.eigh`; batched over leading axes of A."""
-  values, vectors = jnp.linalg.eigh(symmetrize(matrix))
+  values, vectors = _batch_linalg.map_over_batch(
+      jnp.linalg.eigh, symmetrize(matrix), core_ndims=(2,)
+  )
   return EigenSystem(values=jnp.maximum(values, 0.0), vectors=vectors)
 
 

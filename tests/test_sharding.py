@@ -340,13 +340,55 @@ def _tensor_step(apply_fn):
   return jax.jit(lambda p, s, x, y: tx.update(None, s, p, batch=(x, y)))
 
 
+def _lapack_calls(hlo_text: str) -> list[list]:
+  """[target, result shape] of every LAPACK custom call of a compiled module."""
+  import re
+  calls = []
+  for line in hlo_text.splitlines():
+    target = re.search(r'custom_call_target="(lapack_[a-z]+)', line)
+    if target:
+      shape = re.search(r"= \(?[a-z0-9]+\[([0-9,]*)\]", line)
+      calls.append([target.group(1), [int(d) for d in shape.group(1).split(",") if d]])
+  return calls
+
+
+def _per_output_repeated(calls: int = 20, m: int = 64) -> dict:
+  """Per-output steps (k = 10 Cholesky solves, GCV eigendecompositions) called repeatedly.
+
+  Batched LAPACK kernels wait on the thread pool that runs the devices'
+  programs; with several CPU devices they must run one matrix at a time
+  (`rdescent._batch_linalg`), or the step hangs after a call or two.
+  """
+  import jax
+  import rdescent as rd
+  from tests import models
+  kp, kx, ky = jax.random.split(jax.random.PRNGKey(5), 3)
+  params = models.mlp_init(kp, [8, 16, 10])
+  x, y = jax.random.normal(kx, (m, 8)), jax.random.normal(ky, (m, 10))
+  txs = [rd.scale_by_regression_descent(models.mlp_apply, damping=damping, outputs="per_output",
+                                        system="dual")
+         for damping in (1e-3, rd.damping.gcv())]
+  states = [tx.init(params) for tx in txs]
+  step = jax.jit(lambda p, s, x, y: [tx.update(None, si, p, batch=(x, y))
+                                      for tx, si in zip(txs, s)])
+  mesh = _mesh("explicit")
+  with jax.set_mesh(mesh):
+    args = (rd.sharding.replicate(params, mesh), states, *rd.sharding.shard_batch((x, y), mesh))
+    compiled = step.lower(*args).compile()
+    for _ in range(calls):
+      out = jax.block_until_ready(compiled(*args))
+  return {"calls": calls, "lapack": _lapack_calls(compiled.as_text()),
+          "status": [int(state.status) for _, state in out]}
+
+
 def _run_all() -> dict:
   import jax
   assert jax.device_count() == NUM_DEVICES, jax.devices()
   results = _step_records()
   results.update({f"rowgram-{name}": record for name, record in _row_block_grams().items()})
   for name, fn in ([("training", _training)]
-                   + [(f"tensor-{k}", functools.partial(_tensor_parallel, k)) for k in MESHES]):
+                   + [(f"tensor-{k}", functools.partial(_tensor_parallel, k)) for k in MESHES]
+                   + [("per-output-repeated", _per_output_repeated)]):
     try:
       results[name] = fn()
     except Exception as error:  # reported per case by the tests
@@ -534,3 +576,13 @@ def test_shard_batch_and_replicate_on_a_one_device_mesh():
 
 if __name__ == "__main__":
   print(json.dumps(_run_all()))
+
+
+def test_repeated_per_output_steps_use_unbatched_lapack(multi_device):
+  record = _record(multi_device, "per-output-repeated")
+  assert record["status"] == [0, 0], record
+  targets = {target for target, _ in record["lapack"]}
+  # Cholesky factor, triangular solves and the GCV eigendecomposition are there ...
+  assert any("potrf" in t for t in targets) and any("syevd" in t for t in targets), record
+  # ... each on one matrix (rank ≤ 2 results): no batched kernel waits on the pool.
+  assert all(len(shape) <= 2 for _, shape in record["lapack"]), record
