@@ -221,7 +221,11 @@ def plot_study(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
   labels = plotted_labels(result)
   classification = any("accuracy" in r["curve"] for r in result["runs"])
   panels = 3 if classification else 2
-  fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2))
+  # The legend goes below the panels (inside, it hid the curves): one row per 3 entries.
+  legend_rows = -(-(len(labels) + 1) // 3)
+  legend_height = 0.2 * legend_rows + 0.15
+  height = 4.2 + legend_height
+  fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, height))
   target = summarize(result)["target"]
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for i, label in enumerate(labels):
@@ -252,12 +256,13 @@ def plot_study(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
     axes[2].set_xlabel("training wall-clock seconds")
     axes[2].set_ylabel("test accuracy (first 2000 test images)")
     axes[2].grid(True, alpha=0.3)
-  axes[0].legend(fontsize=7)
+  handles, names = axes[0].get_legend_handles_labels()
+  fig.legend(handles, names, loc="lower center", ncol=3, fontsize=7, frameon=False)
   machine = result.get("machine", {})
   fig.suptitle(f"{result['study']}: {result.get('task', {}).get('model', '')} — "
                f"{machine.get('device', '')}, median over {result['config']['seeds']} seed(s), "
                "band = min–max", fontsize=9)
-  return save_figure(fig, path)
+  return save_figure(fig, path, rect=(0, legend_height / height, 1, 1))
 
 
 def print_summary(result: Mapping[str, Any]) -> None:
@@ -265,11 +270,12 @@ def print_summary(result: Mapping[str, Any]) -> None:
   print(markdown_table(result))
 
 
-def save_figure(fig, path) -> pathlib.Path:
-  """Lays out `fig`, writes it to `path` (PNG, parent folders created), closes it."""
+def save_figure(fig, path, rect=(0, 0, 1, 1)) -> pathlib.Path:
+  """Lays out `fig` within `rect` (figure fractions), writes it to `path` (PNG, parent
+  folders created), closes it."""
   import matplotlib.pyplot as plt
 
-  fig.tight_layout()
+  fig.tight_layout(rect=rect)
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=90)
