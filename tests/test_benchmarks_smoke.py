@@ -26,9 +26,12 @@ def test_run_all_quick_writes_json_plots_and_table(tmp_path):
       assert {run["family"] for run in result["runs"]} >= {"adam"}
       assert all(run["steps"] > 0 and run["compile_seconds"] > 0 for run in result["runs"])
   doc = tmp_path / "benchmarks.md"
+  (tmp_path / "lorenz96.png").unlink()            # `--plots` redraws it from the JSON
   table = subprocess.run([sys.executable, "-m", "benchmarks", "table", "--results", str(tmp_path),
-                          "--doc", str(doc)], cwd=REPO, env=env, capture_output=True, text=True)
+                          "--doc", str(doc), "--plots"], cwd=REPO, env=env, capture_output=True,
+                         text=True)
   assert table.returncode == 0, table.stderr
+  assert (tmp_path / "lorenz96.png").stat().st_size > 0
   text = doc.read_text()
   assert "### lorenz96" in text and "time to target" in text and "lorenz96.png" in text
 
