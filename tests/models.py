@@ -64,5 +64,13 @@ def dense_per_output_direction(jacobian, residual, damping, num_outputs):
   return total / num_outputs
 
 
+def first_update(tx, params, batch):
+  """(updates, state) of one jitted `tx.update` from `tx.init(params)` on `batch`.
+
+  Jitted: one compile is several times faster than running the update op by op.
+  """
+  return jax.jit(lambda p, s: tx.update(None, s, p, batch=batch))(params, tx.init(params))
+
+
 def flat(tree):
   return np.asarray(ravel_pytree(tree)[0], dtype=np.float64)

@@ -161,8 +161,7 @@ def test_rd_backbone_is_the_ridge_direction_of_the_model_with_the_new_head():
         features_fn, backbone=last_layer.rd_backbone(features_fn, learning_rate, damping=damping),
         ridge=0.1, decay=0.9,
     )
-    updates, state = jax.jit(lambda p, s: tx.update(None, s, p, batch=(x, y)))(
-        params, tx.init(params))
+    updates, state = models.first_update(tx, params, (x, y))
     head = optax.apply_updates(params, updates)["head"]
     apply_fn = lambda backbone, inputs: features_fn(backbone, inputs) @ head["kernel"] + head["bias"]
     jacobian = models.dense_jacobian(apply_fn, params["backbone"], x)

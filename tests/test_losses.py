@@ -33,7 +33,7 @@ def _setup(seed, sizes=SIZES, m=M, dtype=jnp.float64, logit_scale=1.0):
 
 def _direction(apply_fn, params, x, y, **kwargs):
   tx = rd.scale_by_regression_descent(apply_fn, **kwargs)
-  return jax.jit(lambda p, s: tx.update(None, s, p, batch=(x, y)))(params, tx.init(params))
+  return models.first_update(tx, params, (x, y))
 
 
 def _dense_ggn_direction(apply_fn, params, x, targets, loss, damping, hessian=None):

@@ -574,10 +574,6 @@ def test_shard_batch_and_replicate_on_a_one_device_mesh():
     rd.sharding.shard_batch(jnp.float32(1.0), mesh)
 
 
-if __name__ == "__main__":
-  print(json.dumps(_run_all()))
-
-
 def test_repeated_per_output_steps_use_unbatched_lapack(multi_device):
   record = _record(multi_device, "per-output-repeated")
   assert record["status"] == [0, 0], record
@@ -586,3 +582,7 @@ def test_repeated_per_output_steps_use_unbatched_lapack(multi_device):
   assert any("potrf" in t for t in targets) and any("syevd" in t for t in targets), record
   # ... each on one matrix (rank ≤ 2 results): no batched kernel waits on the pool.
   assert all(len(shape) <= 2 for _, shape in record["lapack"]), record
+
+
+if __name__ == "__main__":
+  print(json.dumps(_run_all()))

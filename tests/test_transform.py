@@ -17,10 +17,7 @@ from tests import models
 
 def _direction(apply_fn, params, x, y, **kwargs):
   tx = rd.scale_by_regression_descent(apply_fn, **kwargs)
-  direction, state = jax.jit(lambda p, s: tx.update(None, s, p, batch=(x, y)))(
-      params, tx.init(params)
-  )
-  return direction, state
+  return models.first_update(tx, params, (x, y))
 
 
 def test_overparameterised_linear_model_interpolates_in_one_step():
