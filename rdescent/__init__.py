@@ -5,6 +5,7 @@ from rdescent import datasets
 from rdescent import last_layer
 from rdescent import losses
 from rdescent import sharding
+from rdescent.dtypes import compute_dtype
 from rdescent.gram import gram_matrix
 from rdescent.last_layer import closed_form_last_layer
 from rdescent.problem import LinearizedProblem
@@ -20,6 +21,7 @@ __all__ = (
     "RegressionDescentState",
     "STATUS_MESSAGES",
     "closed_form_last_layer",
+    "compute_dtype",
     "damping",
     "datasets",
     "gram_matrix",

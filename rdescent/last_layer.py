@@ -50,6 +50,7 @@ import optax
 from jax.scipy import linalg as jsp_linalg
 
 from rdescent import _validation
+from rdescent import dtypes as dtypes_lib
 from rdescent import transform as transform_lib
 
 FeaturesFn = Callable[[Any, Any], jax.Array]
@@ -109,11 +110,6 @@ def _check_params(params: Any) -> tuple[int, int]:
         f"{kernel_shape} and bias {bias_shape}."
     )
   return kernel_shape
-
-
-def _compute_dtype(head: Any) -> jnp.dtype:
-  dtype = jnp.result_type(head["kernel"], head["bias"])
-  return transform_lib._compute_dtype(dtype)
 
 
 def prepare_targets(
@@ -248,7 +244,7 @@ def closed_form_last_layer(
 
   def init_fn(params):
     num_features, num_outputs = _check_params(params)
-    dtype = _compute_dtype(params["head"])
+    dtype = dtypes_lib.compute_dtype(params["head"])
     size = num_features + 1
     return ClosedFormLastLayerState(
         count=jnp.zeros([], jnp.int32),

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from rdescent import _mesh
 from rdescent import _validation
 from rdescent import gram as gram_lib
 from rdescent import losses as losses_lib
@@ -36,7 +37,7 @@ SYSTEMS = ("auto", "dual", "primal")
 def _gram(apply_fn, params, inputs, method, outputs, chunk_size, data_axis) -> jax.Array:
   """K under a mesh: every device builds all of it (`data_axis=None`) or its block row."""
   if data_axis is None:
-    return sharding_lib.replicated_call(gram_lib.gram_matrix)(
+    return _mesh.replicated_call(gram_lib.gram_matrix)(
         apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
     )
   return sharding_lib.row_block_gram(
@@ -120,7 +121,7 @@ class LinearizedProblem:
         self.rhs = rhs_u.reshape(-1)
     else:
       jacobian = gram_lib.flat_jacobian(
-          sharding_lib.replicated_call(gram_lib.per_example_jacobian)(
+          _mesh.replicated_call(gram_lib.per_example_jacobian)(
               apply_fn, params, inputs, num_outputs=num_outputs,
               chunk_size=chunk_size,
           ),
@@ -140,7 +141,7 @@ class LinearizedProblem:
     """Solves the damped system for λ = `damping` (no new Jacobian)."""
     # Replicated under a mesh: the retry loop of the solve then holds no
     # collectives (a sharded retry loop hangs XLA:CPU on repeated calls).
-    return sharding_lib.replicated_call(solve_lib.damped_cholesky_solve)(
+    return _mesh.replicated_call(solve_lib.damped_cholesky_solve)(
         self.matrix, self.rhs, damping
     )
 

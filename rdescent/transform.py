@@ -20,12 +20,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rdescent import _mesh
 from rdescent import _validation
 from rdescent import damping as damping_lib
+from rdescent import dtypes as dtypes_lib
 from rdescent import gram as gram_lib
 from rdescent import losses as losses_lib
 from rdescent import problem as problem_lib
-from rdescent import sharding as sharding_lib
 
 ApplyFn = Callable[[Any, Any], jax.Array]
 
@@ -78,32 +79,6 @@ class RegressionDescentState(NamedTuple):
   status: jax.Array
   step_scale: jax.Array | float = 1.0
   logit_change_spread: jax.Array | float = 0.0
-
-
-def _compute_dtype(dtype: Any) -> jnp.dtype:
-  """float32 for bfloat16/float16, else the dtype itself."""
-  dtype = jnp.dtype(dtype)
-  if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
-    return jnp.dtype(jnp.float32)
-  return dtype
-
-
-def _float_dtype(params: Any) -> jnp.dtype:
-  """The dtype RD computes in: the params' common dtype, at least float32."""
-  dtypes = [jnp.asarray(leaf).dtype for leaf in jax.tree_util.tree_leaves(params)]
-  return _compute_dtype(jnp.result_type(*dtypes)) if dtypes else jnp.dtype(jnp.float32)
-
-
-def _upcast(params: Any) -> Any:
-  """bfloat16/float16 leaves cast to float32, others unchanged.
-
-  The Gram matrix and its Cholesky factorisation are computed in float32 for
-  low-precision parameters: a bfloat16 Cholesky of K fails or is meaningless
-  (8 significant bits). The direction is cast back to each leaf's dtype.
-  """
-  return jax.tree_util.tree_map(
-      lambda leaf: jnp.asarray(leaf).astype(_compute_dtype(jnp.asarray(leaf).dtype)), params
-  )
 
 
 def _scaled_outputs(apply_fn: ApplyFn, output_scale: Any) -> ApplyFn:
@@ -238,8 +213,8 @@ def scale_by_regression_descent(
 
   def init_fn(params):
     _validation.check_params(params, name)
-    params = _upcast(params)
-    dtype = _float_dtype(params)
+    params = dtypes_lib.upcast(params)
+    dtype = dtypes_lib.compute_dtype(params)
     count = jnp.zeros([], jnp.int32)
     if max_logit_change is not None:
       _refuse_step_memory(controller.init(params))
@@ -261,9 +236,9 @@ def scale_by_regression_descent(
     del updates, extra_args
     _validation.check_params(params, name)
     inputs, targets = _validation.check_batch(batch, name)
-    storage_params, params = params, _upcast(params)
+    storage_params, params = params, dtypes_lib.upcast(params)
     _validation.check_input_dtypes(
-        inputs, _float_dtype(params), name, integer_inputs=integer_inputs
+        inputs, dtypes_lib.compute_dtype(params), name, integer_inputs=integer_inputs
     )
     if loss_obj.squared_error:
       _validation.check_floating("targets", targets, name)
@@ -339,7 +314,7 @@ def scale_by_regression_descent(
 
   # Under a mesh with Explicit axes the step runs with Auto axes (rdescent.sharding).
   return optax.GradientTransformationExtraArgs(
-      init_fn, sharding_lib.auto_axes_update(update_fn)
+      init_fn, _mesh.auto_axes_update(update_fn)
   )
 
 

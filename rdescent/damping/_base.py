@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from rdescent import _validation
+from rdescent import dtypes as dtypes_lib
 
 
 class DampingStep(NamedTuple):
@@ -144,13 +145,6 @@ def clamp(damping: jax.Array, min_damping: float, max_damping: float) -> jax.Arr
   """λ clipped to [min, max]; NaN becomes max (the safe side)."""
   damping = jnp.where(jnp.isnan(damping), max_damping, damping)
   return jnp.clip(damping, min_damping, max_damping)
-
-
-def float_dtype(params: Any) -> jnp.dtype:
-  """The common floating dtype of the parameters (state scalars use it)."""
-  dtypes = [jnp.asarray(leaf).dtype for leaf in jax.tree_util.tree_leaves(params)]
-  return jnp.result_type(*dtypes) if dtypes else jnp.float32
-
 
 
 def tree_scale(tree: Any, scale: jax.Array) -> Any:

@@ -26,6 +26,7 @@ import numpy as np
 
 from rdescent import solve as solve_lib
 from rdescent import _validation
+from rdescent import dtypes as dtypes_lib
 from rdescent.damping import _base
 
 MAX_FLOOR = 1e6
@@ -86,7 +87,7 @@ def gcv(
   base_grid = np.logspace(np.log10(grid_min), np.log10(grid_max), num)
 
   def init(params):
-    dtype = _base.float_dtype(params)
+    dtype = dtypes_lib.compute_dtype(params)
     return GCVState(damping=jnp.asarray(grid_min, dtype), floor=jnp.ones([], dtype))
 
   def current(state, count):

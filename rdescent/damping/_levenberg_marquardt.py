@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from rdescent import _validation
+from rdescent import dtypes as dtypes_lib
 from rdescent.damping import _base
 
 
@@ -76,7 +77,7 @@ def levenberg_marquardt(
     raise ValueError(f"max_solves must be a positive int; got {max_solves!r}.")
 
   def init(params):
-    dtype = _base.float_dtype(params)
+    dtype = dtypes_lib.compute_dtype(params)
     return LevenbergMarquardtState(
         damping=jnp.asarray(initial, dtype), growth=jnp.asarray(2.0, dtype)
     )

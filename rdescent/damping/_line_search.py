@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from rdescent import _validation
+from rdescent import dtypes as dtypes_lib
 from rdescent.damping import _base
 
 
@@ -83,7 +84,7 @@ def backtracking(
     raise ValueError(f"armijo must be >= 0; got {armijo!r}.")
 
   def init(params):
-    dtype = _base.float_dtype(params)
+    dtype = dtypes_lib.compute_dtype(params)
     return BacktrackingState(
         inner=inner.init(params),
         step_fraction=jnp.ones([], dtype),

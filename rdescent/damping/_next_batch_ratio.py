@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from rdescent import _validation
+from rdescent import dtypes as dtypes_lib
 from rdescent.damping import _base
 
 REJECT_ABOVE = 1.1
@@ -106,7 +107,7 @@ def next_batch_ratio(initial: float = 1e-5) -> _base.DampingController:
   _validation.check_positive("initial", initial)
 
   def init(params):
-    dtype = _base.float_dtype(params)
+    dtype = dtypes_lib.compute_dtype(params)
     # Distinct buffers for every leaf, so that the state can be donated to jit.
     return NextBatchRatioState(
         damping=jnp.asarray(initial, dtype),

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from rdescent import _validation
+from rdescent import dtypes as dtypes_lib
 from rdescent.damping import _base
 
 MAX_BOOST = 1e6
@@ -44,7 +45,7 @@ def _proportional(
   _validation.check_positive("failure_growth", failure_growth)
 
   def init(params):
-    dtype = _base.float_dtype(params)
+    dtype = dtypes_lib.compute_dtype(params)
     return ProportionalState(
         damping=_base.clamp(jnp.asarray(initial, dtype), min_damping, max_damping),
         boost=jnp.ones([], dtype),
