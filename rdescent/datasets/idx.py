@@ -76,7 +76,12 @@ class ImageDataset(NamedTuple):
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
-  """The data directory: `data_dir` if given, else `$RDESCENT_DATA_DIR`."""
+  """The data directory: `data_dir` if given, else `$RDESCENT_DATA_DIR`.
+
+    >>> from rdescent.datasets.idx import resolve_data_dir
+    >>> resolve_data_dir("/data/sets").as_posix()
+    '/data/sets'
+  """
   if data_dir is not None:
     return pathlib.Path(data_dir).expanduser()
   from_env = os.environ.get(ENV_VAR)
@@ -123,7 +128,15 @@ def _verify(path: pathlib.Path, expected_md5: str) -> None:
 
 
 def parse_idx(raw: bytes, *, expected_magic: int, source: str = "<bytes>") -> np.ndarray:
-  """Parses uncompressed IDX bytes into a uint8 array shaped by the header."""
+  """Parses uncompressed IDX bytes into a uint8 array shaped by the header.
+
+  Example (a labels file with three labels: magic 2049, size 3, the values):
+
+    >>> from rdescent.datasets.idx import parse_idx
+    >>> raw = (2049).to_bytes(4, "big") + (3).to_bytes(4, "big") + bytes([7, 0, 9])
+    >>> parse_idx(raw, expected_magic=2049).tolist()
+    [7, 0, 9]
+  """
   num_dims = {_IMAGES_MAGIC: 3, _LABELS_MAGIC: 1}[expected_magic]
   header_size = 4 + 4 * num_dims
   magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
@@ -180,6 +193,24 @@ def load_idx_dataset(
       names the file, the directory searched and how to set the variable).
     ChecksumError: a file's MD5 differs from the official one.
     IdxFormatError: a file is not a valid IDX file.
+
+  Example: two 28 × 28 images written in the IDX layout to a temporary
+  directory and read back (`verify=False`: they are not the official files;
+  with the real files, pass their directory or set `$RDESCENT_DATA_DIR`):
+
+    >>> import gzip, pathlib, shutil, tempfile
+    >>> from rdescent.datasets.idx import load_idx_dataset
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> (root / "mnist").mkdir()
+    >>> header = lambda magic, *sizes: b"".join(n.to_bytes(4, "big") for n in (magic, *sizes))
+    >>> with gzip.open(root / "mnist" / "t10k-images-idx3-ubyte.gz", "wb") as f:
+    ...   _ = f.write(header(2051, 2, 28, 28) + bytes(2 * 28 * 28))
+    >>> with gzip.open(root / "mnist" / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+    ...   _ = f.write(header(2049, 2) + bytes([3, 5]))
+    >>> data = load_idx_dataset("mnist", "test", root, verify=False)
+    >>> data.images.shape, data.images.dtype, data.labels.tolist()
+    ((2, 28, 28), dtype('uint8'), [3, 5])
+    >>> shutil.rmtree(root)
   """
   if dataset not in CHECKSUMS:
     raise ValueError(f"dataset={dataset!r}; expected one of {', '.join(map(repr, CHECKSUMS))}.")
