@@ -1,4 +1,4 @@
-"""Where studies are registered, so that `python -m benchmarks run <study>` finds them.
+"""Where studies are registered, with the functions that print and draw their results.
 
 A study is a function `run(options: StudyOptions) -> dict` returning the result
 record (see `benchmarks.runner`). A module registers its study at import time:
@@ -8,12 +8,21 @@ record (see `benchmarks.runner`). A module registers its study at import time:
 
 and is listed in `STUDY_MODULES` (modules that do not exist yet are skipped),
 or imported before `benchmarks.__main__.main` runs.
+
+A study whose record is not a training record (`kind != "training"`, e.g. the
+step-cost sweeps of `benchmarks.scaling`) also registers how its record is
+shown: `table(result) -> str` (markdown) and `plot(result, path) -> path`
+(PNG). `benchmarks.report` looks them up here, so a study module never
+imports the report and the report never imports a study: studies import
+`registry` and `plotting`, the report imports `registry` and `plotting`, and
+`registry` imports the study modules only by name, when asked (`load_all`).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, NamedTuple
+import pathlib
+from typing import Any, Callable, Mapping, NamedTuple
 
 # Imported by `load_all`, in this order (`run all` runs the studies in this order).
 STUDY_MODULES = (
@@ -27,21 +36,56 @@ STUDY_MODULES = (
     "benchmarks.sharding",
 )
 
+TableFn = Callable[[Mapping[str, Any]], str]
+PlotFn = Callable[[Mapping[str, Any], pathlib.Path], pathlib.Path]
+
 
 class Study(NamedTuple):
+  """A registered study.
+
+  Attributes:
+    name: the name of `python -m benchmarks run <name>`, and the `"study"` of its record.
+    run: `run(options) -> dict`, the result record.
+    description: one line, for `python -m benchmarks list`.
+    in_all: whether `run all` runs it.
+    table: `table(result) -> str`, the markdown table of its record; None for the
+      training table of `benchmarks.report`.
+    plot: `plot(result, path) -> path`, writes its PNG; None for the training plot
+      of `benchmarks.report`.
+  """
+
   name: str
   run: Callable[..., dict[str, Any]]
   description: str
   in_all: bool
+  table: TableFn | None = None
+  plot: PlotFn | None = None
 
 
 STUDIES: dict[str, Study] = {}
 
 
 def register(name: str, run: Callable[..., dict[str, Any]], description: str = "",
-             *, in_all: bool = True) -> None:
-  """Registers (or replaces) the study `name`; `in_all=False` keeps it out of `run all`."""
-  STUDIES[name] = Study(name, run, description, in_all)
+             *, in_all: bool = True, table: TableFn | None = None,
+             plot: PlotFn | None = None) -> Study:
+  """Registers (or replaces) the study `name`; returns its record.
+
+  Args:
+    name: the study's name.
+    run: `run(options) -> dict`.
+    description: one line for `list`.
+    in_all: False keeps it out of `run all`.
+    table: markdown table of its results (default: the training table).
+    plot: PNG of its results (default: the training plot).
+  """
+  if not callable(run):
+    raise TypeError(f"register({name!r}): run must be callable, got {type(run).__name__}.")
+  for argument, value in (("table", table), ("plot", plot)):
+    if value is not None and not callable(value):
+      raise TypeError(f"register({name!r}): {argument} must be callable or None, "
+                      f"got {type(value).__name__}.")
+  STUDIES[name] = Study(name, run, description, in_all, table, plot)
+  return STUDIES[name]
 
 
 def load_all() -> dict[str, Study]:
@@ -53,3 +97,10 @@ def load_all() -> dict[str, Study]:
       if error.name != module:
         raise
   return STUDIES
+
+
+def find(name: str) -> Study | None:
+  """The study registered as `name` (loading `STUDY_MODULES` if needed), or None."""
+  if name not in STUDIES:
+    load_all()
+  return STUDIES.get(name)

@@ -6,15 +6,22 @@ a target, the target is the median final loss (at the budget) of the best
 Adam configuration, so Adam's own time-to-target is close to the budget and
 the RD / Adam ratio answers the paper's claim (≤ 0.6 means RD reaches Adam's
 budget loss in at most 60% of Adam's time).
+
+Studies whose records are not training records register their own table and
+plot functions (`registry.register(..., table=, plot=)`); `markdown_table` and
+`plot_study` look them up in the registry, so this module imports no study.
 """
 
 from __future__ import annotations
 
 import math
 import pathlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+from benchmarks import plotting
+from benchmarks import registry
 
 INF = float("inf")
 
@@ -112,14 +119,24 @@ def _num(value: float | None, fmt: str = ".3g") -> str:
   return format(value, fmt)
 
 
+def _registered(result: Mapping[str, Any], what: str) -> Callable[..., Any] | None:
+  """The `table` or `plot` function that the result's study registered, if any."""
+  study = registry.find(result["study"])
+  function = getattr(study, what) if study is not None else None
+  if function is None and result.get("kind", "training") != "training":
+    raise ValueError(f"study {result['study']!r} has results of kind {result.get('kind')!r} "
+                     f"but registered no {what} function (registry.register(..., {what}=...)).")
+  return function
+
+
 def markdown_table(result: Mapping[str, Any]) -> str:
-  """One study's table (one row per configuration) with its headline line."""
-  if result.get("kind") == "scaling":
-    from benchmarks import scaling
-    return scaling.markdown_table(result)
-  if result.get("kind") == "sharding":
-    from benchmarks import sharding
-    return sharding.markdown_table(result)
+  """One study's markdown table: the study's registered `table`, else `training_table`."""
+  table = _registered(result, "table")
+  return table(result) if table is not None else training_table(result)
+
+
+def training_table(result: Mapping[str, Any]) -> str:
+  """A training study's table (one row per configuration) with its headline line."""
   summary = summarize(result)
   classification = any(r["test_accuracy"] is not None for r in summary["rows"])
   head = ["optimizer", "batch", "steps", "ms/step", "compile s",
@@ -206,17 +223,14 @@ def plotted_labels(result: Mapping[str, Any]) -> list[str]:
 
 
 def plot_study(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
-  """PNG with loss vs seconds, loss vs steps, and test accuracy vs seconds where it applies."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  """One study's PNG: the study's registered `plot`, else `training_plot`."""
+  plot = _registered(result, "plot")
+  return plot(result, path) if plot is not None else training_plot(result, path)
 
-  if result.get("kind") == "scaling":
-    from benchmarks import scaling
-    return scaling.plot(result, path)
-  if result.get("kind") == "sharding":
-    from benchmarks import sharding
-    return sharding.plot(result, path)
+
+def training_plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
+  """PNG with loss vs seconds, loss vs steps, and test accuracy vs seconds where it applies."""
+  plt = plotting.pyplot()
   groups = _by_label(result)
   labels = plotted_labels(result)
   classification = any("accuracy" in r["curve"] for r in result["runs"])
@@ -262,22 +276,9 @@ def plot_study(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
   fig.suptitle(f"{result['study']}: {result.get('task', {}).get('model', '')} — "
                f"{machine.get('device', '')}, median over {result['config']['seeds']} seed(s), "
                "band = min–max", fontsize=9)
-  return save_figure(fig, path, rect=(0, legend_height / height, 1, 1))
+  return plotting.save_figure(fig, path, rect=(0, legend_height / height, 1, 1))
 
 
 def print_summary(result: Mapping[str, Any]) -> None:
   print(f"\n== {result['study']} ==")
   print(markdown_table(result))
-
-
-def save_figure(fig, path, rect=(0, 0, 1, 1)) -> pathlib.Path:
-  """Lays out `fig` within `rect` (figure fractions), writes it to `path` (PNG, parent
-  folders created), closes it."""
-  import matplotlib.pyplot as plt
-
-  fig.tight_layout(rect=rect)
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path

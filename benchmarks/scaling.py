@@ -18,6 +18,7 @@ import numpy as np
 
 import rdescent as rd
 from benchmarks import models
+from benchmarks import plotting
 from benchmarks import registry
 from benchmarks.runner import StudyOptions, machine_info
 
@@ -94,6 +95,7 @@ def slopes(measurements) -> dict[str, dict[str, float]]:
 
 
 def markdown_table(result: Mapping[str, Any]) -> str:
+  """One row per measured configuration, then the fitted cost exponents."""
   rows = result["measurements"]
   lines = ["| engine | sweep | m | k | width | ms/step | compile s |", "|---|---|---|---|---|---|---|"]
   for r in rows:
@@ -108,10 +110,8 @@ def markdown_table(result: Mapping[str, Any]) -> str:
 
 
 def plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  """Log-log ms per step against each swept axis, one line per engine."""
+  plt = plotting.pyplot()
   rows = result["measurements"]
   axes_names = list(dict.fromkeys(r["sweep"] for r in rows))
   fig, axes = plt.subplots(1, len(axes_names), figsize=(4.5 * len(axes_names), 3.8))
@@ -127,9 +127,8 @@ def plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
     ax.legend(fontsize=8)
   fig.suptitle(f"RD step cost, {result['config']['model']}, base {result['config']['base']} — "
                f"{result['machine']['device']}", fontsize=9)
-  from benchmarks import report
-
-  return report.save_figure(fig, path)
+  return plotting.save_figure(fig, path)
 
 
-registry.register("scaling", run, "RD step time against m, k and width, per Gram engine")
+registry.register("scaling", run, "RD step time against m, k and width, per Gram engine",
+                  table=markdown_table, plot=plot)

@@ -26,6 +26,8 @@ import sys
 import time
 from typing import Any, Mapping
 
+from benchmarks import plotting
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAYOUTS = ("replicated", "row_blocks")
 FULL = {"devices": (1, 2, 4, 8), "sizes": (64, 128, 128, 10), "m": 64, "repeats": 5,
@@ -209,10 +211,8 @@ def markdown_table(result: Mapping[str, Any]) -> str:
 
 
 def plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  """ms per step against simulated devices, one line per mode and K layout."""
+  plt = plotting.pyplot()
   fig, ax = plt.subplots(figsize=(5, 3.8))
   for outputs in ("full", "per_output"):
     for layout, style in zip(LAYOUTS, ("o-", "s--")):
@@ -228,9 +228,7 @@ def plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
   ax.legend(fontsize=8)
   fig.suptitle(f"{result['config']['model']}, m = {result['config']['m']} — "
                f"{result['machine']['device']}", fontsize=9)
-  from benchmarks import report
-
-  return report.save_figure(fig, path)
+  return plotting.save_figure(fig, path)
 
 
 if __name__ == "__main__":
@@ -240,4 +238,5 @@ if __name__ == "__main__":
 else:
   from benchmarks import registry
   registry.register("sharding", run,
-                    "data-parallel RD step time against simulated devices; bytes per step")
+                    "data-parallel RD step time against simulated devices; bytes per step",
+                    table=markdown_table, plot=plot)
