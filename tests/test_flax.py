@@ -275,3 +275,13 @@ def test_module_name_does_not_shadow_flax():
       "assert rdescent.flax.nnx is flax.nnx\n"
   )
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_flax_raises_import_error_naming_the_extra(monkeypatch):
+  """Without Flax installed, `import rdescent.flax` says how to install it."""
+  import importlib
+
+  monkeypatch.setitem(sys.modules, "flax", None)  # `import flax` now fails as if not installed
+  monkeypatch.delitem(sys.modules, "rdescent.flax")
+  with pytest.raises(ImportError, match=r'pip install "rdescent\[flax\]"'):
+    importlib.import_module("rdescent.flax")
