@@ -59,7 +59,7 @@ def _run(tx, params, apply_fn, x, y, steps, batch, needs_batch, rng):
     jax.block_until_ready(params)
     times.append(time.perf_counter() - start)
     if needs_batch:
-      capped += int(float(state[0].step_scale) < 1.0)
+      capped += int(float(state[0].damping_state.step_scale) < 1.0)
   return params, float(np.median(times)), capped / steps
 
 

@@ -5,10 +5,13 @@ from rdescent import datasets
 from rdescent import last_layer
 from rdescent import losses
 from rdescent import sharding
+from rdescent import solvers
 from rdescent.dtypes import compute_dtype
 from rdescent.gram import gram_matrix
 from rdescent.last_layer import closed_form_last_layer
 from rdescent.problem import LinearizedProblem
+from rdescent.problem import Trial
+from rdescent.problem import linearize
 from rdescent.transform import RegressionDescentState
 from rdescent.transform import STATUS_MESSAGES
 from rdescent.transform import regression_descent
@@ -20,14 +23,17 @@ __all__ = (
     "LinearizedProblem",
     "RegressionDescentState",
     "STATUS_MESSAGES",
+    "Trial",
     "closed_form_last_layer",
     "compute_dtype",
     "damping",
     "datasets",
     "gram_matrix",
     "last_layer",
+    "linearize",
     "losses",
     "regression_descent",
     "scale_by_regression_descent",
     "sharding",
+    "solvers",
 )

@@ -27,6 +27,7 @@ from rdescent import dtypes as dtypes_lib
 from rdescent import gram as gram_lib
 from rdescent import losses as losses_lib
 from rdescent import problem as problem_lib
+from rdescent import solvers as solvers_lib
 
 ApplyFn = Callable[[Any, Any], jax.Array]
 
@@ -39,7 +40,7 @@ STATUS_REJECTED = 4
 STATUS_MESSAGES = {
     STATUS_OK: "ok",
     STATUS_NONFINITE_LOSS: "non-finite outputs, targets or loss; step skipped",
-    STATUS_SOLVE_FAILED: "Cholesky factorisation failed; step skipped",
+    STATUS_SOLVE_FAILED: "linear solve failed; step skipped",
     STATUS_NONFINITE_DIRECTION: "non-finite direction; step skipped",
     STATUS_REJECTED: "step rejected by the damping controller",
 }
@@ -57,15 +58,13 @@ class RegressionDescentState(NamedTuple):
     residual_norm: ‖u‖ of the last batch before the step (‖r‖ for squared
       error).
     accepted: whether the last step was applied.
-    solve_ok: whether the last Cholesky solve was healthy.
+    solve_ok: whether the last linear solve was healthy.
     num_rejected: steps not applied so far (controller rejections and
       numerical failures).
     status: code of the last step, see `STATUS_MESSAGES`.
-    step_scale: s ∈ (0, 1], the factor `max_logit_change` applied to the last
-      direction (1 when the option is off or nothing was applied).
-    logit_change_spread: η s σ, the first-order logit-change spread of the
-      last applied step (see `max_logit_change`); 0 when the option is off or
-      nothing was applied.
+
+  The logit cap's scale and spread (`max_logit_change`) live in the state of
+  its wrapper, `damping_state` (an `rdescent.damping.CapLogitChangeState`).
   """
 
   count: jax.Array
@@ -77,8 +76,6 @@ class RegressionDescentState(NamedTuple):
   solve_ok: jax.Array
   num_rejected: jax.Array
   status: jax.Array
-  step_scale: jax.Array | float = 1.0
-  logit_change_spread: jax.Array | float = 0.0
 
 
 def _scaled_outputs(apply_fn: ApplyFn, output_scale: Any) -> ApplyFn:
@@ -89,17 +86,6 @@ def _scaled_outputs(apply_fn: ApplyFn, output_scale: Any) -> ApplyFn:
     return (jnp.asarray(output_scale, outputs.dtype) * outputs).astype(outputs.dtype)
 
   return scaled
-
-
-def _refuse_step_memory(damping_state: Any) -> None:
-  """`max_logit_change` with `next_batch_ratio` (its undo would not match)."""
-  if isinstance(damping_state, damping_lib.NextBatchRatioState):
-    raise ValueError(
-        "max_logit_change cannot be combined with damping="
-        "rdescent.damping.next_batch_ratio(): that controller undoes a rejected "
-        "step by the uncapped amount. Use another controller, or "
-        "max_logit_change=None."
-    )
 
 
 def scale_by_regression_descent(
@@ -116,6 +102,7 @@ def scale_by_regression_descent(
     output_scale: float = 1.0,
     max_logit_change: float | None = None,
     data_axis: str | None = None,
+    solver: str | solvers_lib.Solver = "cholesky",
 ) -> optax.GradientTransformationExtraArgs:
   """The Regression Descent direction d = Jᵀ (K + λI)⁻¹ r (gradient sign).
 
@@ -157,18 +144,18 @@ def scale_by_regression_descent(
       fitting smooth targets, or to make the early steps less aggressive in
       parameter space; α = 1 (the default) is the plain model. The loss sees
       α f, so predictions must be made with α f too.
-    max_logit_change: B > 0 or None (off). Caps each step so that the
-      first-order change of the outputs, Δz = −η J d, has a per-example
-      spread max_c Δz_ic − min_c Δz_ic of at most B for every example i: d is
-      multiplied by s = min(1, B / (η σ)) (`rdescent.problem.cap_logit_change`,
-      one JVP per step). Softmax only sees logit differences, so this is the
-      trust region of a cross-entropy step; B = π is the suggested value (the
-      "ghosts of softmax" bound). The scale and the predicted spread are in
-      the state (`step_scale`, `logit_change_spread`). Only regular steps
-      are capped (not a controller's undo); controllers that judge a step
-      (`levenberg_marquardt`, a line search) judge it before the cap, and
-      `next_batch_ratio` is refused, because its undo would not match the
-      capped step. With k = 1 the spread is 0 and nothing is capped.
+    max_logit_change: B > 0 or None (off). A shorthand for
+      `damping=rdescent.damping.cap_logit_change(damping, bound=B)`: caps each
+      step so that the first-order change of the outputs, Δz = −η J d, has a
+      per-example spread max_c Δz_ic − min_c Δz_ic of at most B. Softmax only
+      sees logit differences, so this is the trust region of a cross-entropy
+      step; B = π is the suggested value. The scale and the predicted spread
+      are in the wrapper's state, `state.damping_state` (`step_scale`,
+      `logit_change_spread`). The cap is outermost: controllers that judge a
+      step (`levenberg_marquardt`, `backtracking`) judge it before the cap;
+      wrap the controller yourself for another order. `next_batch_ratio` is
+      refused (a ValueError here), because its undo would not match the
+      capped step.
     data_axis: None, or the name of the mesh axis the batch's examples are
       split over (data parallelism, see `rdescent.sharding`). With a name,
       the dual system's K is built in block rows: each device computes the
@@ -180,6 +167,9 @@ def scale_by_regression_descent(
       traffic, n times the K work). Needs a mesh context (`jax.set_mesh`,
       or arrays on a mesh with Explicit axes); without one the step is
       computed as on one device. The primal system is not affected.
+    solver: how the damped system is solved: `"cholesky"` (the default,
+      `rdescent.solvers.cholesky()`: a Cholesky factorisation with bounded
+      jitter retries) or an `rdescent.solvers.Solver`.
 
   Precision: the Gram matrix, the solve and the state are computed in the
   parameters' dtype, but at least float32: bfloat16/float16 parameters are
@@ -192,44 +182,32 @@ def scale_by_regression_descent(
   """
   name = "scale_by_regression_descent"
   loss_obj = losses_lib.get(loss)
-  _validation.check_option("outputs", outputs, gram_lib.OUTPUT_MODES)
-  _validation.check_option("gram", gram, gram_lib.METHODS)
-  _validation.check_option("system", system, problem_lib.SYSTEMS)
-  if outputs == "per_output" and not loss_obj.squared_error:
-    raise ValueError(
-        f"outputs='per_output' supports only the squared error loss ('mse'); "
-        f"got loss={loss_obj.name!r}. Use outputs='full' for other losses."
-    )
-  if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-    raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}.")
-  _validation.check_positive("output_scale", output_scale)
-  if max_logit_change is not None:
-    _validation.check_positive("max_logit_change", max_logit_change)
-  if data_axis is not None and not isinstance(data_axis, str):
-    raise ValueError(f"data_axis must be a mesh axis name (str) or None; got {data_axis!r}.")
+  _check_options(loss_obj, outputs, gram, system, chunk_size, output_scale, data_axis)
+  solver_obj = solvers_lib.get(solver)
   if not (_validation.is_concrete(output_scale) and output_scale == 1.0):
     apply_fn = _scaled_outputs(apply_fn, output_scale)
   controller = damping_lib.as_controller(damping)
+  if max_logit_change is not None:
+    _validation.check_positive("max_logit_change", max_logit_change)
+    controller = damping_lib.cap_logit_change(controller, bound=max_logit_change)
 
   def init_fn(params):
     _validation.check_params(params, name)
     params = dtypes_lib.upcast(params)
     dtype = dtypes_lib.compute_dtype(params)
     count = jnp.zeros([], jnp.int32)
-    if max_logit_change is not None:
-      _refuse_step_memory(controller.init(params))
+    damping_state = controller.init(params)
     return RegressionDescentState(
         count=count,
-        damping=jnp.asarray(controller.current(controller.init(params), count), dtype),
-        damping_state=controller.init(params),
+        # A copy: the state's leaves get distinct buffers (so it can be donated).
+        damping=jnp.array(controller.current(damping_state, count), dtype),
+        damping_state=damping_state,
         loss=jnp.zeros([], dtype),
         residual_norm=jnp.zeros([], dtype),
         accepted=jnp.asarray(True),
         solve_ok=jnp.asarray(True),
         num_rejected=jnp.zeros([], jnp.int32),
         status=jnp.asarray(STATUS_OK, jnp.int32),
-        step_scale=jnp.ones([], dtype),
-        logit_change_spread=jnp.zeros([], dtype),
     )
 
   def update_fn(updates, state, params=None, *, batch=None, **extra_args):
@@ -242,79 +220,105 @@ def scale_by_regression_descent(
     )
     if loss_obj.squared_error:
       _validation.check_floating("targets", targets, name)
-    problem = problem_lib.LinearizedProblem(
-        apply_fn, params, inputs, targets, loss=loss_obj, outputs=outputs,
-        gram=gram, system=system, chunk_size=chunk_size, data_axis=data_axis, name=name,
+    problem = problem_lib.linearize(
+        apply_fn, params, inputs, targets, loss=loss_obj, outputs=outputs, gram=gram,
+        system=system, chunk_size=chunk_size, data_axis=data_axis, solver=solver_obj, name=name,
     )
     eta = step_size(state.count) if callable(step_size) else step_size
     step = controller.step(problem, state.damping_state, state.count, eta)
-    if max_logit_change is not None:
-      _refuse_step_memory(state.damping_state)
-      capped, step_scale, spread = problem_lib.cap_logit_change(
-          problem, step.direction, eta, max_logit_change
-      )
-      # An undo (rejected step) passes unchanged.
-      step = step._replace(direction=jax.tree_util.tree_map(
-          lambda c, d: jnp.where(step.accepted, c, d), capped, step.direction))
+    status = _status(problem, step)
+    return _applied_direction(step, status, storage_params), _next_state(
+        state, problem, step, status, controller
+    )
 
-    finite_loss = jnp.isfinite(problem.loss) & _validation.all_finite(problem.factors.rhs)
-    finite_direction = _validation.all_finite(step.direction)
-    status = jnp.select(
-        [~finite_loss, ~step.solve_ok, ~finite_direction, ~step.accepted],
-        [STATUS_NONFINITE_LOSS, STATUS_SOLVE_FAILED, STATUS_NONFINITE_DIRECTION,
-         STATUS_REJECTED],
-        STATUS_OK,
-    ).astype(jnp.int32)
-    apply = status == STATUS_OK
-    # A rejecting controller's direction is its correction (zero or an undo).
-    keep = apply | (status == STATUS_REJECTED)
-    direction = jax.tree_util.tree_map(
-        lambda d, p: jnp.where(keep, d, jnp.zeros_like(d)).astype(jnp.asarray(p).dtype),
-        step.direction, storage_params,
-    )
-    # Numerical failures: the controller learns of them through `fail`.
-    failed = ~keep
-    damping_state = jax.tree_util.tree_map(
-        lambda bad, good: jnp.where(failed, bad, good),
-        controller.fail(state.damping_state), step.state,
-    )
-    # Nothing non-finite enters the state: a failed step keeps the last
-    # finite diagnostics (its `status` says why).
-    dtype = state.loss.dtype
-    used_damping = jnp.asarray(step.damping, state.damping.dtype)
-    used_damping = jnp.where(
-        failed | ~jnp.isfinite(used_damping),
-        jnp.asarray(controller.current(damping_state, state.count), state.damping.dtype),
-        used_damping,
-    )
-    residual_norm = jnp.linalg.norm(problem.factors.rhs)
-    new_state = RegressionDescentState(
-        count=optax.safe_increment(state.count),
-        damping=used_damping,
-        damping_state=damping_state,
-        loss=jnp.where(finite_loss, jnp.asarray(problem.loss, dtype), state.loss),
-        residual_norm=jnp.where(
-            finite_loss, jnp.asarray(residual_norm, dtype), state.residual_norm
-        ),
-        accepted=apply,
-        solve_ok=jnp.asarray(step.solve_ok),
-        num_rejected=state.num_rejected + (~apply).astype(jnp.int32),
-        status=status,
-    )
-    if max_logit_change is not None:
-      new_state = new_state._replace(
-          step_scale=jnp.where(apply, step_scale, 1.0).astype(dtype),
-          logit_change_spread=jnp.where(apply, spread, 0.0).astype(dtype),
-      )
-    else:
-      new_state = new_state._replace(
-          step_scale=jnp.ones([], dtype), logit_change_spread=jnp.zeros([], dtype)
-      )
-    return direction, new_state
+  # Under a mesh with Explicit axes the step runs with Auto axes (rdescent._mesh).
+  return optax.GradientTransformationExtraArgs(init_fn, _mesh.auto_axes_update(update_fn))
 
-  # Under a mesh with Explicit axes the step runs with Auto axes (rdescent.sharding).
-  return optax.GradientTransformationExtraArgs(
-      init_fn, _mesh.auto_axes_update(update_fn)
+
+def _check_options(loss, outputs, gram, system, chunk_size, output_scale, data_axis) -> None:
+  """Trace-time checks of the options of `scale_by_regression_descent`."""
+  _validation.check_option("outputs", outputs, gram_lib.OUTPUT_MODES)
+  _validation.check_option("gram", gram, gram_lib.METHODS)
+  _validation.check_option("system", system, problem_lib.SYSTEMS)
+  if outputs == "per_output" and not loss.squared_error:
+    raise ValueError(
+        f"outputs='per_output' supports only the squared error loss ('mse'); "
+        f"got loss={loss.name!r}. Use outputs='full' for other losses."
+    )
+  if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}.")
+  _validation.check_positive("output_scale", output_scale)
+  if data_axis is not None and not isinstance(data_axis, str):
+    raise ValueError(f"data_axis must be a mesh axis name (str) or None; got {data_axis!r}.")
+
+
+def _finite_loss(problem: problem_lib.LinearizedProblem) -> jax.Array:
+  return jnp.isfinite(problem.loss) & _validation.all_finite(problem.factors.rhs)
+
+
+def _status(problem: problem_lib.LinearizedProblem, step: damping_lib.DampingStep) -> jax.Array:
+  """The step's code in `STATUS_MESSAGES` (the first problem found)."""
+  finite_direction = _validation.all_finite(step.direction)
+  return jnp.select(
+      [~_finite_loss(problem), ~step.solve_ok, ~finite_direction, ~step.accepted],
+      [STATUS_NONFINITE_LOSS, STATUS_SOLVE_FAILED, STATUS_NONFINITE_DIRECTION,
+       STATUS_REJECTED],
+      STATUS_OK,
+  ).astype(jnp.int32)
+
+
+def _applied_direction(step: damping_lib.DampingStep, status: jax.Array, params: Any) -> Any:
+  """The direction the transform returns: the step's, or zeros after a numerical failure.
+
+  A rejecting controller's direction is its correction (zero or an undo) and
+  passes; each leaf is cast to its parameter's dtype.
+  """
+  keep = (status == STATUS_OK) | (status == STATUS_REJECTED)
+  return jax.tree_util.tree_map(
+      lambda d, p: jnp.where(keep, d, jnp.zeros_like(d)).astype(jnp.asarray(p).dtype),
+      step.direction, params,
+  )
+
+
+def _next_state(
+    state: RegressionDescentState,
+    problem: problem_lib.LinearizedProblem,
+    step: damping_lib.DampingStep,
+    status: jax.Array,
+    controller: damping_lib.DampingController,
+) -> RegressionDescentState:
+  """The state after one update; nothing non-finite enters it.
+
+  After a numerical failure the controller learns of it through `fail`
+  (applied to its state before the step), and the diagnostics keep their
+  last finite values (`status` says why).
+  """
+  applied = status == STATUS_OK
+  failed = ~(applied | (status == STATUS_REJECTED))
+  damping_state = jax.tree_util.tree_map(
+      lambda bad, good: jnp.where(failed, bad, good),
+      controller.fail(state.damping_state), step.state,
+  )
+  dtype = state.loss.dtype
+  used_damping = jnp.asarray(step.damping, state.damping.dtype)
+  used_damping = jnp.where(
+      failed | ~jnp.isfinite(used_damping),
+      jnp.asarray(controller.current(damping_state, state.count), state.damping.dtype),
+      used_damping,
+  )
+  finite_loss = _finite_loss(problem)
+  return RegressionDescentState(
+      count=optax.safe_increment(state.count),
+      damping=used_damping,
+      damping_state=damping_state,
+      loss=jnp.where(finite_loss, jnp.asarray(problem.loss, dtype), state.loss),
+      residual_norm=jnp.where(
+          finite_loss, jnp.asarray(problem.residual_norm, dtype), state.residual_norm
+      ),
+      accepted=applied,
+      solve_ok=jnp.asarray(step.solve_ok),
+      num_rejected=state.num_rejected + (~applied).astype(jnp.int32),
+      status=status,
   )
 
 
@@ -332,18 +336,26 @@ def regression_descent(
     output_scale: float = 1.0,
     max_logit_change: float | None = None,
     data_axis: str | None = None,
+    solver: str | solvers_lib.Solver = "cholesky",
 ) -> optax.GradientTransformationExtraArgs:
   """Regression Descent: θ ← θ − η Jᵀ (J Jᵀ + λI)⁻¹ r.
 
   `chain(scale_by_regression_descent(...), scale_by_learning_rate(η))`; see
   `scale_by_regression_descent` for the arguments.
 
-  Example:
+  Example: one step fits a linear model exactly (λ → 0, η = 1).
 
-    >>> tx = rd.regression_descent(apply_fn, learning_rate=1.0, damping=1e-3)
+    >>> import jax.numpy as jnp, optax, rdescent as rd
+    >>> apply_fn = lambda w, x: x @ w                      # (m, 3) -> (m,)
+    >>> x = jnp.array([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0]])
+    >>> y = jnp.array([1.0, -1.0])
+    >>> params = jnp.zeros(3)
+    >>> tx = rd.regression_descent(apply_fn, learning_rate=1.0, damping=1e-9)
     >>> state = tx.init(params)
     >>> updates, state = tx.update(None, state, params, batch=(x, y))
     >>> params = optax.apply_updates(params, updates)
+    >>> jnp.round(apply_fn(params, x), 4), rd.STATUS_MESSAGES[int(state[0].status)]
+    (Array([ 1., -1.], dtype=float32), 'ok')
   """
   _validation.check_nonnegative_finite("learning_rate", learning_rate)
   return optax.chain(
@@ -352,6 +364,7 @@ def regression_descent(
           system=system, chunk_size=chunk_size, step_size=learning_rate,
           integer_inputs=integer_inputs, output_scale=output_scale,
           max_logit_change=max_logit_change, data_axis=data_axis,
+          solver=solver,
       ),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -17,7 +17,7 @@ import scipy.optimize
 
 import rdescent as rd
 from rdescent import gram as gram_lib
-from rdescent import solve as solve_lib
+from rdescent import solvers as solve_lib
 from tests import models
 
 FEW = hypothesis.settings(max_examples=15, deadline=None)

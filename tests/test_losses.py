@@ -240,29 +240,29 @@ def test_max_logit_change_caps_the_predicted_spread():
       return np.max(change.max(axis=1) - change.min(axis=1))
 
     assert spread(free) > 2 * np.pi  # the uncapped step would move far
-    scale = float(state.step_scale)
+    scale = float(state.damping_state.step_scale)
     assert 0 < scale < 1
     np.testing.assert_allclose(models.flat(capped), scale * models.flat(free), rtol=1e-12)
     np.testing.assert_allclose(scale, np.pi / spread(free), rtol=1e-9)
     assert spread(capped) <= np.pi * (1 + 1e-9)
-    np.testing.assert_allclose(state.logit_change_spread, spread(capped), rtol=1e-9)
-    assert float(free_state.step_scale) == 1.0 and float(free_state.logit_change_spread) == 0.0
+    np.testing.assert_allclose(state.damping_state.logit_change_spread, spread(capped), rtol=1e-9)
+    assert free_state.damping_state == ()  # no cap: no wrapper and no cap state
 
     # A step already within the bound is left alone (and its spread reported).
     small, small_state = _direction(models.mlp_apply, params, x, labels, max_logit_change=1e6,
                                     **common)
-    assert float(small_state.step_scale) == 1.0
+    assert float(small_state.damping_state.step_scale) == 1.0
     np.testing.assert_allclose(models.flat(small), models.flat(free), rtol=1e-12)
-    np.testing.assert_allclose(small_state.logit_change_spread, spread(free), rtol=1e-9)
+    np.testing.assert_allclose(small_state.damping_state.logit_change_spread, spread(free), rtol=1e-9)
 
 
 def test_max_logit_change_refuses_next_batch_ratio_and_bad_values():
   params, x, labels = _setup(12, dtype=jnp.float32)
-  tx = rd.scale_by_regression_descent(
-      models.mlp_apply, loss="softmax_cross_entropy", max_logit_change=np.pi,
-      damping=rd.damping.next_batch_ratio())
+  del params  # refused where the wrapper is built, before any state exists
   with pytest.raises(ValueError, match="next_batch_ratio"):
-    tx.init(params)
+    rd.scale_by_regression_descent(
+        models.mlp_apply, loss="softmax_cross_entropy", max_logit_change=np.pi,
+        damping=rd.damping.next_batch_ratio())
   for bad in (0.0, -1.0, float("inf")):
     with pytest.raises(ValueError, match="max_logit_change"):
       rd.regression_descent(models.mlp_apply, max_logit_change=bad)
@@ -293,7 +293,7 @@ def test_cross_entropy_training_lowers_the_loss_under_jit():
   for t in range(24):
     i = (t * 32) % 96
     params, state = train_step(params, state, x[i:i + 32], labels[i:i + 32])
-    assert float(state[0].logit_change_spread) <= np.pi * (1 + 1e-5)
+    assert float(state[0].damping_state.logit_change_spread) <= np.pi * (1 + 1e-5)
   assert float(full_loss(params)) < 0.25 * start
   accuracy = np.mean(np.argmax(models.mlp_apply(params, x), axis=1) == labels)
   assert accuracy > 0.9

@@ -18,7 +18,7 @@ import optax
 import pytest
 
 import rdescent as rd
-from rdescent import solve as solve_lib
+from rdescent import solvers as solve_lib
 from rdescent import transform as transform_lib
 from tests import models
 

@@ -71,11 +71,11 @@ def test_primal_and_dual_agree_and_auto_picks_the_smaller_system():
       dual, _ = _direction(models.mlp_apply, params, x, y, damping=0.1, outputs=outputs, system="dual")
       primal, _ = _direction(models.mlp_apply, params, x, y, damping=0.1, outputs=outputs, system="primal")
       np.testing.assert_allclose(models.flat(dual), models.flat(primal), rtol=1e-9)
-    problem = rd.LinearizedProblem(
+    problem = rd.linearize(
         models.mlp_apply, params, x, y, loss=rd.losses.get("mse"), outputs="full",
         gram="auto", system="auto", chunk_size=None)
     assert problem.system == "primal" and problem.matrix.shape == (17, 17)
-    problem = rd.LinearizedProblem(
+    problem = rd.linearize(
         models.mlp_apply, params, x[:4], y[:4], loss=rd.losses.get("mse"), outputs="full",
         gram="auto", system="auto", chunk_size=None)
     assert problem.system == "dual" and problem.matrix.shape == (8, 8)

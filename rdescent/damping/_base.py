@@ -6,17 +6,23 @@ optimizer state:
 * `init(params) -> state`
 * `current(state, count) -> λ`: the damping the next step would start from.
 * `step(problem, state, count, step_size) -> DampingStep`: chooses λ for the
-  `rdescent.problem.LinearizedProblem` of this step, solves it (possibly
-  several times, reusing the same system matrix) and returns the direction d.
-  `step_size` is the η that the chain applies after the transform (the
-  step is θ − η d); controllers that predict or undo steps use it.
+  `rdescent.problem.LinearizedProblem` of this step. It calls
+  `problem.solve(λ, step_size)` as often as it likes (the system matrix is
+  built once) and judges the `rdescent.problem.Trial`s it gets back: their
+  direction, solve health, output change J d, predicted reduction and loss
+  after the step θ − η d. It never needs to know the system's form.
+  `step_size` is the η that the chain applies after the transform.
 * `fail(state) -> state`: the state after a step that was not applied for a
-  numerical reason (non-finite loss or outputs, failed Cholesky, non-finite
+  numerical reason (non-finite loss or outputs, failed solve, non-finite
   direction), given the state from *before* that step. Adaptive controllers
   grow λ here; fixed ones return the state unchanged.
+* `undoes_steps`: True for controllers whose later updates undo an earlier
+  step by the amount they applied (`next_batch_ratio`); wrappers that change
+  a step after the controller chose it refuse them.
 
 A plain float means `constant(value)`; a callable means an optax schedule of
-the step count.
+the step count. Wrappers (`backtracking`, `cap_logit_change`) are
+controllers built around another controller.
 """
 
 from __future__ import annotations
@@ -27,28 +33,37 @@ import jax
 import jax.numpy as jnp
 
 from rdescent import _validation
-from rdescent import dtypes as dtypes_lib
+from rdescent import problem as problem_lib
 
 
 class DampingStep(NamedTuple):
   """What a controller decided for one step.
 
   Attributes:
-    direction: params-shaped, gradient sign. When `accepted`, the RD direction
-      d (the chain applies −η d). When not accepted, the controller's
-      correction, applied as is: zeros, or the undo of the previous step
-      (`next_batch_ratio`).
-    damping: λ used for the direction, a scalar.
+    direction: params-shaped, gradient sign, what the transform applies. When
+      `accepted`, the chosen trial's direction d (the chain applies −η d).
+      When not accepted, the controller's correction, applied as is: zeros,
+      or the undo of the previous step (`next_batch_ratio`).
+    trial: the `Trial` the controller chose (its last one when it rejected
+      the step, or a zero trial when it solved nothing).
     accepted: scalar bool, False when the controller rejects the step.
-    solve_ok: scalar bool, the health of the last linear solve.
     state: the controller's new state.
   """
 
   direction: Any
-  damping: jax.Array
+  trial: problem_lib.Trial
   accepted: jax.Array
-  solve_ok: jax.Array
   state: Any
+
+  @property
+  def damping(self) -> jax.Array:
+    """λ used for the direction."""
+    return self.trial.damping
+
+  @property
+  def solve_ok(self) -> jax.Array:
+    """The health of the last linear solve."""
+    return self.trial.solve_ok
 
 
 def _unchanged(state: Any) -> Any:
@@ -62,22 +77,25 @@ class DampingController(NamedTuple):
   current: Callable[[Any, jax.Array], jax.Array]
   step: Callable[[Any, Any, jax.Array, jax.Array], DampingStep]
   fail: Callable[[Any], Any] = _unchanged
+  undoes_steps: bool = False
 
 
-def solve_and_step(problem, damping, state) -> DampingStep:
-  """One Cholesky solve at λ = `damping`, accepted (fixed-λ controllers)."""
-  result = problem.solve(damping)
+def accept(trial: problem_lib.Trial, state: Any) -> DampingStep:
+  """The step of a controller that takes its trial as it is."""
   return DampingStep(
-      direction=problem.direction(result.solution),
-      damping=jnp.asarray(damping, problem.outputs.dtype),
-      accepted=jnp.asarray(True),
-      solve_ok=result.ok,
-      state=state,
+      direction=trial.direction, trial=trial, accepted=jnp.asarray(True), state=state
   )
 
 
 def constant(value: float | jax.Array) -> DampingController:
-  """λ fixed at `value` (≥ 0) for every step."""
+  """λ fixed at `value` (≥ 0) for every step.
+
+  Example:
+    >>> import jax.numpy as jnp, rdescent as rd
+    >>> controller = rd.damping.constant(1e-3)
+    >>> float(controller.current(controller.init(jnp.zeros(2)), 0))
+    0.001
+  """
   _validation.check_nonnegative_finite("damping", value)
 
   def init(params):
@@ -89,14 +107,21 @@ def constant(value: float | jax.Array) -> DampingController:
     return jnp.asarray(value)
 
   def step(problem, state, count, step_size):
-    del count, step_size
-    return solve_and_step(problem, value, state)
+    del count
+    return accept(problem.solve(value, step_size), state)
 
   return DampingController(init=init, current=current, step=step)
 
 
 def schedule(schedule_fn: Callable[[jax.Array], jax.Array]) -> DampingController:
-  """λ = `schedule_fn(count)`, any optax schedule of the step count."""
+  """λ = `schedule_fn(count)`, any optax schedule of the step count.
+
+  Example:
+    >>> import optax, rdescent as rd
+    >>> controller = rd.damping.schedule(optax.exponential_decay(1.0, 10, 0.1))
+    >>> round(float(controller.current(controller.init(None), 10)), 6)
+    0.1
+  """
 
   def init(params):
     del params
@@ -107,8 +132,7 @@ def schedule(schedule_fn: Callable[[jax.Array], jax.Array]) -> DampingController
     return jnp.asarray(schedule_fn(count))
 
   def step(problem, state, count, step_size):
-    del step_size
-    return solve_and_step(problem, schedule_fn(count), state)
+    return accept(problem.solve(schedule_fn(count), step_size), state)
 
   return DampingController(init=init, current=current, step=step)
 
@@ -155,49 +179,14 @@ def tree_select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
   return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
-def step_params(params: Any, direction: Any, step_size: jax.Array) -> Any:
-  """θ − η d."""
-  return jax.tree_util.tree_map(
-      lambda p, d: (p - step_size * d).astype(jnp.asarray(p).dtype), params, direction
-  )
+def decrease(loss: jax.Array, trial: problem_lib.Trial) -> tuple[jax.Array, jax.Array]:
+  """(actual, negligible): the realised decrease ℓ(θ) − ℓ(θ − η d) of a trial,
+  and whether its predicted decrease is negligible.
 
-
-def predicted_reduction(problem, solution, direction, step_size) -> jax.Array:
-  """Decrease of the loss predicted by the Gauss-Newton model for θ − η d.
-
-  With the output change Δz = −η J d and the loss factors g = L u, H = L Lᵀ
-  (`rdescent.losses`), w = Lᵀ Δz per example and
-
-      pred = −(g·Δz + ½ Δzᵀ H Δz) = −(u·w + ½‖w‖²),
-
-  which for squared error is ½‖r‖² − ½‖r − η J d‖². In the full dual form
-  Lᵀ J d = (Lᵀ K L) α is the system matrix times the solution (no extra
-  pass); otherwise J d costs one JVP.
+  A predicted decrease ≤ 10 ε |ℓ| (ε the dtype's machine epsilon, e.g. at an
+  exact solution) is negligible: there is nothing left to judge, and the
+  judges (`levenberg_marquardt`, `backtracking`) take such a step as it is.
   """
-  rhs_u, factor = problem.factors
-  if problem.system == "dual" and not problem.per_output:
-    lifted = (problem.matrix @ solution).reshape(rhs_u.shape)
-  else:
-    change = problem.output_change(direction)
-    lifted = change if factor is None else jnp.einsum("ikq,ik->iq", factor, change)
-  w = -jnp.asarray(step_size, lifted.dtype) * lifted
-  return -(jnp.sum(rhs_u * w) + 0.5 * jnp.sum(jnp.square(w)))
-
-
-def gradient_norm(problem) -> jax.Array:
-  """‖Jᵀ g‖ = ‖Jᵀ L u‖ (‖Jᵀ r‖ for squared error), the loss gradient's norm.
-
-  Full dual form: uᵀ (Lᵀ K L) u, no extra pass. Primal form: the right-hand
-  side is Jᵀ L u (per output: J_cᵀ r_c, summed). Per-output dual form: one
-  VJP through `problem.direction`.
-  """
-  rhs = problem.rhs
-  if not problem.per_output:
-    if problem.system == "dual":
-      return jnp.sqrt(jnp.maximum(rhs @ (problem.matrix @ rhs), 0.0))
-    return jnp.linalg.norm(rhs)
-  if problem.system == "primal":
-    return jnp.linalg.norm(jnp.sum(rhs, axis=0))
-  gradient = problem.direction(rhs)
-  flat = jnp.concatenate([jnp.ravel(x) for x in jax.tree_util.tree_leaves(gradient)])
-  return problem.num_outputs * jnp.linalg.norm(flat)
+  eps = jnp.finfo(trial.predicted_reduction.dtype).eps
+  negligible = trial.predicted_reduction <= 10 * eps * jnp.abs(loss)
+  return loss - trial.loss_after, negligible

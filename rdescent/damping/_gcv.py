@@ -5,7 +5,7 @@ of a log grid by
 
     GCV(λ) = N ‖(I − S) r‖² / (N − tr S)²,      S(λ) = K (K + λI)⁻¹,
 
-in O(n) per λ (`rdescent.solve.gcv_scores`), and solves with the best λ by
+in O(n) per λ (`rdescent.solvers.gcv_scores`), and solves with the best λ by
 the same decomposition, x = V diag(1/(s + λ)) Vᵀ b. N is the number of
 residuals (m k, or m q for a loss with q factors); in the per-output mode the k
 systems are the blocks of one block-diagonal regression and share one λ.
@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rdescent import solve as solve_lib
 from rdescent import _validation
+from rdescent import solvers as solvers_lib
 from rdescent import dtypes as dtypes_lib
 from rdescent.damping import _base
 
@@ -39,7 +39,7 @@ class GCVState(NamedTuple):
   floor: jax.Array
 
 
-def gcv_grid(problem, eig: solve_lib.EigenSystem, grid: np.ndarray, relative: bool) -> jax.Array:
+def gcv_grid(eig: solvers_lib.EigenSystem, grid: np.ndarray, relative: bool) -> jax.Array:
   """The absolute λ grid: `grid` × mean eigenvalue when relative."""
   grid = jnp.asarray(grid, eig.values.dtype)
   if not relative:
@@ -47,21 +47,6 @@ def gcv_grid(problem, eig: solve_lib.EigenSystem, grid: np.ndarray, relative: bo
   scale = jnp.mean(eig.values)
   tiny = jnp.finfo(eig.values.dtype).tiny
   return grid * jnp.maximum(scale, tiny)
-
-
-def choose_damping(problem, eig, grid) -> jax.Array:
-  """argmin of GCV over the grid (NaN scores never win)."""
-  if problem.system == "dual":
-    scores = solve_lib.gcv_scores(eig, problem.rhs, grid, form="dual")
-  else:
-    rhs_u = problem.factors.rhs
-    scores = solve_lib.gcv_scores(
-        eig, problem.rhs, grid, form="primal",
-        residual_sq_norm=jnp.sum(jnp.square(rhs_u)),
-        num_residuals=rhs_u.size,
-    )
-  scores = jnp.where(jnp.isnan(scores), jnp.inf, scores)
-  return grid[jnp.argmin(scores)]
 
 
 def gcv(
@@ -79,12 +64,22 @@ def gcv(
     num: number of grid values.
     relative: scale the grid by the mean eigenvalue of the system matrix.
     failure_growth: factor of the failure floor (see the module docstring).
+
+  Returns:
+    A `DampingController` whose state is a `GCVState`.
+
+  Example:
+    >>> import jax.numpy as jnp, rdescent as rd
+    >>> controller = rd.damping.gcv(grid_min=1e-6, grid_max=1.0, num=13)
+    >>> float(controller.fail(controller.init(jnp.zeros(2))).floor)
+    10.0
   """
   _base.check_range(grid_min, grid_max)
   _validation.check_positive("failure_growth", failure_growth)
   if not isinstance(num, int) or num < 1:
     raise ValueError(f"num must be a positive int; got {num!r}.")
   base_grid = np.logspace(np.log10(grid_min), np.log10(grid_max), num)
+  solver = solvers_lib.eigh()
 
   def init(params):
     dtype = dtypes_lib.compute_dtype(params)
@@ -99,22 +94,17 @@ def gcv(
     return GCVState(damping=state.damping * failure_growth, floor=floor)
 
   def step(problem, state, count, step_size):
-    del count, step_size
-    eig = solve_lib.eigen_decomposition(problem.matrix)
-    grid = gcv_grid(problem, eig, base_grid, relative)
+    del count
+    grid = gcv_grid(problem.eigen(), base_grid, relative)
     grid = jnp.maximum(grid, grid[0] * state.floor.astype(grid.dtype))
-    damping = choose_damping(problem, eig, grid)
-    result = solve_lib.eigen_solve(eig, problem.rhs, damping)
+    scores = problem.gcv_scores(grid)
+    scores = jnp.where(jnp.isnan(scores), jnp.inf, scores)  # NaN scores never win
+    damping = grid[jnp.argmin(scores)]
+    trial = problem.solve(damping, step_size, solver=solver)
     new_state = GCVState(
         damping=damping.astype(state.damping.dtype),
         floor=jnp.maximum(state.floor / failure_growth, 1.0),
     )
-    return _base.DampingStep(
-        direction=problem.direction(result.solution),
-        damping=damping,
-        accepted=jnp.asarray(True),
-        solve_ok=result.ok,
-        state=new_state,
-    )
+    return _base.accept(trial, new_state)
 
   return _base.DampingController(init=init, current=current, step=step, fail=fail)

@@ -70,6 +70,16 @@ def levenberg_marquardt(
 
   A step whose predicted decrease is negligible (≤ 10 ε ℓ, e.g. at an exact
   solution) is accepted with λ unchanged, so λ stays bounded there.
+
+  Returns:
+    A `DampingController` whose state is a `LevenbergMarquardtState`.
+
+  Example:
+    >>> import jax.numpy as jnp, rdescent as rd
+    >>> controller = rd.damping.levenberg_marquardt(initial=1e-2)
+    >>> state = controller.init(jnp.zeros(3))
+    >>> float(controller.current(state, 0)), float(controller.fail(state).damping)
+    (0.01, 0.02)
   """
   _base.check_range(min_damping, max_damping)
   _validation.check_positive("initial", initial)
@@ -95,49 +105,42 @@ def levenberg_marquardt(
   def step(problem, state, count, step_size):
     del count
     dtype = problem.outputs.dtype
-    loss = problem.loss
-    eps = jnp.finfo(dtype).eps
-    zero_direction = jax.tree_util.tree_map(jnp.zeros_like, problem.params)
-
-    def trial(damping):
-      result = problem.solve(damping)
-      direction = problem.direction(result.solution)
-      predicted = _base.predicted_reduction(problem, result.solution, direction, step_size)
-      actual = loss - problem.loss_at(_base.step_params(problem.params, direction, step_size))
-      negligible = predicted <= 10 * eps * jnp.abs(loss)
-      ratio = jnp.where(negligible, 1.0, actual / jnp.where(negligible, 1.0, predicted))
-      healthy = result.ok & _validation.all_finite(direction) & jnp.isfinite(actual)
-      accepted = healthy & (negligible | (ratio > accept_ratio))
-      return direction, ratio, accepted, negligible, result.ok
 
     def body(carry):
       i, damping, growth, _, _, _ = carry
-      direction, ratio, accepted, negligible, ok = trial(damping)
+      trial = problem.solve(damping, step_size)
+      actual, negligible = _base.decrease(problem.loss, trial)
+      predicted = trial.predicted_reduction
+      ratio = jnp.where(negligible, 1.0, actual / jnp.where(negligible, 1.0, predicted))
+      accepted = trial.healthy & (negligible | (ratio > accept_ratio))
       new_damping, new_growth = nielsen_update(
           damping, growth, ratio, accepted, min_damping, max_damping
       )
       new_damping = jnp.where(accepted & negligible, damping, new_damping)
-      direction = _base.tree_select(accepted, direction, zero_direction)
-      return i + 1, new_damping, new_growth, accepted, ok, (direction, damping)
+      chosen = _base.tree_select(accepted, trial, problem.null_trial(damping, step_size))
+      return i + 1, new_damping, new_growth, accepted, trial.solve_ok, chosen
 
     def cond(carry):
       i, _, _, accepted, _, _ = carry
       return (i < max_solves) & ~accepted
 
+    damping = jnp.asarray(state.damping, dtype)
     start = (
         jnp.asarray(0),
-        jnp.asarray(state.damping, dtype),
+        damping,
         jnp.asarray(state.growth, dtype),
         jnp.asarray(False),
         jnp.asarray(True),
-        (zero_direction, jnp.asarray(state.damping, dtype)),
+        problem.null_trial(damping, step_size),
     )
-    _, damping, growth, accepted, ok, (direction, used) = lax.while_loop(cond, body, start)
+    _, damping, growth, accepted, ok, trial = lax.while_loop(cond, body, start)
     new_state = LevenbergMarquardtState(
         damping=damping.astype(state.damping.dtype), growth=growth.astype(state.growth.dtype)
     )
+    # A skipped step reports the health of its last solve.
+    trial = trial._replace(solve_ok=ok)
     return _base.DampingStep(
-        direction=direction, damping=used, accepted=accepted, solve_ok=ok, state=new_state
+        direction=trial.direction, trial=trial, accepted=accepted, state=new_state
     )
 
   return _base.DampingController(init=init, current=current, step=step, fail=fail)

@@ -5,13 +5,14 @@ direction d (and its λ), then shortens the step θ − η t d by t ← `shrink`
 starting from t = 1, until the batch loss satisfies the Armijo-type condition
 
     ℓ(θ) − ℓ(θ − η t d) ≥ c · pred(t),
-    pred(t) = −(u·w + ½‖w‖²),   w = −η t Lᵀ J d      (`predicted_reduction`)
+    pred(t) = −(u·w + ½‖w‖²),   w = −η t Lᵀ J d      (`Trial.predicted_reduction`)
 
 (for squared error pred(t) = ½‖r‖² − ½‖r − η t J d‖², the decrease the
 Gauss-Newton model predicts for the shortened step). Each trial costs one
-forward pass (`problem.loss_at`); J d costs nothing more in the full dual
-form, one JVP otherwise, computed once. At most `max_steps` values of t are
-tried (t = 1, shrink, …, shrink^(max_steps−1)) inside a `lax.while_loop`.
+forward pass; J d comes with the wrapped controller's `Trial` (free in the
+full dual and the primal forms, one JVP in the per-output dual form). At most
+`max_steps` values of t are tried (t = 1, shrink, …, shrink^(max_steps−1))
+inside a `lax.while_loop`.
 
 * A step whose predicted decrease is negligible (≤ 10 ε ℓ, e.g. at an exact
   solution) is taken with t = 1.
@@ -99,27 +100,13 @@ def backtracking(
 
   def step(problem, state, count, step_size):
     inner_step = inner.step(problem, state.inner, count, step_size)
-    direction = inner_step.direction
+    trial = inner_step.trial
     dtype = problem.outputs.dtype
-    eta = jnp.asarray(step_size, dtype)
-    loss = problem.loss
-    eps = jnp.finfo(dtype).eps
-    # pred(t) needs J d: the full dual form reads it off K α, which the
-    # wrapped controller does not return, so use the JVP (computed once).
-    rhs_u, factor = problem.factors
-    change = problem.output_change(direction)
-    lifted = change if factor is None else jnp.einsum("ikq,ik->iq", factor, change)
-
-    def predicted(t):
-      w = -eta * t * lifted
-      return -(jnp.sum(rhs_u * w) + 0.5 * jnp.sum(jnp.square(w)))
 
     def passes(t):
-      pred = predicted(t)
-      trial = _base.step_params(problem.params, direction, eta * t)
-      actual = loss - problem.loss_at(trial)
-      negligible = pred <= 10 * eps * jnp.abs(loss)
-      return jnp.isfinite(actual) & (negligible | (actual >= armijo * pred))
+      shortened = problem.scale(trial, t)
+      actual, negligible = _base.decrease(problem.loss, shortened)
+      return jnp.isfinite(actual) & (negligible | (actual >= armijo * shortened.predicted_reduction))
 
     def cond(carry):
       i, _, done = carry
@@ -130,12 +117,14 @@ def backtracking(
       t = jnp.where(i > 0, t * shrink, t)
       return i + 1, t, passes(t)
 
-    search = inner_step.accepted & inner_step.solve_ok
+    search = inner_step.accepted & trial.solve_ok
     start = (jnp.zeros([], jnp.int32), jnp.ones([], dtype), ~search)
     trials, fraction, found = lax.while_loop(cond, body, start)
     ok = found | ~search
     fraction = jnp.where(search, fraction, 1.0)
-    scaled = _base.tree_scale(direction, jnp.where(ok, fraction, 0.0))
+    taken = problem.scale(trial, jnp.where(ok, fraction, 0.0))
+    # A rejection by the wrapped controller passes its correction unchanged.
+    direction = _base.tree_select(inner_step.accepted, taken.direction, inner_step.direction)
     inner_state = _base.tree_select(ok, inner_step.state, inner.fail(state.inner))
     new_state = BacktrackingState(
         inner=inner_state,
@@ -143,11 +132,12 @@ def backtracking(
         num_trials=trials,
     )
     return _base.DampingStep(
-        direction=scaled,
-        damping=inner_step.damping,
+        direction=direction,
+        trial=_base.tree_select(inner_step.accepted, taken, trial),
         accepted=inner_step.accepted & ok,
-        solve_ok=inner_step.solve_ok,
         state=new_state,
     )
 
-  return _base.DampingController(init=init, current=current, step=step, fail=fail)
+  return _base.DampingController(
+      init=init, current=current, step=step, fail=fail, undoes_steps=inner.undoes_steps
+  )

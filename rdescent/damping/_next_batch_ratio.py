@@ -9,7 +9,7 @@ ratio of mean squared residuals):
     coefficient = (ℓ_{t−1} − ℓ_t) / pred_{t−1}
 
 where pred_{t−1} is the decrease per example that the Gauss-Newton model
-predicted for the previous step on its own batch (`predicted_reduction`): the
+predicted for the previous step on its own batch (`Trial.predicted_reduction`): the
 *extrapolation coefficient* is the fraction of the predicted decrease that was
 realised (1: the linear model extrapolated exactly; ≤ 0: the step made things
 worse). The paper's code could not be consulted; this definition is ours.
@@ -144,24 +144,24 @@ def next_batch_ratio(initial: float = 1e-5) -> _base.DampingController:
           pending=jnp.asarray(False),
           last_step=jax.tree_util.tree_map(jnp.zeros_like, state.last_step),
       )
-      return direction, jnp.asarray(True), new_state
+      return direction, problem.null_trial(damping, step_size), new_state
 
     def descend(_):
-      result = problem.solve(damping.astype(problem.outputs.dtype))
-      direction = problem.direction(result.solution)
-      predicted = _base.predicted_reduction(problem, result.solution, direction, step_size)
+      trial = problem.solve(damping, step_size)
       new_state = NextBatchRatioState(
           damping=damping,
           pending=jnp.asarray(True),
           reference=loss,
-          predicted=(predicted / problem.num_examples).astype(dtype),
-          last_step=_base.tree_scale(direction, step_size),
+          predicted=(trial.predicted_reduction / problem.num_examples).astype(dtype),
+          last_step=_base.tree_scale(trial.direction, step_size),
       )
-      return direction, result.ok, new_state
+      return trial.direction, trial, new_state
 
-    direction, ok, new_state = lax.cond(reject, undo, descend, None)
+    direction, trial, new_state = lax.cond(reject, undo, descend, None)
     return _base.DampingStep(
-        direction=direction, damping=damping, accepted=~reject, solve_ok=ok, state=new_state
+        direction=direction, trial=trial, accepted=~reject, state=new_state
     )
 
-  return _base.DampingController(init=init, current=current, step=step, fail=fail)
+  return _base.DampingController(
+      init=init, current=current, step=step, fail=fail, undoes_steps=True
+  )

@@ -61,17 +61,16 @@ def _proportional(
     return ProportionalState(damping=damping, boost=boost)
 
   def step(problem, state, count, step_size):
-    del count, step_size
+    del count
     dtype = state.damping.dtype
     formula = state.boost * jnp.asarray(measure(problem), dtype)
     damping = jnp.where(
         jnp.isfinite(formula), _base.clamp(formula, min_damping, max_damping), state.damping
     )
-    solved = _base.solve_and_step(problem, damping.astype(problem.outputs.dtype), state)
     new_state = ProportionalState(
         damping=damping, boost=jnp.maximum(state.boost / failure_growth, 1.0)
     )
-    return solved._replace(damping=damping, state=new_state)
+    return _base.accept(problem.solve(damping, step_size), new_state)
 
   return _base.DampingController(init=init, current=current, step=step, fail=fail)
 
@@ -95,8 +94,8 @@ def residual_proportional(
   _validation.check_positive("delta", delta)
 
   def measure(problem):
-    rhs = problem.factors.rhs
-    return mu * (jnp.sum(jnp.square(rhs)) / problem.num_examples) ** (delta / 2)
+    rhs_u = problem.factors.rhs
+    return mu * (jnp.sum(jnp.square(rhs_u)) / problem.num_examples) ** (delta / 2)
 
   return _proportional(measure, mu, min_damping, max_damping, failure_growth)
 
@@ -112,6 +111,6 @@ def gradient_proportional(
   _validation.check_positive("mu", mu)
 
   def measure(problem):
-    return mu * jnp.sqrt(_base.gradient_norm(problem))
+    return mu * jnp.sqrt(problem.gradient_norm())
 
   return _proportional(measure, mu, min_damping, max_damping, failure_growth)
