@@ -35,7 +35,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -187,9 +188,10 @@ class _Walker:
       values[v], tags[v] = value, tag
 
     for eqn in jaxpr.eqns:
-      operands, in_tags = zip(*map(read, eqn.invars)) if eqn.invars else ((), ())
-      operands, in_tags = list(operands), list(in_tags)
-      out_tags = [None] * len(eqn.outvars)
+      pairs = [read(v) for v in eqn.invars]
+      operands = [value for value, _ in pairs]
+      in_tags = [tag for _, tag in pairs]
+      out_tags: list[_ParamView | None] = [None] * len(eqn.outvars)
       name = eqn.primitive.name
       if not any(in_tags):
         outs = self._bind(eqn, operands) if evaluate else None
@@ -214,7 +216,7 @@ class _Walker:
           dot_outputs[eqn.outvars[0]] = site.index
         elif kind == "bias" and other in dot_outputs and uses[other] == 1:
           self.candidate_shares.append((dot_outputs[other], site.index))
-        outs = self.hook(site, operands, bind(eqn, operands)) if evaluate else None
+        outs = self.hook(site, operands, bind(eqn, operands)) if self.hook else None
       else:
         self.fallback.update(tag.leaf for tag in in_tags if tag is not None)
         outs = self._bind(eqn, operands) if evaluate else None

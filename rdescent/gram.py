@@ -23,18 +23,51 @@ Engines:
 * `"auto"`: `"structured"` whenever the trace finds at least one parameter
   used by a recognised operation (dot_general, conv_general_dilated, bias
   add), `"jacobian"` otherwise (where both would compute the same thing).
+
+Both engines first compute per-example factors of K (`gram_factors`, a
+`GramFactors`): K's block between two sets of examples is `cross_gram` of
+their factors, which is how each device of a mesh builds its own block row
+of K (`rdescent.sharding.row_block_gram`).
+
+A linear model f(x) = x w + b has J_i = [x_i, 1], so K = X Xᵀ + 1:
+
+>>> import jax.numpy as jnp
+>>> import rdescent as rd
+>>> params = {"w": jnp.zeros((2, 1)), "b": jnp.zeros(1)}
+>>> apply_fn = lambda p, x: x @ p["w"] + p["b"]
+>>> x = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+>>> print(rd.gram.gram_matrix(apply_fn, params, x))
+[[2. 1. 2.]
+ [1. 2. 2.]
+ [2. 2. 3.]]
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from rdescent import _validation
 from rdescent import structured_gram as structured_lib
+from rdescent._jacobian import flat_jacobian as flat_jacobian
+from rdescent._jacobian import per_example_jacobian as per_example_jacobian
+
+__all__ = (
+    "METHODS",
+    "OUTPUT_MODES",
+    "GramFactors",
+    "cross_gram",
+    "flat_jacobian",
+    "gram_factors",
+    "gram_from_jacobian",
+    "gram_matrix",
+    "jacobian_factors",
+    "per_example_jacobian",
+)
 
 Params = Any
 ApplyFn = Callable[[Params, Any], jax.Array]
@@ -43,64 +76,88 @@ METHODS = ("auto", "jacobian", "structured")
 OUTPUT_MODES = ("full", "per_output")
 
 
-def _single_example_fn(apply_fn: ApplyFn) -> Callable[[Params, Any], jax.Array]:
-  """f(params, x_i) -> (k,) for one example, from a batched apply_fn."""
+class GramFactors(NamedTuple):
+  """Per-example factors of K = J Jᵀ (a pytree; every array has leading axis m).
 
-  def single(params, example):
-    batched = jax.tree_util.tree_map(lambda leaf: leaf[None], example)
-    return jnp.reshape(apply_fn(params, batched), (-1,))
+  Every entry of K is a sum of products of one quantity of example i and one
+  of example j, so K's block between two sets of examples needs only their
+  factors (`cross_gram`): this is what lets each device of a mesh build its
+  own block row of K from its examples and the all-gathered factors of the
+  others (`rdescent.sharding.row_block_gram`).
 
-  return single
-
-
-def per_example_jacobian(
-    apply_fn: ApplyFn,
-    params: Params,
-    inputs: Any,
-    *,
-    num_outputs: int,
-    chunk_size: int | None = None,
-) -> Params:
-  """Per-example Jacobians ∂f_{i,c}/∂θ as a pytree shaped like `params`.
-
-  Each leaf has shape (m, k, *leaf.shape). Forward mode is used when the model
-  has fewer parameters than outputs per example, reverse mode otherwise.
-
-  Args:
-    apply_fn: `apply_fn(params, inputs) -> (m,) or (m, k)`; examples must be
-      independent (no batch statistics).
-    params: the parameter pytree.
-    inputs: array or pytree of arrays with leading axis m.
-    num_outputs: k, outputs per example.
-    chunk_size: examples differentiated at once (None: all m, with
-      `jax.vmap`; an int: `jax.lax.map` over chunks of that many examples).
+  Attributes:
+    sources: (F, δ) pairs, F of shape (m, f) and δ of shape (m, k, Z): a
+      cotangent source and the features of the leaves that use it ("dense":
+      the layer input x; "bias": a constant 1), adding
+      (F_i · F_j)(δ_{i,c} · δ_{j,c'}).
+    position_pairs: (x, δ) pairs of "position_pair" leaves, x (m, B, T, n),
+      δ (m, k, B, T, o).
+    gradients: per-example gradients G (m, k, P) of "materialised" and
+      "fallback" leaves (or, for the jacobian engine, of every leaf), adding
+      G_{i,c} · G_{j,c'}.
+    reference: an empty (m, k, 0) array: carries m, k and the dtype.
   """
-  single = _single_example_fn(apply_fn)
-  num_params = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
-  jac = jax.jacfwd(single) if num_params < num_outputs else jax.jacrev(single)
-  if chunk_size is None:
-    return jax.vmap(jac, in_axes=(None, 0))(params, inputs)
-  return jax.lax.map(lambda example: jac(params, example), inputs, batch_size=chunk_size)
+
+  sources: tuple[tuple[jax.Array, jax.Array], ...]
+  position_pairs: tuple[tuple[jax.Array, jax.Array], ...]
+  gradients: tuple[jax.Array, ...]
+  reference: jax.Array
 
 
-def flat_jacobian(jacobian: Params, num_examples: int, num_outputs: int) -> jax.Array:
-  """Concatenates a per-example Jacobian pytree into one (m, k, p) array.
+def cross_gram(rows: GramFactors, cols: GramFactors, *, outputs: str = "full") -> jax.Array:
+  """K's block between the examples of two `gram_factors` of the same model and engine.
 
-  The parameter order is that of `jax.flatten_util.ravel_pytree(params)`.
+  K[(i, c), (j, c')] for i in `rows`, j in `cols`: (m_r k, m_c k),
+  example-major, for `outputs="full"`, (k, m_r, m_c) for `"per_output"`;
+  `cross_gram(f, f)` is K itself.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from rdescent import gram
+    >>> params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+    >>> apply_fn = lambda p, x: jnp.tanh(x @ p["w"] + p["b"])
+    >>> x = jnp.arange(8.0).reshape(4, 2) / 8
+    >>> every = gram.gram_factors(apply_fn, params, x)
+    >>> first = gram.gram_factors(apply_fn, params, x[:1])
+    >>> block = gram.cross_gram(first, every)          # K's first block row
+    >>> block.shape
+    (3, 12)
+    >>> bool(jnp.allclose(block, gram.gram_matrix(apply_fn, params, x)[:3], atol=1e-6))
+    True
   """
-  leaves = jax.tree_util.tree_leaves(jacobian)
-  return jnp.concatenate(
-      [leaf.reshape(num_examples, num_outputs, -1) for leaf in leaves], axis=-1
-  )
+  _validation.check_option("outputs", outputs, OUTPUT_MODES)
+  per_output = outputs == "per_output"
+  m_r, k, _ = rows.reference.shape
+  m_c = cols.reference.shape[0]
+  value = jnp.zeros((k, m_r, m_c) if per_output else (m_r, k, m_c, k), rows.reference.dtype)
+  for (features_r, delta_r), (features_c, delta_c) in zip(rows.sources, cols.sources):
+    scale = features_r @ features_c.T
+    if per_output:
+      value = value + scale[None] * jnp.einsum("icz,jcz->cij", delta_r, delta_c)
+    else:
+      value = value + scale[:, None, :, None] * jnp.einsum("icz,jdz->icjd", delta_r, delta_c)
+  for (x_r, delta_r), (x_c, delta_c) in zip(rows.position_pairs, cols.position_pairs):
+    # Σ_{b,t,u} (x_{ibt} · x_{jbu})(δ_{icbt} · δ_{jc'bu})
+    inputs = jnp.einsum("ibtn,jbun->bitju", x_r, x_c)
+    if per_output:
+      cot = jnp.einsum("icbto,jcbuo->bcitju", delta_r, delta_c)
+      value = value + jnp.einsum("bitju,bcitju->cij", inputs, cot)
+    else:
+      cot = jnp.einsum("icbto,jdbuo->bictjdu", delta_r, delta_c)
+      value = value + jnp.einsum("bitju,bictjdu->icjd", inputs, cot)
+  for grads_r, grads_c in zip(rows.gradients, cols.gradients):
+    spec = "icp,jcp->cij" if per_output else "icp,jdp->icjd"
+    value = value + jnp.einsum(spec, grads_r, grads_c)
+  return value if per_output else value.reshape(m_r * k, m_c * k)
 
 
-def jacobian_factors(jacobian: Params) -> structured_lib.GramFactors:
+def jacobian_factors(jacobian: Params) -> GramFactors:
   """The `GramFactors` of a per-example Jacobian pytree: one gradient block per leaf."""
   leaves = jax.tree_util.tree_leaves(jacobian)
   num_examples, num_outputs = leaves[0].shape[:2]
   flats = tuple(leaf.reshape(num_examples, num_outputs, -1) for leaf in leaves)
   reference = jnp.zeros((num_examples, num_outputs, 0), jnp.result_type(*leaves))
-  return structured_lib.GramFactors((), (), flats, reference)
+  return GramFactors((), (), flats, reference)
 
 
 def gram_from_jacobian(jacobian: Params, *, outputs: str = "full") -> jax.Array:
@@ -109,7 +166,7 @@ def gram_from_jacobian(jacobian: Params, *, outputs: str = "full") -> jax.Array:
   Returns (m k, m k) for `outputs="full"`, (k, m, m) for `"per_output"`.
   """
   factors = jacobian_factors(jacobian)
-  return structured_lib.cross_gram(factors, factors, outputs=outputs)
+  return cross_gram(factors, factors, outputs=outputs)
 
 
 def gram_factors(
@@ -120,8 +177,8 @@ def gram_factors(
     method: str = "auto",
     outputs: str = "full",
     chunk_size: int | None = None,
-) -> structured_lib.GramFactors:
-  """Per-example factors of K (`rdescent.structured_gram.GramFactors`).
+) -> GramFactors:
+  """Per-example factors of K, a `GramFactors`.
 
   K's block between two sets of examples is `cross_gram` of their factors;
   `cross_gram(f, f)` equals `gram_matrix` with the same arguments. The
@@ -134,27 +191,19 @@ def gram_factors(
   if method in ("auto", "structured"):
     traced = structured_lib.trace_model(apply_fn, params, inputs)
     if method == "structured" or traced.covered:
-      return structured_lib.factors_from_trace(
+      terms = structured_lib.factors_from_trace(
           traced, apply_fn, params, inputs, outputs=outputs, chunk_size=chunk_size
       )
+      num_examples = jax.tree_util.tree_leaves(inputs)[0].shape[0]
+      dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
+      reference = jnp.zeros((num_examples, traced.num_outputs, 0), dtype)
+      return GramFactors(*terms, reference=reference)
   out_shape = jax.eval_shape(apply_fn, params, inputs).shape
   jacobian = per_example_jacobian(
       apply_fn, params, inputs, num_outputs=math.prod(out_shape[1:]),
       chunk_size=chunk_size,
   )
   return jacobian_factors(jacobian)
-
-
-def cross_gram(
-    rows: structured_lib.GramFactors, cols: structured_lib.GramFactors, *, outputs: str = "full"
-) -> jax.Array:
-  """K's block between the examples of two `gram_factors` of the same model and engine.
-
-  K[(i, c), (j, c')] for i in `rows`, j in `cols`: (m_r k, m_c k),
-  example-major, for `outputs="full"`, (k, m_r, m_c) for `"per_output"`.
-  """
-  _validation.check_option("outputs", outputs, OUTPUT_MODES)
-  return structured_lib.cross_gram(rows, cols, outputs=outputs)
 
 
 def gram_matrix(
@@ -184,4 +233,4 @@ def gram_matrix(
   factors = gram_factors(
       apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
   )
-  return structured_lib.cross_gram(factors, factors, outputs=outputs)
+  return cross_gram(factors, factors, outputs=outputs)

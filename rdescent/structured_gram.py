@@ -18,7 +18,9 @@ The engine
 2. evaluates it with zero perturbations added at those sites, recording each
    site's input x, and gets every δ with one VJP per example, batched over the
    k output directions with `jax.vmap` (and over the m examples);
-3. assembles K leaf by leaf, with the cheapest exact form for each:
+3. returns K's factors leaf by leaf (`factors_from_trace`; `rdescent.gram`
+   makes them a `rdescent.gram.GramFactors` and multiplies them with
+   `rdescent.gram.cross_gram`), in the cheapest exact form for each:
    * `"dense"`: one dot_general use without positions (T = 1):
      (x_i · x_j) ∘ (δ_{i,c} · δ_{j,c'}), sharing the δ-Gram with the layer's
      bias;
@@ -32,7 +34,8 @@ The engine
      several operations, and position-pair layers where it is cheaper;
    * `"fallback"`: leaves with a use that is not a site (norm scales,
      embeddings gathered by index, parameters inside scan/cond/custom_jvp):
-     their per-example Jacobian, `jax.vmap` of `jax.jacrev` restricted to them.
+     their per-example Jacobian, by the jacobian engine's implementation
+     (`rdescent.gram.per_example_jacobian`) restricted to them.
 
 Peak memory (numbers of the compute dtype), with s over the active sites,
 src over the sites that carry their own perturbation, K's size
@@ -45,7 +48,18 @@ N = (m k)² (`"full"`) or k m² (`"per_output"`), and k' = k² or k:
 
 where B is the layer's dot_general batch size. No m·k·p array is formed for
 "dense", "bias" and "position_pair" leaves. `describe` reports the plan, its
-flop count and this estimate for a given model and batch.
+flop count and this estimate for a given model and batch:
+
+>>> import jax.numpy as jnp
+>>> from rdescent import structured_gram
+>>> params = [{"w": jnp.ones((3, 4)), "b": jnp.zeros(4)},
+...           {"w": jnp.ones((4, 2)), "b": jnp.zeros(2)}]
+>>> def apply_fn(params, x):
+...   h = jnp.tanh(x @ params[0]["w"] + params[0]["b"])
+...   return h @ params[1]["w"] + params[1]["b"]
+>>> plan = structured_gram.describe(apply_fn, params, jnp.ones((5, 3)))
+>>> [form for _, form, _ in plan["leaves"]]
+['bias', 'dense', 'bias', 'dense']
 """
 
 from __future__ import annotations
@@ -53,11 +67,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from rdescent import _jacobian
 from rdescent import _structured_trace as trace_lib
 
 Params = Any
@@ -101,10 +117,6 @@ class LeafPlan:
   memory: int  # transient numbers beyond the shared buffers
 
 
-def _example(tree: Any) -> Any:
-  return jax.tree_util.tree_map(lambda leaf: leaf[None], tree)
-
-
 def trace_model(apply_fn: ApplyFn, params: Params, inputs: Any) -> TracedModel:
   """Traces one example of `apply_fn` and finds its parameter sites."""
   param_leaves, param_def = jax.tree_util.tree_flatten(params)
@@ -114,24 +126,18 @@ def trace_model(apply_fn: ApplyFn, params: Params, inputs: Any) -> TracedModel:
   def single(*leaves):
     p = jax.tree_util.tree_unflatten(param_def, leaves[:num_params])
     x = jax.tree_util.tree_unflatten(input_def, leaves[num_params:])
-    return jnp.reshape(apply_fn(p, _example(x)), (-1,))
+    return jnp.reshape(apply_fn(p, _jacobian.batch_of_one(x)), (-1,))
 
-  specs = [jax.ShapeDtypeStruct(jnp.shape(l), jnp.result_type(l)) for l in param_leaves]
-  specs += [jax.ShapeDtypeStruct(jnp.shape(l)[1:], jnp.result_type(l)) for l in input_leaves]
+  specs = [jax.ShapeDtypeStruct(jnp.shape(v), jnp.result_type(v)) for v in param_leaves]
+  specs += [jax.ShapeDtypeStruct(jnp.shape(v)[1:], jnp.result_type(v)) for v in input_leaves]
   closed = jax.make_jaxpr(single)(*specs)
   structure = trace_lib.analyse(closed, num_params)
   (out_aval,) = closed.out_avals
   return TracedModel(
       jaxpr=closed, structure=structure, num_params=num_params,
-      leaf_sizes=tuple(int(math.prod(jnp.shape(l))) for l in param_leaves),
+      leaf_sizes=tuple(int(math.prod(jnp.shape(v))) for v in param_leaves),
       num_outputs=int(out_aval.shape[0]),
   )
-
-
-def _map_examples(fn: Callable, inputs: Any, chunk_size: int | None) -> Any:
-  if chunk_size is None:
-    return jax.vmap(fn)(inputs)
-  return jax.lax.map(fn, inputs, batch_size=chunk_size)
 
 
 def cotangents(
@@ -163,7 +169,7 @@ def cotangents(
     (deltas,) = jax.vmap(vjp_fn)(basis)
     return layer_inputs, deltas
 
-  return _map_examples(per_example, inputs, chunk_size)
+  return _jacobian.map_examples(per_example, inputs, chunk_size)
 
 
 # ---------------------------------------------------------------- dot layout
@@ -280,66 +286,28 @@ def plan(traced: TracedModel, num_examples: int, per_output: bool) -> list[LeafP
   return plans
 
 
-# ---------------------------------------------------------------- assembly
+# ---------------------------------------------------------------- factors
 
 
-class GramFactors(NamedTuple):
-  """Per-example factors of K = J Jᵀ (a pytree; every array has leading axis m).
+class StructuredFactors(NamedTuple):
+  """The structured engine's per-example factors of K (every array has leading axis m).
 
-  Every entry of K is a sum of products of one quantity of example i and one
-  of example j, so K's block between two sets of examples needs only their
-  factors (`cross_gram`): this is what lets each device of a mesh build its
-  own block row of K from its examples and the all-gathered factors of the
-  others (`rdescent.sharding`).
+  The fields of `rdescent.gram.GramFactors` that this engine fills (its
+  `reference` is set by `rdescent.gram.gram_factors`).
 
   Attributes:
     sources: (F, δ) pairs, F of shape (m, f) and δ of shape (m, k, Z): a
-      cotangent source and the features of the leaves that use it ("dense":
-      the layer input x; "bias": a constant 1), adding
-      (F_i · F_j)(δ_{i,c} · δ_{j,c'}).
+      cotangent source and the features of the "dense" and "bias" leaves
+      that use it (the layer input x; a constant 1).
     position_pairs: (x, δ) pairs of "position_pair" leaves, x (m, B, T, n),
       δ (m, k, B, T, o).
-    gradients: per-example gradients G (m, k, P) of "materialised" and
-      "fallback" leaves (or, for the jacobian engine, of every leaf), adding
-      G_{i,c} · G_{j,c'}.
-    reference: an empty (m, k, 0) array: carries m, k and the dtype.
+    gradients: per-example gradients G (m, k, P) of the "materialised" leaves
+      (one array per leaf) and of the "fallback" leaves (one array for all).
   """
 
   sources: tuple[tuple[jax.Array, jax.Array], ...]
   position_pairs: tuple[tuple[jax.Array, jax.Array], ...]
   gradients: tuple[jax.Array, ...]
-  reference: jax.Array
-
-
-def cross_gram(rows: GramFactors, cols: GramFactors, *, outputs: str = "full") -> jax.Array:
-  """K's block between the examples of `rows` and those of `cols`.
-
-  Returns (m_r k, m_c k), example-major, for `outputs="full"` and
-  (k, m_r, m_c) for `"per_output"`; `cross_gram(f, f)` is K itself.
-  """
-  per_output = outputs == "per_output"
-  m_r, k, _ = rows.reference.shape
-  m_c = cols.reference.shape[0]
-  value = jnp.zeros((k, m_r, m_c) if per_output else (m_r, k, m_c, k), rows.reference.dtype)
-  for (features_r, delta_r), (features_c, delta_c) in zip(rows.sources, cols.sources):
-    scale = features_r @ features_c.T
-    if per_output:
-      value = value + scale[None] * jnp.einsum("icz,jcz->cij", delta_r, delta_c)
-    else:
-      value = value + scale[:, None, :, None] * jnp.einsum("icz,jdz->icjd", delta_r, delta_c)
-  for (x_r, delta_r), (x_c, delta_c) in zip(rows.position_pairs, cols.position_pairs):
-    # Σ_{b,t,u} (x_{ibt} · x_{jbu})(δ_{icbt} · δ_{jc'bu})
-    inputs = jnp.einsum("ibtn,jbun->bitju", x_r, x_c)
-    if per_output:
-      cot = jnp.einsum("icbto,jcbuo->bcitju", delta_r, delta_c)
-      value = value + jnp.einsum("bitju,bcitju->cij", inputs, cot)
-    else:
-      cot = jnp.einsum("icbto,jdbuo->bictjdu", delta_r, delta_c)
-      value = value + jnp.einsum("bitju,bictjdu->icjd", inputs, cot)
-  for grads_r, grads_c in zip(rows.gradients, cols.gradients):
-    spec = "icp,jcp->cij" if per_output else "icp,jdp->icjd"
-    value = value + jnp.einsum(spec, grads_r, grads_c)
-  return value if per_output else value.reshape(m_r * k, m_c * k)
 
 
 def _site_gradients(
@@ -364,28 +332,6 @@ def _site_gradients(
   return jax.vmap(per_output, in_axes=(x_in_axis, 0))(x, delta)
 
 
-def _fallback_gradients(
-    apply_fn: ApplyFn, params: Params, inputs: Any, leaves: tuple[int, ...],
-    num_outputs: int, chunk_size: int | None,
-) -> jax.Array:
-  """Per-example Jacobians of the fallback leaves only, (m, k, Σ |θ_ℓ|)."""
-  all_leaves, treedef = jax.tree_util.tree_flatten(params)
-  chosen = [all_leaves[i] for i in leaves]
-
-  def single(sub, example):
-    full = list(all_leaves)
-    for i, leaf in zip(leaves, sub):
-      full[i] = leaf
-    p = jax.tree_util.tree_unflatten(treedef, full)
-    return jnp.reshape(apply_fn(p, _example(example)), (-1,))
-
-  size = sum(l.size for l in chosen)
-  jac = jax.jacfwd(single) if size < num_outputs else jax.jacrev(single)
-  per_leaf = _map_examples(lambda example: jac(chosen, example), inputs, chunk_size)
-  m = jax.tree_util.tree_leaves(inputs)[0].shape[0]
-  return jnp.concatenate([j.reshape(m, num_outputs, -1) for j in per_leaf], axis=-1)
-
-
 def factors_from_trace(
     traced: TracedModel,
     apply_fn: ApplyFn,
@@ -394,8 +340,17 @@ def factors_from_trace(
     *,
     outputs: str = "full",
     chunk_size: int | None = None,
-) -> GramFactors:
-  """The `GramFactors` of a batch, leaf by leaf in the forms chosen by `plan`."""
+) -> StructuredFactors:
+  """The factors of a batch's K, leaf by leaf in the forms chosen by `plan`.
+
+  Args:
+    traced: `trace_model` of `apply_fn` on these `params` and `inputs`.
+    apply_fn, params, inputs, chunk_size: as for `rdescent.gram.gram_matrix`.
+    outputs: `"full"` or `"per_output"` (the plan's costs differ).
+
+  Returns:
+    A `StructuredFactors`; `rdescent.gram.gram_factors` adds its `reference`.
+  """
   per_output = outputs == "per_output"
   param_leaves = jax.tree_util.tree_leaves(params)
   m = jax.tree_util.tree_leaves(inputs)[0].shape[0]
@@ -423,68 +378,24 @@ def factors_from_trace(
           _canonical_cotangents(layout, deltas[structure.source(site)]),
       ))
     else:
-      gradients.append(sum(
+      through_sites = [
           _site_gradients(
               s, param_leaves[s.leaf], layer_inputs.get(s.index), deltas[structure.source(s)]
           )
           for s in leaf_plan.sites
-      ))
+      ]
+      gradients.append(sum(through_sites[1:], through_sites[0]))
   if fallback:
-    gradients.append(
-        _fallback_gradients(apply_fn, params, inputs, tuple(fallback), k, chunk_size)
+    jacobians = _jacobian.leaf_jacobians(
+        apply_fn, params, inputs, fallback, num_outputs=k, chunk_size=chunk_size
     )
+    gradients.append(_jacobian.flat_jacobian(jacobians, m, k))
   sources = tuple(
       (jnp.concatenate(columns, axis=1) if len(columns) > 1 else columns[0],
        deltas[source].reshape(m, k, -1))
       for source, columns in features.items()
   )
-  return GramFactors(sources, tuple(position_pairs), tuple(gradients),
-                     jnp.zeros((m, k, 0), dtype))
-
-
-def gram_from_trace(
-    traced: TracedModel,
-    apply_fn: ApplyFn,
-    params: Params,
-    inputs: Any,
-    *,
-    outputs: str = "full",
-    chunk_size: int | None = None,
-) -> jax.Array:
-  """K = J Jᵀ from a `TracedModel` (see the module docstring).
-
-  Returns (m k, m k), example-major, for `outputs="full"`; (k, m, m) for
-  `"per_output"`.
-  """
-  factors = factors_from_trace(
-      traced, apply_fn, params, inputs, outputs=outputs, chunk_size=chunk_size
-  )
-  return cross_gram(factors, factors, outputs=outputs)
-
-
-def structured_gram(
-    apply_fn: ApplyFn,
-    params: Params,
-    inputs: Any,
-    *,
-    outputs: str = "full",
-    chunk_size: int | None = None,
-) -> jax.Array:
-  """K = J Jᵀ by the structured engine; equals `gram_matrix(method="jacobian")`.
-
-  Args:
-    apply_fn: `apply_fn(params, inputs) -> (m,) or (m, k)`; examples must be
-      independent.
-    params: parameter pytree.
-    inputs: array or pytree of arrays with leading axis m.
-    outputs: `"full"` -> (m k, m k) example-major; `"per_output"` -> (k, m, m).
-    chunk_size: examples processed at once for the cotangents and fallback
-      Jacobians (None: all m).
-  """
-  traced = trace_model(apply_fn, params, inputs)
-  return gram_from_trace(
-      traced, apply_fn, params, inputs, outputs=outputs, chunk_size=chunk_size
-  )
+  return StructuredFactors(sources, tuple(position_pairs), tuple(gradients))
 
 
 def describe(

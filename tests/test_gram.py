@@ -1,392 +1,158 @@
-"""Gram engines against a dense float64 J Jᵀ: the structured engine must equal it."""
+"""rdescent/gram.py: the engines behind one `gram_matrix`, their factors and cross blocks.
+
+Every K is compared with a dense float64 J Jᵀ (`models.jacobian_reference`);
+the structured engine itself is tested in test_structured_gram.py.
+"""
 
 from __future__ import annotations
 
-import flax.linen as nn
-import hypothesis
-import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 import rdescent as rd
 from rdescent import structured_gram
 from tests import models
 
-RTOL = 1e-10
-OUTPUT_MODES = ("full", "per_output")
-
-
-def _reference(apply_fn, params, x):
-  """J as a dense (m, k, p) float64 array (reverse mode on the flat parameters)."""
-  flat, unravel = ravel_pytree(params)
-  out = lambda v, x: jnp.reshape(apply_fn(unravel(v), x), (x.shape[0], -1))
-  return np.asarray(jax.jit(jax.jacrev(out))(flat, x), dtype=np.float64)
-
-
-def _assert_equals_reference(apply_fn, params, x, outputs=OUTPUT_MODES, method="structured"):
-  """K from `rd.gram_matrix` (jitted, every mode in `outputs`) equals J Jᵀ of `_reference`."""
-  outputs = (outputs,) if isinstance(outputs, str) else tuple(outputs)
-  jacobian = _reference(apply_fn, params, x)
-  m, k, _ = jacobian.shape
-  expected = {"full": jacobian.reshape(m * k, -1) @ jacobian.reshape(m * k, -1).T,
-              "per_output": np.einsum("icp,jcp->cij", jacobian, jacobian)}
-  run = jax.jit(lambda p, x: [rd.gram_matrix(apply_fn, p, x, method=method, outputs=mode)
-                              for mode in outputs])
-  for mode, gram in zip(outputs, run(params, x)):
-    gram = np.asarray(gram)
-    assert gram.shape == expected[mode].shape, mode
-    scale = np.max(np.abs(expected[mode]))
-    np.testing.assert_allclose(gram, expected[mode], rtol=RTOL, atol=RTOL * scale, err_msg=mode)
-
-
-def _forms(apply_fn, params, x, outputs="full"):
-  return {path: form for path, form, _ in
-          structured_gram.describe(apply_fn, params, x, outputs=outputs)["leaves"]}
-
-
-def _normal(seed, shape, dtype=jnp.float64):
-  """Standard normal test data from NumPy (no per-shape compilation of jax.random)."""
-  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
-
-
-def _mlp_init(seed, sizes, dtype=jnp.float64):
-  """`models.mlp_init`-shaped parameters, drawn with NumPy."""
-  return [{"w": _normal(seed + 2 * i, (n, o), dtype) / float(np.sqrt(n)),
-           "b": 0.1 * _normal(seed + 2 * i + 1, (o,), dtype)}
-          for i, (n, o) in enumerate(zip(sizes[:-1], sizes[1:]))]
-
-
-# ------------------------------------------------------------------ MLPs
-
-
-# ------------------------------------------------------------------ MLPs
-
-
-@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid"])
-@pytest.mark.parametrize("sizes", [[3, 6, 5, 1], [3, 6, 5, 4]], ids=["k1", "k4"])
-def test_mlp_structured_equals_dense_gram(activation, sizes):
-  with jax.enable_x64(True):
-    params = _mlp_init(0, sizes)
-    x = _normal(1, (5, sizes[0]))
-    apply_fn = lambda p, x: models.mlp_apply(p, x, activation)
-    _assert_equals_reference(apply_fn, params, x)
-
-
-def test_mlp_uses_dense_and_bias_forms_only():
-  with jax.enable_x64(True):
-    params = _mlp_init(0, [3, 6, 5, 2])
-    x = _normal(1, (4, 3))
-    assert set(_forms(models.mlp_apply, params, x).values()) == {"dense", "bias"}
-
-
-def test_scalar_output_model_has_k_equal_one():
-  with jax.enable_x64(True):
-    params = _mlp_init(0, [3, 4, 1])
-    x = _normal(1, (6, 3))
-    apply_fn = lambda p, x: models.mlp_apply(p, x)[:, 0]
-    _assert_equals_reference(apply_fn, params, x)
-
-
-def test_no_m_k_p_array_for_dense_layers():
-  """No intermediate of the structured engine reaches m·k·|W| for any weight W.
-
-  The largest arrays it needs are the cotangents (m, k, width), the layer
-  inputs (m, d_in) and K itself ((m k)²); all are far below m·k·|W|.
-  """
-  sizes, m = [64, 48, 32, 6], 5
-  k = sizes[-1]
-  params = _mlp_init(0, sizes, jnp.float32)
-  x = jnp.ones((m, sizes[0]))
-  jaxpr = jax.make_jaxpr(
-      lambda p, x: rd.gram_matrix(models.mlp_apply, p, x, method="structured"))(params, x)
-
-  def largest(jaxpr):
-    found = [int(np.prod(v.aval.shape)) for e in jaxpr.eqns for v in e.outvars]
-    found += [largest(sub) for sub in jax.extend.core.subjaxprs(jaxpr)]
-    return max(found)
-
-  smallest_weight = min(s * t for s, t in zip(sizes[:-1], sizes[1:]))
-  needed = max(m * k * max(sizes[1:]), m * sizes[0], (m * k) ** 2)
-  assert largest(jaxpr.jaxpr) <= needed < m * k * smallest_weight
-
-
-# ------------------------------------------------------------------ CNN, residual, norm
-
-
-def _small_cnn_init(seed, channels=8):
-  return {
-      "conv": {"kernel": _normal(seed, (3, 3, 1, channels)) / 3,
-               "bias": 0.1 * jnp.ones((channels,), jnp.float64)},
-      "dense": {"kernel": _normal(seed + 1, (13 * 13 * channels, 10)) / 30,
-                "bias": jnp.zeros((10,), jnp.float64)},
-  }
-
-
-def _small_cnn_apply(params, x):
-  """The paper's SmallCNN: conv 1→8 3×3 VALID, ReLU, 2×2 max-pool, dense 1352→10."""
-  x = jax.lax.conv_general_dilated(
-      x, params["conv"]["kernel"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-  ) + params["conv"]["bias"]
-  x = jax.nn.relu(x)
-  m, channels = x.shape[0], x.shape[-1]
-  x = x.reshape(m, 13, 2, 13, 2, channels).max(axis=(2, 4)).reshape(m, -1)
-  return x @ params["dense"]["kernel"] + params["dense"]["bias"]
-
-
-def test_small_cnn_with_max_pool():
-  with jax.enable_x64(True):
-    params = _small_cnn_init(0)
-    x = _normal(1, (3, 28, 28, 1))
-    _assert_equals_reference(_small_cnn_apply, params, x)
-    for outputs in OUTPUT_MODES:
-      forms = _forms(_small_cnn_apply, params, x, outputs)
-      assert forms["['dense']['kernel']"] == "dense"
-      assert forms["['conv']['kernel']"] == "materialised"
-
-
-def _conv_variants_apply(params, x):
-  """Strided SAME conv, grouped conv, NCHW layout, bias broadcast over positions."""
-  y = jax.lax.conv_general_dilated(
-      x, params["k1"], (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-  ) + params["b1"]
-  y = jnp.tanh(y)
-  y = jax.lax.conv_general_dilated(
-      jnp.transpose(y, (0, 3, 1, 2)), params["k2"], (1, 1), ((1, 0), (0, 1)),
-      rhs_dilation=(1, 2), feature_group_count=2, dimension_numbers=("NCHW", "OIHW", "NCHW"),
-  )
-  return y.reshape(y.shape[0], -1) @ params["w"]
-
-
-def test_convolution_variants():
-  with jax.enable_x64(True):
-    params = {"k1": _normal(0, (3, 3, 2, 4)), "b1": _normal(1, (4,)),
-              "k2": _normal(2, (6, 2, 2, 2)), "w": _normal(3, (6 * 4 * 3, 3)) / 8}
-    x = _normal(4, (3, 7, 7, 2))
-    _assert_equals_reference(_conv_variants_apply, params, x)
-
-
-def _residual_apply(params, x):
-  h = x @ params["w0"] + params["b0"]
-  r = h + jnp.tanh(h @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
-  return jax.nn.relu(r) @ params["w3"] + params["b3"]
-
-
-def test_residual_block():
-  with jax.enable_x64(True):
-    keys = iter(range(10))
-    params = {"w0": _normal(next(keys), (3, 5)), "b0": _normal(next(keys), (5,)),
-              "w1": _normal(next(keys), (5, 4)), "b1": _normal(next(keys), (4,)),
-              "w2": _normal(next(keys), (4, 5)), "b2": _normal(next(keys), (5,)),
-              "w3": _normal(next(keys), (5, 3)), "b3": _normal(next(keys), (3,))}
-    x = _normal(20, (4, 3))
-    _assert_equals_reference(_residual_apply, params, x)
-    assert "fallback" not in _forms(_residual_apply, params, x).values()
-
-
-class _NormNet(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    x = nn.Dense(6, param_dtype=jnp.float64)(x)
-    x = nn.LayerNorm(param_dtype=jnp.float64)(nn.relu(x))
-    return nn.Dense(3, param_dtype=jnp.float64)(x)
-
-
-def test_layer_norm_scale_falls_back_and_stays_exact():
-  with jax.enable_x64(True):
-    model = _NormNet()
-    x = _normal(0, (5, 4))
-    params = jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]
-    apply_fn = lambda p, x: model.apply({"params": p}, x)
-    _assert_equals_reference(apply_fn, params, x)
-    forms = _forms(apply_fn, params, x)
-    assert forms["['LayerNorm_0']['scale']"] == "fallback"
-    assert forms["['LayerNorm_0']['bias']"] == "bias"
-    assert forms["['Dense_0']['kernel']"] == "dense"
-
-
-# ------------------------------------------------------------------ Flax linen / NNX
-
-
-class _LinenCNN(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    x = nn.Conv(4, (3, 3), strides=2, padding="SAME", param_dtype=jnp.float64)(x)
-    x = nn.gelu(x).reshape(x.shape[0], -1)
-    return nn.Dense(3, param_dtype=jnp.float64)(nn.Dense(8, param_dtype=jnp.float64)(x))
-
-
-def test_flax_linen_model():
-  with jax.enable_x64(True):
-    model = _LinenCNN()
-    x = _normal(0, (3, 6, 6, 2))
-    params = jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]
-    apply_fn = lambda p, x: model.apply({"params": p}, x)
-    _assert_equals_reference(apply_fn, params, x)
-
-
-class _NNXNet(nnx.Module):
-  def __init__(self, rngs):
-    self.l1 = nnx.Linear(4, 6, param_dtype=jnp.float64, rngs=rngs)
-    self.norm = nnx.LayerNorm(6, param_dtype=jnp.float64, rngs=rngs)
-    self.l2 = nnx.Linear(6, 2, param_dtype=jnp.float64, rngs=rngs)
-
-  def __call__(self, x):
-    return self.l2(self.norm(jax.nn.sigmoid(self.l1(x))))
-
-
-def test_flax_nnx_state():
-  with jax.enable_x64(True):
-    graphdef, state = nnx.split(_NNXNet(nnx.Rngs(0)))
-    apply_fn = lambda s, x: nnx.merge(graphdef, s)(x)
-    x = _normal(1, (5, 4))
-    _assert_equals_reference(apply_fn, state, x)
-    assert "fallback" in _forms(apply_fn, state, x).values()  # the norm scale
-
-
-# ------------------------------------------------------------------ unusual uses of parameters
-
-
-def _sequence_apply(params, x):
-  """Weights shared over positions: (m, T, d) @ W, then a per-head einsum with batch dims."""
-  h = jnp.tanh(x @ params["w"] + params["b"])                    # (m, T, h)
-  heads = h.reshape(*h.shape[:2], 2, -1)                          # (m, T, 2, h/2)
-  y = jnp.einsum("mthd,hde->mhte", heads, params["per_head"])     # dot_general batch dims
-  return y.reshape(y.shape[0], -1) @ params["out"]
-
-
-def _sequence_params(positions, features, width):
-  return {"w": _normal(0, (features, width)), "b": _normal(1, (width,)),
-          "per_head": _normal(2, (2, width // 2, 3)), "out": _normal(3, (positions * 6, 2)) / 4}
-
-
-# The position-pair sum costs ~T² (n + k² o) per example pair, materialised
-# gradients ~k² n o (+ k T n o / m): pairs win for T² < n, lose for T² ≫ n.
-@pytest.mark.parametrize("positions,width", [(2, 8), (12, 2)], ids=["pairs", "materialised"])
-def test_weights_shared_over_positions(positions, width):
-  with jax.enable_x64(True):
-    params = _sequence_params(positions, 6, width)
-    x = _normal(4, (3, positions, 6))
-    _assert_equals_reference(_sequence_apply, params, x)
-    for outputs in OUTPUT_MODES:
-      form = _forms(_sequence_apply, params, x, outputs)["['w']"]
-      assert form == ("position_pair" if positions == 2 else "materialised"), outputs
-
-
-def _unusual_apply(params, x):
-  """Tied and transposed weights, parameter on the left, a scaled weight, an inner jit."""
-  layer = jax.jit(lambda x, w, b: jnp.tanh(x @ w + b))
-  h = layer(x, params["w"], params["b"])                 # inside a jit call: inlined
-  h = jnp.tanh(h @ params["w"].T[:, :3].T.T)             # slice of a view: fallback
-  h = (params["left"] @ h.T).T                            # parameter as the left operand
-  h = h @ (2.0 * params["scaled"])                       # scaled: fallback
-  tied = h @ params["tied"] + jnp.tanh(h) @ params["tied"]  # used twice: materialised
-  return tied + params["direct"]                          # bias on the output
-
-
-def test_unusual_parameter_uses():
-  with jax.enable_x64(True):
-    params = {"w": _normal(0, (4, 4)), "b": _normal(1, (4,)), "left": _normal(2, (5, 3)),
-              "scaled": _normal(3, (5, 5)), "tied": _normal(4, (5, 5)), "direct": _normal(5, (5,))}
-    x = _normal(6, (4, 4))
-    _assert_equals_reference(_unusual_apply, params, x)
-    forms = _forms(_unusual_apply, params, x)
-    assert forms == {"['b']": "bias", "['direct']": "bias", "['left']": "dense",
-                     "['scaled']": "fallback", "['tied']": "materialised", "['w']": "fallback"}
-
-
-def test_sliced_or_returned_parameters_fall_back():
-  with jax.enable_x64(True):
-    params = {"w": _normal(0, (3, 2)), "offset": _normal(1, (4, 2))}
-    apply_fn = lambda p, x: (x @ p["w"]) * p["offset"][None, 0] + p["offset"][:1] ** 2
-    x = _normal(2, (4, 3))
-    _assert_equals_reference(apply_fn, params, x, "full")
-    assert _forms(apply_fn, params, x)["['offset']"] == "fallback"
-    constant = lambda p, x: jnp.broadcast_to(p["c"], (x.shape[0], 2))
-    params = {"c": _normal(3, (2,))}
-    assert _forms(constant, params, x) == {"['c']": "fallback"}
-    _assert_equals_reference(constant, params, x, "per_output")
-
 
 def test_auto_uses_structured_and_handles_models_without_sites():
   with jax.enable_x64(True):
-    params = _mlp_init(0, [3, 4, 2])
-    x = _normal(1, (4, 3))
-    _assert_equals_reference(models.mlp_apply, params, x, "full", method="auto")
+    params = models.numpy_mlp_init(0, [3, 4, 2])
+    x = models.normal(1, (4, 3))
+    models.assert_gram_equals_reference(models.mlp_apply, params, x, "full", method="auto")
     traced = structured_gram.trace_model(models.mlp_apply, params, x)
     assert len(traced.covered) == 4
-    elementwise = {"s": _normal(2, (3,))}
+    elementwise = {"s": models.normal(2, (3,))}
     apply_fn = lambda p, x: jnp.sin(x * p["s"])
     assert structured_gram.trace_model(apply_fn, elementwise, x).covered == ()
-    _assert_equals_reference(apply_fn, elementwise, x, "full", method="auto")
-    _assert_equals_reference(apply_fn, elementwise, x, "per_output", method="structured")
+    models.assert_gram_equals_reference(apply_fn, elementwise, x, "full", method="auto")
+    models.assert_gram_equals_reference(apply_fn, elementwise, x, "per_output", method="structured")
 
 
-def test_structured_under_jit_with_chunks_in_float32():
-  params = _mlp_init(0, [3, 8, 3], jnp.float32)
-  x = _normal(1, (6, 3), jnp.float32)
-  run = jax.jit(lambda p, x: rd.gram_matrix(models.mlp_apply, p, x, method="structured",
-                                            chunk_size=4))
-  gram = run(params, x)
-  expected = jax.jit(lambda p, x: rd.gram_matrix(models.mlp_apply, p, x, method="jacobian"))(
-      params, x)
-  assert gram.dtype == jnp.float32
-  np.testing.assert_allclose(gram, expected, rtol=1e-4, atol=1e-4)
+# ------------------------------------------------------------------ per-example Jacobians
 
 
-# ------------------------------------------------------------------ properties
+def _fallback_apply(params, x):
+  """A dense layer, a LayerNorm-like scale (a fallback leaf) and a bias: both engines' paths."""
+  h = jnp.tanh(x @ params["w"])
+  h = (h - h.mean(axis=-1, keepdims=True)) * params["scale"]
+  return h @ params["out"] + params["b"]
 
 
-@hypothesis.settings(max_examples=10, deadline=None, derandomize=True)
-@hypothesis.given(
-    widths=st.lists(st.integers(1, 6), min_size=1, max_size=3),
-    num_inputs=st.integers(1, 4),
-    num_outputs=st.integers(1, 3),
-    num_examples=st.integers(1, 5),
-)
-def test_property_random_mlps(widths, num_inputs, num_outputs, num_examples):
+def _fallback_params():
+  return {"w": models.normal(0, (3, 4)), "scale": models.normal(1, (4,)),
+          "out": models.normal(2, (4, 2)), "b": models.normal(3, (2,))}
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2])
+@pytest.mark.parametrize("sizes", [[3, 4, 2], [1, 2]], ids=["reverse", "forward"])
+def test_per_example_jacobian_equals_the_dense_jacobian(sizes, chunk_size):
+  """Reverse mode (p ≥ k) and forward mode (p < k), all examples at once or in chunks."""
   with jax.enable_x64(True):
-    sizes = [num_inputs, *widths, num_outputs]
-    params = _mlp_init(sum(sizes), sizes)
-    x = _normal(num_examples, (num_examples, num_inputs))
-    _assert_equals_reference(models.mlp_apply, params, x)
+    params = models.numpy_mlp_init(0, sizes)
+    if sizes == [1, 2]:  # p = 4 < k = 6 outputs per example: forward mode
+      apply_fn = lambda p, x: jnp.concatenate([models.mlp_apply(p, x)] * 3, axis=-1)
+    else:
+      apply_fn = models.mlp_apply
+    x = models.normal(1, (5, sizes[0]))
+    expected = models.jacobian_reference(apply_fn, params, x)
+    m, k, _ = expected.shape
+    jacobian = rd.gram.per_example_jacobian(apply_fn, params, x, num_outputs=k,
+                                            chunk_size=chunk_size)
+    assert jax.tree_util.tree_structure(jacobian) == jax.tree_util.tree_structure(params)
+    for leaf, param in zip(jax.tree_util.tree_leaves(jacobian), jax.tree_util.tree_leaves(params)):
+      assert leaf.shape == (m, k, *param.shape)
+    flat_jacobian = rd.gram.flat_jacobian(jacobian, m, k)
+    np.testing.assert_allclose(flat_jacobian, expected, rtol=1e-12, atol=1e-12)
+    gram = rd.gram.gram_from_jacobian(jacobian)
+    np.testing.assert_allclose(gram, expected.reshape(m * k, -1) @ expected.reshape(m * k, -1).T,
+                               rtol=1e-12, atol=1e-12)
 
 
-@hypothesis.settings(max_examples=6, deadline=None, derandomize=True)
-@hypothesis.given(
-    positions=st.integers(1, 4),
-    features=st.integers(1, 9),
-    half_width=st.integers(1, 3),
-    num_examples=st.integers(1, 4),
-)
-def test_property_weights_shared_over_positions(positions, features, half_width, num_examples):
-  """Whichever form the cost model picks for the shared weights, K equals J Jᵀ."""
+def test_structured_fallback_leaves_use_the_per_example_jacobian():
+  """The structured engine's fallback gradients are the per-example Jacobian of those leaves."""
   with jax.enable_x64(True):
-    params = _sequence_params(positions, features, 2 * half_width)
-    x = _normal(num_examples, (num_examples, positions, features))
-    _assert_equals_reference(_sequence_apply, params, x)
+    params, x = _fallback_params(), models.normal(4, (5, 3))
+    forms = {path: form for path, form, _ in
+             structured_gram.describe(_fallback_apply, params, x)["leaves"]}
+    assert forms["['scale']"] == "fallback", forms
+    factors = rd.gram.gram_factors(_fallback_apply, params, x, method="structured")
+    jacobian = rd.gram.per_example_jacobian(_fallback_apply, params, x, num_outputs=2)
+    np.testing.assert_allclose(factors.gradients[-1], jacobian["scale"], rtol=1e-12, atol=1e-12)
+    models.assert_gram_equals_reference(_fallback_apply, params, x)
+
+
+# ------------------------------------------------------------------ factors and cross blocks
+
+
+@pytest.mark.parametrize("outputs", ["full", "per_output"])
+@pytest.mark.parametrize("method", ["structured", "jacobian"])
+def test_cross_gram_of_two_example_sets_is_that_block_of_k(method, outputs):
+  with jax.enable_x64(True):
+    params, x = _fallback_params(), models.normal(5, (5, 3))
+    k = 2
+    gram = np.asarray(rd.gram.gram_matrix(_fallback_apply, params, x, method=method,
+                                          outputs=outputs))
+    factors = lambda x: rd.gram.gram_factors(_fallback_apply, params, x, method=method,
+                                             outputs=outputs)
+    every, rows = factors(x), factors(x[1:3])
+    assert isinstance(every, rd.gram.GramFactors)
+    assert every.reference.shape == (5, k, 0) and every.reference.dtype == jnp.float64
+    np.testing.assert_allclose(rd.gram.cross_gram(every, every, outputs=outputs), gram,
+                               rtol=1e-12, atol=1e-12)
+    block = np.asarray(rd.gram.cross_gram(rows, every, outputs=outputs))
+    expected = gram[k:3 * k] if outputs == "full" else gram[:, 1:3]
+    assert block.shape == expected.shape
+    np.testing.assert_allclose(block, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_jacobian_factors_hold_one_gradient_block_per_leaf():
+  with jax.enable_x64(True):
+    params, x = _fallback_params(), models.normal(6, (4, 3))
+    jacobian = rd.gram.per_example_jacobian(_fallback_apply, params, x, num_outputs=2)
+    factors = rd.gram.jacobian_factors(jacobian)
+    assert factors.sources == () and factors.position_pairs == ()
+    assert [g.shape for g in factors.gradients] == [
+        (4, 2, leaf.size) for leaf in jax.tree_util.tree_leaves(params)]
+    assert factors.reference.shape == (4, 2, 0)
+
+
+def test_bad_method_or_outputs_name_the_argument():
+  with jax.enable_x64(True):
+    params, x = _fallback_params(), models.normal(7, (3, 3))
+    with pytest.raises(ValueError, match="method='dense' is not a valid option"):
+      rd.gram.gram_matrix(_fallback_apply, params, x, method="dense")
+    with pytest.raises(ValueError, match="outputs='diagonal' is not a valid option"):
+      rd.gram.gram_factors(_fallback_apply, params, x, outputs="diagonal")
+    factors = rd.gram.gram_factors(_fallback_apply, params, x)
+    with pytest.raises(ValueError, match="outputs='both' is not a valid option"):
+      rd.gram.cross_gram(factors, factors, outputs="both")
 
 
 # ------------------------------------------------------------------ end to end
+
+
+def _first_direction(tx, params, x, y):
+  """The direction of one jitted `tx.update` from `tx.init(params)`, the batch as arguments."""
+  step = jax.jit(lambda p, x, y: tx.update(None, tx.init(p), p, batch=(x, y))[0])
+  return step(params, x, y)
 
 
 @pytest.mark.parametrize("outputs,loss", [("full", "mse"), ("per_output", "mse"),
                                           ("full", "softmax_cross_entropy")])
 def test_regression_descent_same_update_with_both_engines(outputs, loss):
   with jax.enable_x64(True):
-    params = _small_cnn_init(3, channels=2)
-    x = _normal(4, (3, 28, 28, 1))
+    params = models.small_cnn_init(3, channels=2)
+    x = models.normal(4, (3, 28, 28, 1))
     y = jax.nn.one_hot(jnp.arange(3), 10, dtype=jnp.float64)
     updates = {}
     for gram in ("structured", "jacobian"):
-      tx = rd.regression_descent(_small_cnn_apply, learning_rate=0.5, damping=1e-2,
+      tx = rd.regression_descent(models.small_cnn_apply, learning_rate=0.5, damping=1e-2,
                                  outputs=outputs, loss=loss, gram=gram, system="dual")
-      step = jax.jit(lambda p, x, y: tx.update(None, tx.init(p), p, batch=(x, y))[0])
-      updates[gram] = step(params, x, y)
+      updates[gram] = _first_direction(tx, params, x, y)
     flat = {g: np.asarray(ravel_pytree(u)[0]) for g, u in updates.items()}
     np.testing.assert_allclose(flat["structured"], flat["jacobian"], rtol=1e-9,
                                atol=1e-12 * np.max(np.abs(flat["jacobian"])))
