@@ -10,7 +10,7 @@ Two parts (one JSON):
   parameters. Median over repeats after compilation; n = 0 is the same step
   without a mesh. Simulated devices share the host's cores, so this measures
   what sharding costs (collectives, replicated solve), not a speed-up.
-* `communication`: `rdescent.sharding.communication_bytes` evaluated for
+* `communication`: `benchmarks.communication.communication_bytes` evaluated for
   m = 4096 examples over 8 and 64 devices, MLP 784-256-256-10, with the size
   of K and the flops of its Cholesky factorisation, which every device
   repeats (the limit of data-parallel RD).
@@ -26,6 +26,7 @@ import sys
 import time
 from typing import Any, Mapping
 
+from benchmarks import communication
 from benchmarks import plotting
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -135,7 +136,6 @@ def _timings(config: Mapping[str, Any], progress: bool) -> list[dict[str, Any]]:
 
 
 def _communication() -> list[dict[str, Any]]:
-  import rdescent as rd
   m, k = COMM_M, COMM_SIZES[-1]
   rows = []
   for devices in COMM_DEVICES:
@@ -144,8 +144,8 @@ def _communication() -> list[dict[str, Any]]:
         for gathered in ("inputs", "factors", "jacobian"):
           if (gathered == "inputs") != (layout == "replicated"):
             continue
-          got = rd.sharding.communication_bytes(m, COMM_SIZES, devices, outputs=outputs,
-                                                gram_layout=layout, gathered=gathered)
+          got = communication.communication_bytes(m, COMM_SIZES, devices, outputs=outputs,
+                                                  gram_layout=layout, gathered=gathered)
           system = m * k if outputs == "full" else m
           blocks = 1 if outputs == "full" else k
           rows.append({
@@ -198,7 +198,8 @@ def markdown_table(result: Mapping[str, Any]) -> str:
                  f"{1e3 * r['seconds']:.3g} | "
                  f"{r['compile_seconds']:.2f} |")
   lines += ["", f"Bytes received per device per step, {config['communication_model']}, "
-            f"m = {config['communication_m']}, float32 (`rd.sharding.communication_bytes`); "
+            f"m = {config['communication_m']}, float32 "
+            "(`benchmarks.communication.communication_bytes`); "
             "K and solve: the Gram system every device holds and factors.", "",
             "| devices | outputs | layout | gathered | inputs | cotangents | K rows | "
             "Jᵀα psum | total | K size | solve flops |", "|" + "---|" * 11]

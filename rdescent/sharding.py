@@ -1,46 +1,56 @@
-"""Data-parallel Regression Descent with `jax.sharding`.
+"""Data-parallel Regression Descent with `jax.sharding`: user helpers.
 
 RD needs no distribution layer of its own: shard the batch along the example
-axis over a mesh, keep the parameters replicated (or shard some of them over
-a second mesh axis), and jit the step. The RD transforms run unchanged on
-meshes with `AxisType.Auto` and `AxisType.Explicit` axes (under Explicit axes
-the step runs with Auto axes inside, see `rdescent._mesh.auto_axes_update`, and returns the
-direction with the parameters' shardings).
+axis over a mesh (`shard_batch`), keep the parameters replicated (`replicate`,
+or shard some of them over a second mesh axis), and jit the step. The RD
+transforms run unchanged on meshes with `AxisType.Auto` and
+`AxisType.Explicit` axes (under Explicit axes the step runs with Auto axes
+inside and returns the direction with the parameters' shardings; that
+plumbing is private, in `rdescent._mesh`).
 
-A full data-parallel training loop (one host; on many hosts call
-`jax.distributed.initialize()` first, every process runs the same program on
-its own part of the batch, see `shard_batch`):
+A data-parallel training loop on one host (on many hosts call
+`jax.distributed.initialize()` first; every process then runs the same
+program on its own part of the batch, see `shard_batch`). It runs as written
+on any number of devices that divides the batch, one included:
 
-    import jax, optax, rdescent as rd
-    from jax.sharding import AxisType
-
-    mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                         axis_types=(AxisType.Explicit,))
-    # data_axis="data": each device builds its block row of K (see below);
-    # leave it out to have every device build all of K.
-    tx = rd.regression_descent(apply_fn, learning_rate=1.0, damping=1e-3,
-                               data_axis="data")
-    params = rd.sharding.replicate(params, mesh)
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def train_step(params, opt_state, batch):
-      updates, opt_state = tx.update(None, opt_state, params, batch=batch)
-      return optax.apply_updates(params, updates), opt_state
-
-    with jax.set_mesh(mesh):
-      for inputs, targets in batches:          # m examples, m divisible by devices
-        batch = rd.sharding.shard_batch((inputs, targets), mesh, axis="data")
-        params, opt_state = train_step(params, opt_state, batch)
+>>> import jax, jax.numpy as jnp, optax
+>>> import rdescent as rd
+>>> from jax.sharding import AxisType
+>>> mesh = jax.make_mesh((jax.device_count(),), ("data",),
+...                      axis_types=(AxisType.Explicit,))
+>>> def apply_fn(params, x):                      # a 1-8-1 tanh network
+...   return jnp.tanh(x @ params["w"] + params["b"]) @ params["v"]
+>>> params = {"w": jnp.linspace(-2.0, 2.0, 8)[None], "b": jnp.zeros(8),
+...           "v": jnp.zeros((8, 1))}
+>>> # data_axis="data": each device builds its block row of K (see below);
+>>> # leave it out to have every device build all of K.
+>>> tx = rd.regression_descent(apply_fn, learning_rate=1.0, data_axis="data",
+...                            damping=rd.damping.levenberg_marquardt(initial=1e-3))
+>>> params = rd.sharding.replicate(params, mesh)
+>>> opt_state = tx.init(params)
+>>> @jax.jit
+... def train_step(params, opt_state, batch):
+...   updates, opt_state = tx.update(None, opt_state, params, batch=batch)
+...   return optax.apply_updates(params, updates), opt_state
+>>> inputs = jnp.linspace(-1.0, 1.0, 16)[:, None]  # m = 16, divisible by the devices
+>>> targets = jnp.sin(3.0 * inputs)
+>>> loss = lambda p: float(jnp.sum((apply_fn(p, inputs) - targets) ** 2))
+>>> before = loss(params)
+>>> with jax.set_mesh(mesh):
+...   for step in range(3):                       # one batch per step in practice
+...     batch = rd.sharding.shard_batch((inputs, targets), mesh, axis="data")
+...     params, opt_state = train_step(params, opt_state, batch)
+>>> loss(params) < 0.01 * before
+True
 
 Layout of one step, n devices, m examples (m/n per device), k outputs, dense
 layers l with widths d_in,l → d_out,l, p parameters:
 
 1. forward pass and the k cotangent passes on local examples: no traffic;
 2. K, in one of two layouts:
-   * `data_axis=None` (the default, `rdescent._mesh.replicated_call`): an all-gather of the
-     network inputs (m × d_0 numbers), after which every device builds all
-     of K itself (no K traffic, the K work done n times);
+   * `data_axis=None` (the default, `rdescent._mesh.replicated_call`): an
+     all-gather of the network inputs (m × d_0 numbers), after which every
+     device builds all of K itself (no K traffic, the K work done n times);
    * `data_axis="data"` (`row_block_gram`): each device computes the Gram
      factors of its own m/n examples (layer inputs a, m × d_in,l, and
      cotangents δ, m × k × d_out,l, for the structured engine; per-example
@@ -57,17 +67,19 @@ layers l with widths d_in,l → d_out,l, p parameters:
 
 The compiled dual step shows exactly these collectives (all-gather of x, or
 of the factors and of K's rows, and of r; one all-reduce of the
-parameter-shaped direction; a few flags). The primal
-system (p < m k) instead all-reduces the local JᵀJ and Jᵀr (p² + p numbers).
-`communication_bytes` evaluates the volume. Under `jax.jit` the XLA SPMD
-partitioner derives the collectives from the shardings.
+parameter-shaped direction; a few flags). The primal system (p < m k)
+instead all-reduces the local JᵀJ and Jᵀr (p² + p numbers). Under `jax.jit`
+the XLA SPMD partitioner derives the collectives from the shardings. The
+bytes each device receives per step, as a formula of m, n, k, the widths
+and the layout, are in `benchmarks/communication.py` (`communication_bytes`,
+used by the sharding benchmark).
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 from jax.sharding import Mesh
@@ -75,9 +87,6 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 from rdescent import gram as gram_lib
-
-GRAM_LAYOUTS = ("replicated", "row_blocks")
-GATHERED = ("inputs", "factors", "jacobian")
 
 
 def shard_batch(batch: Any, mesh: Mesh, axis: str | Sequence[str] = "data") -> Any:
@@ -194,112 +203,3 @@ def row_block_gram(
   rows = PartitionSpec(axis) if outputs == "full" else PartitionSpec(None, axis)
   return jax.shard_map(block_row, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(axis)),
                        out_specs=rows, check_vma=False)(params, inputs)
-
-
-class CommunicationBytes(NamedTuple):
-  """Bytes each device receives in one data-parallel RD step (see the module docstring).
-
-  Attributes:
-    layer_inputs: all-gather of the network inputs, (n−1)/n · m d_0; with
-      `gathered="factors"` of all layer inputs, (n−1)/n · m · Σ_l d_in,l.
-    cotangents: 0; with `gathered="factors"` the all-gather of the
-      cotangents, (n−1)/n · m k · Σ_l d_out,l;
-      with `gathered="jacobian"`: the per-example Jacobians, (n−1)/n · m k p
-      (and `layer_inputs` is 0).
-    residuals: all-gather of the residuals, (n−1)/n · m k.
-    gram: all-gather of K's block rows, (n−1)/n · (m k)² (per output:
-      (n−1)/n · k m²); 0 when every device builds all of K.
-    direction: ring all-reduce of the p-vector Jᵀα, 2 (n−1)/n · p.
-    total: the sum.
-  """
-
-  layer_inputs: float
-  cotangents: float
-  residuals: float
-  gram: float
-  direction: float
-  total: float
-
-
-def communication_bytes(
-    num_examples: int,
-    layer_sizes: Sequence[int],
-    num_devices: int,
-    *,
-    num_outputs: int | None = None,
-    outputs: str = "full",
-    gram_layout: str = "replicated",
-    gathered: str = "inputs",
-    num_params: int | None = None,
-    bytes_per_number: int = 4,
-) -> CommunicationBytes:
-  """Bytes received per device in one data-parallel RD step of a dense network.
-
-  With n devices, m examples, k outputs, dense layers d_in,l → d_out,l
-  (consecutive `layer_sizes`), p parameters and b bytes per number:
-
-      b (n−1)/n · [ m d_0                                 (inputs, "inputs")
-                    + m k                                 (residuals)
-                    + G                                   (K's rows, see below)
-                    + 2 p ]                               (psum of Jᵀα)
-
-  G = 0 when every device builds all of K from what it gathered
-  (`gram_layout="replicated"`, no K traffic, the K work done n times), or
-  G = (m k)² (per output: k m²) when each builds its block row and the rows
-  are all-gathered (`"row_blocks"`). `gathered="factors"` replaces the input
-  term by K's low-rank factors, m Σ_l d_in,l + m k Σ_l d_out,l (a, δ);
-  `gathered="jacobian"` by the per-example Jacobians, m k p. The all-reduce is
-  counted as a ring (reduce-scatter then all-gather). Loss scalars are
-  ignored. Per-output mode gathers the same numbers (all k cotangents).
-
-  Args:
-    num_examples: m, the global batch size.
-    layer_sizes: widths [d_0, d_1, ..., d_L] of the dense layers.
-    num_devices: n, devices along the data axis.
-    num_outputs: k (default: `layer_sizes[-1]`).
-    outputs: `"full"` or `"per_output"`.
-    gram_layout: `"replicated"` or `"row_blocks"`.
-    gathered: `"inputs"` (every device builds all of K: `data_axis=None`),
-      `"factors"` (K's factors a, δ: the structured engine with
-      `data_axis`) or `"jacobian"` (per-example Jacobians: the jacobian
-      engine with `data_axis`).
-    num_params: p (default: weights and biases of the dense layers).
-    bytes_per_number: 4 for float32.
-
-  Returns:
-    A `CommunicationBytes` of per-device received bytes.
-  """
-  if outputs not in ("full", "per_output"):
-    raise ValueError(f"outputs={outputs!r}; expected 'full' or 'per_output'.")
-  if gram_layout not in GRAM_LAYOUTS:
-    raise ValueError(f"gram_layout={gram_layout!r}; expected one of {GRAM_LAYOUTS}.")
-  if gathered not in GATHERED:
-    raise ValueError(f"gathered={gathered!r}; expected one of {GATHERED}.")
-  if len(layer_sizes) < 2:
-    raise ValueError(f"layer_sizes needs at least two widths; got {list(layer_sizes)}.")
-  if num_devices < 1 or num_examples % num_devices:
-    raise ValueError(
-        f"num_examples={num_examples} must be divisible by num_devices={num_devices} >= 1."
-    )
-  m, n = num_examples, num_devices
-  k = layer_sizes[-1] if num_outputs is None else num_outputs
-  fan_in, fan_out = layer_sizes[:-1], layer_sizes[1:]
-  p = num_params if num_params is not None else sum(
-      i * o + o for i, o in zip(fan_in, fan_out)
-  )
-  share = bytes_per_number * (n - 1) / n
-  if gathered == "inputs":
-    layer_inputs = share * m * layer_sizes[0]
-    cotangents = 0.0
-  elif gathered == "factors":
-    layer_inputs = share * m * sum(fan_in)
-    cotangents = share * m * k * sum(fan_out)
-  else:
-    layer_inputs = 0.0
-    cotangents = share * m * k * p
-  residuals = share * m * k
-  gram_numbers = (m * k) ** 2 if outputs == "full" else k * m * m
-  gram = share * gram_numbers if gram_layout == "row_blocks" else 0.0
-  direction = 2 * share * p
-  total = layer_inputs + cotangents + residuals + gram + direction
-  return CommunicationBytes(layer_inputs, cotangents, residuals, gram, direction, total)

@@ -18,8 +18,6 @@ import pathlib
 import subprocess
 import sys
 
-import hypothesis
-import hypothesis.strategies as st
 import numpy as np
 import pytest
 
@@ -89,6 +87,7 @@ def row_block_cases() -> list[str]:
 def _models():
   import jax
   import jax.numpy as jnp
+
   from tests import models
 
   def cnn_init(key):
@@ -122,6 +121,7 @@ def _models():
 
 def _relative(a, b) -> float:
   import jax
+
   from tests import models
   a, b = (models.flat(jax.tree_util.tree_map(np.asarray, t)) for t in (a, b))
   return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
@@ -172,6 +172,7 @@ def _batch_record(compiled, sharded_x) -> dict:
 def _group_step(model: str, system: str, damping: float, variants):
   """One jitted function returning the RD steps of all `variants` of `model`."""
   import jax
+
   import rdescent as rd
   apply_fn, params, x, y = _models()(model, jax.random.PRNGKey(len(model)))
   txs = {_variant_name(outputs, engine, layout): rd.scale_by_regression_descent(
@@ -191,6 +192,7 @@ def _group_step(model: str, system: str, damping: float, variants):
 def _run_group(model, system, damping, variants, meshes) -> dict:
   """Records of one group: every variant on every mesh against one device."""
   import jax
+
   import rdescent as rd
   step, (params, states, x, y) = _group_step(model, system, damping, variants)
   expected = step(params, states, x, y)
@@ -238,6 +240,7 @@ def _step_records() -> dict:
 def _row_block_grams() -> dict:
   """K from `row_block_gram` on 4 devices against `gram_matrix` on one, and its layout."""
   import jax
+
   import rdescent as rd
   records = {}
   mesh = _mesh("auto")
@@ -248,8 +251,8 @@ def _row_block_grams() -> dict:
         name = f"{model}-{outputs}-{engine}"
         try:
           expected = rd.gram.gram_matrix(apply_fn, params, x, method=engine, outputs=outputs)
-          build = jax.jit(lambda p, x: rd.sharding.row_block_gram(
-              apply_fn, p, x, axis="data", method=engine, outputs=outputs))
+          build = jax.jit(functools.partial(
+              rd.sharding.row_block_gram, apply_fn, axis="data", method=engine, outputs=outputs))
           with jax.set_mesh(mesh):
             got = build(rd.sharding.replicate(params, mesh), rd.sharding.shard_batch(x, mesh))
           records[name] = {
@@ -268,6 +271,7 @@ def _training(steps: int = 5, m: int = 32) -> dict:
   """5 RD steps (LM damping) on 5 batches of a noisy teacher network, sharded and not."""
   import jax
   import optax
+
   import rdescent as rd
   from tests import models
   apply_fn, params, x, noise = _models()("mlp", jax.random.PRNGKey(7), m=m * steps)
@@ -309,6 +313,7 @@ def _tensor_parallel(mesh_kind: str) -> dict:
   import jax
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
+
   import rdescent as rd
   apply_fn, params, x, y = _models()("mlp", jax.random.PRNGKey(3))
   tx = rd.scale_by_regression_descent(apply_fn, damping=1e-2, gram="jacobian")
@@ -331,10 +336,11 @@ def _tensor_parallel(mesh_kind: str) -> dict:
   }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tensor_step(apply_fn):
   """The jitted step of the tensor-parallel cases (one trace, compiled per mesh)."""
   import jax
+
   import rdescent as rd
   tx = rd.scale_by_regression_descent(apply_fn, damping=1e-2, gram="jacobian")
   return jax.jit(lambda p, s, x, y: tx.update(None, s, p, batch=(x, y)))
@@ -360,6 +366,7 @@ def _per_output_repeated(calls: int = 20, m: int = 64) -> dict:
   (`rdescent._batch_linalg`), or the step hangs after a call or two.
   """
   import jax
+
   import rdescent as rd
   from tests import models
   kp, kx, ky = jax.random.split(jax.random.PRNGKey(5), 3)
@@ -475,69 +482,9 @@ def test_parameter_sharded_over_a_model_axis(multi_device, mesh_kind):
 # ----------------------------------------------------------------- in process
 
 
-def test_communication_bytes_counts_each_transfer():
-  import rdescent as rd
-  m, n, k, sizes = 64, 4, 3, [5, 7, 3]
-  p = 5 * 7 + 7 + 7 * 3 + 3
-  share = 4 * (n - 1) / n
-  default = rd.sharding.communication_bytes(m, sizes, n)   # what rdescent does
-  assert default.layer_inputs == share * m * 5 and default.cotangents == 0.0
-  assert default.gram == 0.0 and default.residuals == share * m * k
-  assert default.direction == 2 * share * p
-  got = rd.sharding.communication_bytes(m, sizes, n, gathered="factors")
-  assert got.layer_inputs == share * m * (5 + 7)
-  assert got.cotangents == share * m * k * (7 + 3)
-  assert got.residuals == share * m * k
-  assert got.gram == 0.0
-  assert got.direction == 2 * share * p
-  assert got.total == pytest.approx(sum(got[:-1]))
-  rows = rd.sharding.communication_bytes(m, sizes, n, gram_layout="row_blocks",
-                                         gathered="factors")
-  assert rows.gram == share * (m * k) ** 2
-  per_output = rd.sharding.communication_bytes(m, sizes, n, gram_layout="row_blocks",
-                                               outputs="per_output")
-  assert per_output.gram == share * k * m * m
-  jacobian = rd.sharding.communication_bytes(m, sizes, n, gathered="jacobian")
-  assert jacobian.layer_inputs == 0.0 and jacobian.cotangents == share * m * k * p
-
-
-@hypothesis.settings(max_examples=15, deadline=None)
-@hypothesis.given(
-    per_device=st.integers(1, 64), devices=st.integers(1, 64),
-    sizes=st.lists(st.integers(1, 512), min_size=2, max_size=5),
-    outputs=st.sampled_from(["full", "per_output"]),
-    layout=st.sampled_from(["replicated", "row_blocks"]),
-    gathered=st.sampled_from(["inputs", "factors", "jacobian"]),
-)
-def test_communication_bytes_scales_with_the_gathered_share(per_device, devices, sizes, outputs,
-                                                            layout, gathered):
-  import rdescent as rd
-  m = per_device * devices
-  got = rd.sharding.communication_bytes(m, sizes, devices, outputs=outputs, gram_layout=layout,
-                                        gathered=gathered)
-  if devices == 1:
-    assert got.total == 0.0
-    return
-  # Every term is (n−1)/n times a volume that depends on m, k, widths only.
-  # one example per device: the same volumes times (m−1)/m (here m ≥ devices ≥ 2).
-  single = rd.sharding.communication_bytes(m, sizes, m, outputs=outputs, gram_layout=layout,
-                                           gathered=gathered)
-  np.testing.assert_allclose(np.array(got) * devices / (devices - 1),
-                             np.array(single) * m / (m - 1), rtol=1e-12)
-
-
-def test_communication_bytes_rejects_bad_arguments():
-  import rdescent as rd
-  with pytest.raises(ValueError, match="divisible"):
-    rd.sharding.communication_bytes(10, [3, 2], 4)
-  with pytest.raises(ValueError, match="outputs"):
-    rd.sharding.communication_bytes(8, [3, 2], 4, outputs="both")
-  with pytest.raises(ValueError, match="gram_layout"):
-    rd.sharding.communication_bytes(8, [3, 2], 4, gram_layout="ring")
-
-
 def test_data_axis_is_checked_and_a_one_device_mesh_changes_nothing():
   import jax
+
   import rdescent as rd
   from tests import models
   apply_fn, params, x, y = _models()("mlp", jax.random.PRNGKey(0))
@@ -560,6 +507,7 @@ def test_data_axis_is_checked_and_a_one_device_mesh_changes_nothing():
 def test_shard_batch_and_replicate_on_a_one_device_mesh():
   import jax
   import jax.numpy as jnp
+
   import rdescent as rd
   mesh = jax.make_mesh((1,), ("data",))
   x, y = jnp.ones((6, 2)), jnp.zeros((6,))
