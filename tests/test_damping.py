@@ -17,7 +17,6 @@ import scipy.optimize
 
 import rdescent as rd
 from rdescent import gram as gram_lib
-from rdescent import solvers as solve_lib
 from tests import models
 
 FEW = hypothesis.settings(max_examples=15, deadline=None)
@@ -144,28 +143,7 @@ def test_fail_grows_every_adaptive_controller():
     np.testing.assert_allclose(read(state), expected, rtol=1e-6)
 
 
-# ------------------------------------------------------- eigen solve and GCV
-
-
-@jax.jit
-def _eigen_solve(matrix, rhs, damping):
-  return solve_lib.eigen_solve(solve_lib.eigen_decomposition(matrix), rhs, damping)
-
-
-@hypothesis.settings(max_examples=8, deadline=None)
-@hypothesis.given(st.integers(1, 6), st.integers(1, 6), st.floats(1e-6, 10.0), st.booleans())
-def test_eigen_solve_equals_dense_solve(n, rank, damping, batched):
-  with jax.enable_x64(True):
-    rng = np.random.default_rng(n * 10 + rank)
-    batch = (3,) if batched else ()
-    factor = rng.standard_normal(batch + (n, rank))
-    matrix = factor @ np.swapaxes(factor, -1, -2)  # PSD of rank min(n, rank)
-    rhs = rng.standard_normal(batch + (n,))
-    result = _eigen_solve(matrix, rhs, damping)
-    expected = np.linalg.solve(matrix + damping * np.eye(n), rhs[..., None])[..., 0]
-    np.testing.assert_allclose(result.solution, expected, rtol=1e-8, atol=1e-10)
-    assert bool(result.ok)
-    assert not bool(_eigen_solve(matrix, rhs, -1e3).ok)  # λ + min s ≤ 0
+# ----------------------------------------------------------- GCV controller
 
 
 def _dense_gcv(jacobian, residual, damping):
@@ -174,47 +152,6 @@ def _dense_gcv(jacobian, residual, damping):
   influence = jacobian @ np.linalg.solve(jacobian.T @ jacobian + damping * np.eye(p), jacobian.T)
   left = residual - influence @ residual
   return n * (left @ left) / (n - np.trace(influence)) ** 2
-
-
-def test_gcv_scores_equal_the_dense_formula_in_both_forms():
-  with jax.enable_x64(True):
-    kj, kr = jax.random.split(jax.random.PRNGKey(4))
-    jacobian = np.asarray(jax.random.normal(kj, (9, 5), jnp.float64))  # N = 9, p = 5
-    residual = np.asarray(jax.random.normal(kr, (9,), jnp.float64))
-    grid = np.logspace(-4, 2, 13)
-    expected = [_dense_gcv(jacobian, residual, lam) for lam in grid]
-
-    @jax.jit
-    def scores(jacobian, residual, grid):
-      dual = solve_lib.eigen_decomposition(jacobian @ jacobian.T)
-      primal = solve_lib.eigen_decomposition(jacobian.T @ jacobian)
-      return (
-          solve_lib.gcv_scores(dual, residual, grid, form="dual"),
-          solve_lib.gcv_scores(
-              primal, jacobian.T @ residual, grid, form="primal",
-              residual_sq_norm=jnp.sum(jnp.square(residual)), num_residuals=9,
-          ),
-      )
-
-    dual, primal = scores(jacobian, residual, grid)
-    np.testing.assert_allclose(dual, expected, rtol=1e-9)
-    np.testing.assert_allclose(primal, expected, rtol=1e-9)
-
-
-def test_gcv_scores_of_blocks_equal_the_block_diagonal_regression():
-  with jax.enable_x64(True):
-    kj, kr = jax.random.split(jax.random.PRNGKey(5))
-    blocks = np.asarray(jax.random.normal(kj, (3, 6, 4), jnp.float64))  # k = 3 outputs
-    residual = np.asarray(jax.random.normal(kr, (3, 6), jnp.float64))
-    dense = np.zeros((18, 12))
-    for c in range(3):
-      dense[6 * c:6 * c + 6, 4 * c:4 * c + 4] = blocks[c]
-    grid = np.logspace(-3, 1, 7)
-    scores = jax.jit(
-        lambda a, b, g: solve_lib.gcv_scores(solve_lib.eigen_decomposition(a), b, g, form="dual")
-    )(np.einsum("cip,cjp->cij", blocks, blocks), residual, grid)
-    expected = [_dense_gcv(dense, residual.reshape(-1), lam) for lam in grid]
-    np.testing.assert_allclose(scores, expected, rtol=1e-9)
 
 
 @pytest.mark.parametrize("system", ["dual", "primal"])

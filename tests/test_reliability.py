@@ -18,7 +18,6 @@ import optax
 import pytest
 
 import rdescent as rd
-from rdescent import solvers as solve_lib
 from rdescent import transform as transform_lib
 from tests import models
 
@@ -203,47 +202,6 @@ def test_rank_deficient_dual_system_with_zero_damping_is_recovered_by_jitter():
   assert int(_rd_state(state).status) == transform_lib.STATUS_OK
   residual = apply_fn(new_params, x) - y
   assert float(jnp.linalg.norm(residual)) < 0.05 * float(jnp.linalg.norm(apply_fn(params, x) - y))
-
-
-def test_cholesky_jitter_solves_a_singular_float32_system():
-  v = jax.random.normal(jax.random.PRNGKey(2), (30, 2))
-  matrix = v @ v.T                              # rank 2, PSD, λ = 0 fails in float32
-  rhs = matrix @ jnp.ones(30)
-  plain = solve_lib.damped_cholesky_solve(matrix, rhs, 0.0, max_jitter_tries=0)
-  result = solve_lib.damped_cholesky_solve(matrix, rhs, 0.0)
-  assert bool(result.ok) and float(result.jitter) >= 0
-  if not bool(plain.ok):
-    assert float(result.jitter) > 0
-  np.testing.assert_allclose(matrix @ result.solution, rhs, rtol=0, atol=1e-2 * float(jnp.max(jnp.abs(rhs))))
-  bad = solve_lib.damped_cholesky_solve(matrix.at[0, 0].set(jnp.nan), rhs, 0.0)
-  assert not bool(bad.ok)
-
-
-@pytest.mark.parametrize("several_devices", [False, True])
-def test_batched_solves_loop_over_matrices_when_cpu_devices_share_the_pool(
-    monkeypatch, several_devices):
-  # With several CPU devices in the process, batched LAPACK kernels can starve
-  # the thread pool that runs the devices (rdescent._batch_linalg): the CPU
-  # lowering then factorises one matrix at a time, with the same results.
-  from rdescent import _batch_linalg
-  monkeypatch.setattr(_batch_linalg, "several_cpu_devices", lambda: several_devices)
-  v = jax.random.normal(jax.random.PRNGKey(4), (2, 3, 12, 5))
-  matrix = v @ jnp.swapaxes(v, -1, -2)          # (2, 3) batch of rank-5 12 × 12 PSD
-  rhs = jax.random.normal(jax.random.PRNGKey(5), (2, 3, 12))
-  solve = jax.jit(lambda a, b: solve_lib.damped_cholesky_solve(a, b, 0.1))
-  result = solve(matrix, rhs)
-  assert bool(result.ok)
-  expected = np.linalg.solve(np.asarray(matrix, np.float64) + 0.1 * np.eye(12),
-                             np.asarray(rhs, np.float64)[..., None])[..., 0]
-  np.testing.assert_allclose(result.solution, expected, rtol=2e-4, atol=1e-5)
-  eig = jax.jit(solve_lib.eigen_decomposition)(matrix)
-  np.testing.assert_allclose(eig.values, np.linalg.eigvalsh(np.asarray(matrix, np.float64)),
-                             rtol=1e-4, atol=1e-4)
-  hlo = solve.lower(matrix, rhs).compile().as_text()
-  factor_lines = [line for line in hlo.splitlines() if "potrf" in line and "custom-call(" in line]
-  assert factor_lines
-  batched = [line for line in factor_lines if "[6,12,12]" in line]
-  assert bool(batched) != several_devices, factor_lines
 
 
 def test_controllers_stay_bounded_at_an_exact_solution():

@@ -64,23 +64,6 @@ def test_per_output_mode_equals_its_formula(system):
     np.testing.assert_allclose(models.flat(direction), expected, rtol=1e-9, atol=1e-12)
 
 
-def test_primal_and_dual_agree_and_auto_picks_the_smaller_system():
-  with jax.enable_x64(True):
-    params, x, y = models.mlp_problem(jax.random.PRNGKey(3), [2, 3, 2], m=20)  # p = 17 < m k = 40
-    for outputs in ("full", "per_output"):
-      dual, _ = _direction(models.mlp_apply, params, x, y, damping=0.1, outputs=outputs, system="dual")
-      primal, _ = _direction(models.mlp_apply, params, x, y, damping=0.1, outputs=outputs, system="primal")
-      np.testing.assert_allclose(models.flat(dual), models.flat(primal), rtol=1e-9)
-    problem = rd.linearize(
-        models.mlp_apply, params, x, y, loss=rd.losses.get("mse"), outputs="full",
-        gram="auto", system="auto", chunk_size=None)
-    assert problem.system == "primal" and problem.matrix.shape == (17, 17)
-    problem = rd.linearize(
-        models.mlp_apply, params, x[:4], y[:4], loss=rd.losses.get("mse"), outputs="full",
-        gram="auto", system="auto", chunk_size=None)
-    assert problem.system == "dual" and problem.matrix.shape == (8, 8)
-
-
 def test_flax_linen_params_and_chunking():
   class Net(nn.Module):
     @nn.compact

@@ -1,0 +1,167 @@
+"""Tests of `rdescent.solvers`: the damped solves against dense float64 NumPy."""
+
+from __future__ import annotations
+
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rdescent as rd
+from rdescent import solvers as solve_lib
+
+
+@jax.jit
+def _eigen_solve(matrix, rhs, damping):
+  return solve_lib.eigen_solve(solve_lib.eigen_decomposition(matrix), rhs, damping)
+
+
+@hypothesis.settings(max_examples=8, deadline=None)
+@hypothesis.given(st.integers(1, 6), st.integers(1, 6), st.floats(1e-6, 10.0), st.booleans())
+def test_eigen_solve_equals_dense_solve(n, rank, damping, batched):
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(n * 10 + rank)
+    batch = (3,) if batched else ()
+    factor = rng.standard_normal(batch + (n, rank))
+    matrix = factor @ np.swapaxes(factor, -1, -2)  # PSD of rank min(n, rank)
+    rhs = rng.standard_normal(batch + (n,))
+    result = _eigen_solve(matrix, rhs, damping)
+    expected = np.linalg.solve(matrix + damping * np.eye(n), rhs[..., None])[..., 0]
+    np.testing.assert_allclose(result.solution, expected, rtol=1e-8, atol=1e-10)
+    assert bool(result.ok)
+    assert not bool(_eigen_solve(matrix, rhs, -1e3).ok)  # λ + min s ≤ 0
+
+
+def _dense_gcv(jacobian, residual, damping):
+  """N ‖(I − S) r‖² / (N − tr S)², S = J (JᵀJ + λI)⁻¹ Jᵀ, in float64."""
+  n, p = jacobian.shape
+  influence = jacobian @ np.linalg.solve(jacobian.T @ jacobian + damping * np.eye(p), jacobian.T)
+  left = residual - influence @ residual
+  return n * (left @ left) / (n - np.trace(influence)) ** 2
+
+
+def test_gcv_scores_equal_the_dense_formula_in_both_forms():
+  with jax.enable_x64(True):
+    kj, kr = jax.random.split(jax.random.PRNGKey(4))
+    jacobian = np.asarray(jax.random.normal(kj, (9, 5), jnp.float64))  # N = 9, p = 5
+    residual = np.asarray(jax.random.normal(kr, (9,), jnp.float64))
+    grid = np.logspace(-4, 2, 13)
+    expected = [_dense_gcv(jacobian, residual, lam) for lam in grid]
+
+    @jax.jit
+    def scores(jacobian, residual, grid):
+      dual = solve_lib.eigen_decomposition(jacobian @ jacobian.T)
+      primal = solve_lib.eigen_decomposition(jacobian.T @ jacobian)
+      return (
+          solve_lib.gcv_scores(dual, residual, grid, form="dual"),
+          solve_lib.gcv_scores(
+              primal, jacobian.T @ residual, grid, form="primal",
+              residual_sq_norm=jnp.sum(jnp.square(residual)), num_residuals=9,
+          ),
+      )
+
+    dual, primal = scores(jacobian, residual, grid)
+    np.testing.assert_allclose(dual, expected, rtol=1e-9)
+    np.testing.assert_allclose(primal, expected, rtol=1e-9)
+
+
+def test_gcv_scores_of_blocks_equal_the_block_diagonal_regression():
+  with jax.enable_x64(True):
+    kj, kr = jax.random.split(jax.random.PRNGKey(5))
+    blocks = np.asarray(jax.random.normal(kj, (3, 6, 4), jnp.float64))  # k = 3 outputs
+    residual = np.asarray(jax.random.normal(kr, (3, 6), jnp.float64))
+    dense = np.zeros((18, 12))
+    for c in range(3):
+      dense[6 * c:6 * c + 6, 4 * c:4 * c + 4] = blocks[c]
+    grid = np.logspace(-3, 1, 7)
+    scores = jax.jit(
+        lambda a, b, g: solve_lib.gcv_scores(solve_lib.eigen_decomposition(a), b, g, form="dual")
+    )(np.einsum("cip,cjp->cij", blocks, blocks), residual, grid)
+    expected = [_dense_gcv(dense, residual.reshape(-1), lam) for lam in grid]
+    np.testing.assert_allclose(scores, expected, rtol=1e-9)
+
+
+def test_cholesky_jitter_solves_a_singular_float32_system():
+  v = jax.random.normal(jax.random.PRNGKey(2), (30, 2))
+  matrix = v @ v.T                              # rank 2, PSD, λ = 0 fails in float32
+  rhs = matrix @ jnp.ones(30)
+  plain = solve_lib.damped_cholesky_solve(matrix, rhs, 0.0, max_jitter_tries=0)
+  result = solve_lib.damped_cholesky_solve(matrix, rhs, 0.0)
+  assert bool(result.ok) and float(result.jitter) >= 0
+  if not bool(plain.ok):
+    assert float(result.jitter) > 0
+  np.testing.assert_allclose(matrix @ result.solution, rhs, rtol=0, atol=1e-2 * float(jnp.max(jnp.abs(rhs))))
+  bad = solve_lib.damped_cholesky_solve(matrix.at[0, 0].set(jnp.nan), rhs, 0.0)
+  assert not bool(bad.ok)
+
+
+@pytest.mark.parametrize("several_devices", [False, True])
+def test_batched_solves_loop_over_matrices_when_cpu_devices_share_the_pool(
+    monkeypatch, several_devices):
+  # With several CPU devices in the process, batched LAPACK kernels can starve
+  # the thread pool that runs the devices (rdescent._batch_linalg): the CPU
+  # lowering then factorises one matrix at a time, with the same results.
+  from rdescent import _batch_linalg
+  monkeypatch.setattr(_batch_linalg, "several_cpu_devices", lambda: several_devices)
+  v = jax.random.normal(jax.random.PRNGKey(4), (2, 3, 12, 5))
+  matrix = v @ jnp.swapaxes(v, -1, -2)          # (2, 3) batch of rank-5 12 × 12 PSD
+  rhs = jax.random.normal(jax.random.PRNGKey(5), (2, 3, 12))
+  solve = jax.jit(lambda a, b: solve_lib.damped_cholesky_solve(a, b, 0.1))
+  result = solve(matrix, rhs)
+  assert bool(result.ok)
+  expected = np.linalg.solve(np.asarray(matrix, np.float64) + 0.1 * np.eye(12),
+                             np.asarray(rhs, np.float64)[..., None])[..., 0]
+  np.testing.assert_allclose(result.solution, expected, rtol=2e-4, atol=1e-5)
+  eig = jax.jit(solve_lib.eigen_decomposition)(matrix)
+  np.testing.assert_allclose(eig.values, np.linalg.eigvalsh(np.asarray(matrix, np.float64)),
+                             rtol=1e-4, atol=1e-4)
+  hlo = solve.lower(matrix, rhs).compile().as_text()
+  factor_lines = [line for line in hlo.splitlines() if "potrf" in line and "custom-call(" in line]
+  assert factor_lines
+  batched = [line for line in factor_lines if "[6,12,12]" in line]
+  assert bool(batched) != several_devices, factor_lines
+
+
+@pytest.mark.parametrize("name", sorted(rd.solvers.SOLVERS))
+def test_every_solver_solves_the_damped_system_like_numpy(name):
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(7)
+    factor = rng.standard_normal((2, 8, 3))
+    matrix = factor @ np.swapaxes(factor, -1, -2)   # two rank-3 PSD blocks
+    rhs = rng.standard_normal((2, 8))
+    solver = rd.solvers.get(name)
+    assert solver.name == name
+
+    @jax.jit
+    def solve(matrix, rhs, damping):
+      return solver.solve(solver.prepare(matrix), rhs, damping)
+
+    for damping in (1e-3, 1.0, 10.0):
+      result = solve(matrix, rhs, damping)
+      expected = np.linalg.solve(matrix + damping * np.eye(8), rhs[..., None])[..., 0]
+      np.testing.assert_allclose(result.solution, expected, rtol=1e-8, atol=1e-10)
+      assert bool(result.ok) and float(result.jitter) == 0.0
+
+
+def test_cholesky_strategy_is_damped_cholesky_solve():
+  v = jax.random.normal(jax.random.PRNGKey(3), (9, 4))
+  matrix, rhs = v @ v.T, jnp.arange(9.0)
+  solver = rd.solvers.cholesky(max_jitter_tries=2)
+  got = solver.solve(solver.prepare(matrix), rhs, 0.5)
+  expected = solve_lib.damped_cholesky_solve(matrix, rhs, 0.5, max_jitter_tries=2)
+  np.testing.assert_array_equal(got.solution, expected.solution)
+  assert bool(got.ok) == bool(expected.ok)
+
+
+def test_get_names_the_choices():
+  assert isinstance(rd.solvers.get("eigh"), rd.solvers.Solver)
+  solver = rd.solvers.cholesky()
+  assert rd.solvers.get(solver) is solver
+  with pytest.raises(ValueError, match="solver must be one of"):
+    rd.solvers.get("qr")
+  with pytest.raises(ValueError, match="max_jitter_tries"):
+    rd.solvers.cholesky(max_jitter_tries=-1)
+  with pytest.raises(ValueError, match="solver must be one of"):
+    rd.regression_descent(lambda p, x: x @ p, solver="lu")
