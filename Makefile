@@ -1,19 +1,23 @@
-# Two entry points: `make demo` (Lorenz96, RD vs Adam) and `make test`.
+# make test: lint + docs + the test suite (what CI runs, via .ci/run); make demo: both faces of RD.
+# Needs only Python >= 3.10 (with venv): the first target builds .venv and installs the extras.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+EXTRAS := test,bench,notebooks,flax,docs,lint
 RDESCENT_DATA_DIR ?= $(abspath ../shared/data)
 export RDESCENT_DATA_DIR
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test venv clean
+.PHONY: demo test lint docs venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# Reinstalls whenever pyproject.toml (dependencies, extras) changes.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test,bench,notebooks]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -21,8 +25,20 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m benchmarks.demo
 
-test: $(STAMP)
+# ruff (lint + format) over the package, tests and benchmarks; mypy over rdescent/ (pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check rdescent tests benchmarks notebooks/_build.py docs/hooks.py
+	$(BIN)/ruff format --check rdescent tests benchmarks notebooks/_build.py docs/hooks.py
+	$(BIN)/mypy
+
+# The site (mkdocs.yml) with warnings as errors; docs/hooks.py renders the benchmark page
+# from benchmarks/results/cpu/*.json. Output in site/.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+# The suite and the docstring examples (pytest: testpaths tests + rdescent, --doctest-modules).
+test: lint docs
 	$(BIN)/python -m pytest -q -n auto
 
 clean:
-	rm -rf $(VENV) demo_output
+	rm -rf $(VENV) demo_output site .cache .mypy_cache .ruff_cache

@@ -1,30 +1,47 @@
 """Writes the example notebooks of rdescent from the cell sources below.
 
     python notebooks/_build.py                 # (re)write every notebooks/*.ipynb
+    python notebooks/_build.py --execute       # also execute them into docs/notebooks/
     python notebooks/_build.py --script 04     # print one notebook's code as a script
 
 The notebooks are generated, with outputs cleared, so that they can be
 reviewed as code and regenerated after an API change. Each one reads
 `RDESCENT_NOTEBOOK_SIZE`: `ci` runs a tiny version (seconds, used by
 `tests/test_notebooks.py`); anything else (the default) the full version.
+
+`--execute` runs each notebook at the CI size (with this interpreter as the
+kernel) and writes the executed copy, outputs and figures included, to
+`docs/notebooks/`, which the documentation site renders as it is (the docs
+build executes nothing). `tests/test_notebooks.py` checks that those copies
+have the same cells as the notebooks written here: rerun `--execute` after
+changing a notebook (about a minute on two cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import pathlib
+import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator, Mapping
 
 import nbformat
 
 HERE = pathlib.Path(__file__).resolve().parent
+EXECUTED_DIR = HERE.parent / "docs" / "notebooks"
+KERNEL_NAME = "rdescent-notebooks"
+CELL_TIMEOUT_S = 300
 
-SIZE_CELL = '''
+SIZE_CELL = """
 import os
 CI = os.environ.get("RDESCENT_NOTEBOOK_SIZE", "full") == "ci"  # tiny sizes for CI
-'''
+"""
 
-RD_IN_ONE_CELL = r'''
+RD_IN_ONE_CELL = r"""
 **Regression Descent (RD)** replaces the gradient step by a small ridge regression. For a
 batch of $m$ examples with residuals $r = f(\theta; X) - Y$ (length $mk$ for $k$ outputs) and
 Jacobian $J = \partial r / \partial \theta$,
@@ -36,19 +53,25 @@ a Gauss-Newton / Levenberg-Marquardt step solved in the $mk \times mk$ space of 
 of the $p \times p$ space of the parameters. `rd.regression_descent(apply_fn, ...)` is an ordinary
 Optax transformation; its `update` needs the parameters and the batch:
 `tx.update(grads, state, params, batch=(inputs, targets))` (the gradients are ignored).
-'''
+"""
 
 # ---------------------------------------------------------------- 01 quickstart
 
 QUICKSTART = [
-    ("md", r'''
+  (
+    "md",
+    r"""
 # Quickstart: Regression Descent vs Adam on a 1D fit
 
 Fit $y = \sin(3x) + 0.3\cos(9x)$ on $[-1, 1]$ with a small tanh MLP, once with Regression
 Descent and once with Adam, and compare the training loss against wall-clock seconds.
-'''),
-    ("md", RD_IN_ONE_CELL),
-    ("code", SIZE_CELL + '''
+""",
+  ),
+  ("md", RD_IN_ONE_CELL),
+  (
+    "code",
+    SIZE_CELL
+    + """
 import time
 
 import jax
@@ -64,12 +87,18 @@ RD_STEPS, ADAM_STEPS = (25, 400) if CI else (150, 10000)
 
 inputs = jnp.linspace(-1.0, 1.0, NUM_POINTS)[:, None]
 targets = jnp.sin(3 * inputs) + 0.3 * jnp.cos(9 * inputs)
-'''),
-    ("md", '''
+""",
+  ),
+  (
+    "md",
+    """
 Any function `apply_fn(params, inputs) -> outputs` of shape `(m,)` or `(m, k)` works;
 here a plain-JAX MLP.
-'''),
-    ("code", '''
+""",
+  ),
+  (
+    "code",
+    '''
 def init_mlp(key, sizes=(1, HIDDEN, HIDDEN, 1)):
   keys = jax.random.split(key, len(sizes) - 1)
   return [{"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}
@@ -89,14 +118,20 @@ def loss(params):
 
 
 params = init_mlp(jax.random.PRNGKey(0))
-'''),
-    ("md", '''
+''',
+  ),
+  (
+    "md",
+    """
 The RD optimizer in three lines. `damping` is λ: a float, an optax schedule, or a controller.
 `rd.damping.levenberg_marquardt()` adapts λ from the ratio of actual to predicted decrease on
 the same batch (rejected steps are re-solved with the same $K$): the safe default for
 full-batch problems like this one.
-'''),
-    ("code", '''
+""",
+  ),
+  (
+    "code",
+    '''
 tx = rd.regression_descent(apply_fn, learning_rate=1.0,
                            damping=rd.damping.levenberg_marquardt())
 
@@ -135,8 +170,11 @@ rd_params, rd_history = train(rd_step, params, tx.init(params), RD_STEPS)
 adam_params, adam_history = train(adam_step, params, adam.init(params), ADAM_STEPS)
 print(f"RD:   {RD_STEPS:5d} steps, {rd_history[-1, 0]:.2f} s, loss {rd_history[-1, 1]:.2e}")
 print(f"Adam: {ADAM_STEPS:5d} steps, {adam_history[-1, 0]:.2f} s, loss {adam_history[-1, 1]:.2e}")
-'''),
-    ("code", '''
+''',
+  ),
+  (
+    "code",
+    """
 fig, (ax_loss, ax_fit) = plt.subplots(1, 2, figsize=(11, 4))
 ax_loss.semilogy(rd_history[:, 0], rd_history[:, 1], label="Regression Descent (LM damping)")
 ax_loss.semilogy(adam_history[:, 0], adam_history[:, 1], label="Adam (lr 1e-2)")
@@ -149,8 +187,11 @@ ax_fit.plot(inputs, apply_fn(adam_params, inputs), "--", label="Adam")
 ax_fit.set(xlabel="x", title="Fits")
 ax_fit.legend()
 plt.show()
-'''),
-    ("md", '''
+""",
+  ),
+  (
+    "md",
+    """
 ## Which options to choose
 
 | option | choose |
@@ -163,21 +204,28 @@ plt.show()
 
 Each step costs about $m k$ backward passes plus an $mk \\times mk$ Cholesky factorisation: use
 batches of tens to a few hundred examples.
-'''),
+""",
+  ),
 ]
 
 # ---------------------------------------------------------------- 02 Flax MNIST
 
 FLAX_MNIST = [
-    ("md", r'''
+  (
+    "md",
+    r"""
 # A Flax (linen) CNN on MNIST with Regression Descent
 
 The paper's SmallCNN (conv 1→8 3×3, ReLU, 2×2 max-pool, dense 1352→10, 13 610 parameters)
 written in `flax.linen`, trained on MNIST mini-batches with Regression Descent and with Adam.
 The data are read from the IDX files in `$RDESCENT_DATA_DIR` (nothing is downloaded).
-'''),
-    ("md", RD_IN_ONE_CELL),
-    ("code", SIZE_CELL + '''
+""",
+  ),
+  ("md", RD_IN_ONE_CELL),
+  (
+    "code",
+    SIZE_CELL
+    + """
 import time
 
 import jax
@@ -202,8 +250,11 @@ def load(split, size):
 
 train_images, train_labels = load("train", NUM_TRAIN)
 test_images, test_labels = load("test", NUM_TEST)
-'''),
-    ("code", '''
+""",
+  ),
+  (
+    "code",
+    """
 class SmallCNN(linen.Module):
   @linen.compact
   def __call__(self, x):
@@ -216,8 +267,11 @@ class SmallCNN(linen.Module):
 model = SmallCNN()
 params = model.init(jax.random.PRNGKey(0), train_images[:1])["params"]
 print(jax.tree.map(jnp.shape, params))
-'''),
-    ("md", '''
+""",
+  ),
+  (
+    "md",
+    """
 ## The linen pattern
 
 RD needs `apply_fn(params, inputs)`. `rdescent.flax.linen_apply_fn(model)` is
@@ -233,8 +287,11 @@ Two RD set-ups: squared error on one-hot targets with `outputs="per_output"` (th
 reference: $k$ systems of size $m$) and the paper's next-batch damping rule; and softmax
 cross-entropy in generalized Gauss-Newton form (`loss="softmax_cross_entropy"`, integer labels as
 targets) with Levenberg-Marquardt damping.
-'''),
-    ("code", '''
+""",
+  ),
+  (
+    "code",
+    """
 apply_fn = rdescent.flax.linen_apply_fn(model)
 
 optimizers = {
@@ -269,8 +326,11 @@ def adam_step(state, images, labels):
 
 accuracy = jax.jit(lambda p: jnp.mean(jnp.argmax(apply_fn(p, test_images), -1) == test_labels))
 order = np.random.default_rng(0).integers(0, NUM_TRAIN, size=(STEPS, BATCH))
-'''),
-    ("code", '''
+""",
+  ),
+  (
+    "code",
+    '''
 def train(step, tx, targets_kind):
   """Same initial params and batches for everyone; returns (seconds, step, test acc) rows."""
   state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
@@ -292,8 +352,11 @@ histories["Adam (lr 1e-3), cross-entropy"] = train(adam_step, adam, "labels")
 for name, history in histories.items():
   print(f"{name:35s} test accuracy {history[-1, 2]:.3f} after {STEPS} steps, "
         f"{history[-1, 0]:.2f} s")
-'''),
-    ("code", '''
+''',
+  ),
+  (
+    "code",
+    """
 fig, (ax_steps, ax_time) = plt.subplots(1, 2, figsize=(11, 4))
 for name, history in histories.items():
   ax_steps.plot(history[:, 1], history[:, 2], "o-", label=name)
@@ -302,19 +365,25 @@ ax_steps.set(xlabel=f"steps (batch {BATCH})", ylabel="test accuracy", title="Acc
 ax_time.set(xlabel="seconds (compile and evaluation excluded)", title="Accuracy vs wall-clock")
 ax_steps.legend()
 plt.show()
-'''),
-    ("md", '''
+""",
+  ),
+  (
+    "md",
+    """
 RD takes far fewer steps than Adam; each step costs $mk$ backward passes and an $m \\times m$
 ($k$ of them, `per_output`) or $mk \\times mk$ (`full`) solve, so compare them against seconds
 too. For classification, `outputs="per_output"` with squared error on one-hot targets is the
 cheapest; cross-entropy in generalized Gauss-Newton form uses the `full` system.
-'''),
+""",
+  ),
 ]
 
 # ---------------------------------------------------------------- 03 Lorenz96
 
 LORENZ96 = [
-    ("md", r'''
+  (
+    "md",
+    r"""
 # Lorenz96: learning a one-step map and rolling it out
 
 Lorenz96 with $N = 40$ variables and forcing $F = 8$,
@@ -322,9 +391,13 @@ $\dot x_i = (x_{i+1} - x_{i-2})\,x_{i-1} - x_i + F$ (indices cyclic), is a stand
 system. `rd.datasets.lorenz96_dataset` integrates it (RK4, $dt = 0.01$) and returns pairs
 $(x(t), x(t + 0.05))$ on the attractor, standardised. We learn that map, then iterate the learned
 map and compare the trajectory with the true one.
-'''),
-    ("md", RD_IN_ONE_CELL),
-    ("code", SIZE_CELL + '''
+""",
+  ),
+  ("md", RD_IN_ONE_CELL),
+  (
+    "code",
+    SIZE_CELL
+    + """
 import time
 
 import jax
@@ -340,8 +413,11 @@ RD_STEPS, ADAM_STEPS, ROLLOUT = (20, 200, 40) if CI else (200, 10000, 100)
 
 data = rd.datasets.lorenz96_dataset(NUM_TRAIN, seed=0)
 print(data.inputs.shape, data.targets.shape)
-'''),
-    ("md", '''
+""",
+  ),
+  (
+    "md",
+    """
 ## A local model: one regression example per grid point
 
 The dynamics are local and the same at every position, so the map is learned by one small
@@ -354,8 +430,11 @@ output, so a batch of $m$ windows gives an $m \\times m$ system. A dense MLP wit
 state would give a $40m \\times 40m$ system (or 40 systems of size $m$ with
 `outputs="per_output"`): RD's cost grows with the number of outputs per example, so shape the
 problem to have few.
-'''),
-    ("code", '''
+""",
+  ),
+  (
+    "code",
+    """
 OFFSETS = np.arange(-4, 4)
 
 
@@ -383,8 +462,11 @@ def apply_fn(params, w):
 
 params = init_mlp(jax.random.PRNGKey(0))
 loss = jax.jit(lambda p: 0.5 * jnp.mean((apply_fn(p, train_windows) - train_increments) ** 2))
-'''),
-    ("code", '''
+""",
+  ),
+  (
+    "code",
+    """
 tx = rd.regression_descent(apply_fn, damping=rd.damping.levenberg_marquardt())
 adam = optax.adam(1e-3)
 
@@ -429,15 +511,21 @@ ax.semilogy(adam_history[:, 0], adam_history[:, 1], label="Adam (lr 1e-3)")
 ax.set(xlabel="seconds (compile excluded)", ylabel="training loss (mean ½r²)")
 ax.legend()
 plt.show()
-'''),
-    ("md", '''
+""",
+  ),
+  (
+    "md",
+    """
 ## Roll-out against the truth
 
 Start from a state the models never saw (the last training state, carried 5 time units further
 along its trajectory by the true dynamics), iterate the learned map, and compare with the true
 dynamics (5 RK4 steps of $dt = 0.01$ per map step), in physical units.
-'''),
-    ("code", '''
+""",
+  ),
+  (
+    "code",
+    """
 WARMUP = 100  # map steps of 0.05: 5 time units past the end of the training data
 
 
@@ -489,8 +577,11 @@ ax.plot(times, adam_roll[:, 0], "--", label="Adam")
 ax.set(xlabel="time", ylabel="$x_1$")
 ax.legend()
 plt.show()
-'''),
-    ("md", '''
+""",
+  ),
+  (
+    "md",
+    """
 A chaotic system amplifies any one-step error, so every learned model eventually leaves the
 true trajectory; a more accurate one-step map stays close for longer.
 
@@ -498,13 +589,16 @@ Damping on mini-batches: `levenberg_marquardt` judges each step on its own batch
 well when, as here, a batch holds many more equations than the model can fit exactly. When the
 model could interpolate every batch (many parameters, small batches), use a larger fixed λ or
 the paper's `next_batch_ratio`, which judges each step on the *next* batch.
-'''),
+""",
+  ),
 ]
 
 # ---------------------------------------------------------------- 04 PINN
 
 PINN = [
-    ("md", r'''
+  (
+    "md",
+    r"""
 # A physics-informed network for 1D Poisson: RD + Levenberg-Marquardt vs Adam
 
 Solve $-u''(x) = f(x)$ on $(0, 1)$ with $u(0) = u(1) = 0$, for
@@ -517,12 +611,20 @@ $$r_i(\theta) = -u_\theta''(x_i) - f(x_i).$$
 PINN losses are notoriously ill-conditioned for first-order methods. RD is a Gauss-Newton method in
 the $m$-dimensional space of the residuals: with Levenberg-Marquardt damping it typically reaches
 errors orders of magnitude below Adam's in the same time.
-'''),
-    ("md", RD_IN_ONE_CELL + r'''
+""",
+  ),
+  (
+    "md",
+    RD_IN_ONE_CELL
+    + r"""
 Here `apply_fn(params, x)` returns $-u_\theta''(x)$ and the targets are $f(x)$: RD only needs the
 map from parameters to the residuals' model part, whatever it is (here a second derivative).
-'''),
-    ("code", SIZE_CELL + '''
+""",
+  ),
+  (
+    "code",
+    SIZE_CELL
+    + """
 import time
 
 import jax
@@ -549,8 +651,11 @@ def source(x):  # f = -u*''
 collocation = jnp.linspace(0.0, 1.0, NUM_POINTS + 2)[1:-1]  # (m,) interior points
 forcing = source(collocation)
 grid = jnp.linspace(0.0, 1.0, 1001)                          # evaluation grid
-'''),
-    ("code", '''
+""",
+  ),
+  (
+    "code",
+    '''
 def init_mlp(key, sizes=(1, HIDDEN, HIDDEN, 1)):
   keys = jax.random.split(key, len(sizes) - 1)
   return [{"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}
@@ -581,8 +686,11 @@ def relative_error(params):
 
 
 params = init_mlp(jax.random.PRNGKey(0))
-'''),
-    ("code", '''
+''',
+  ),
+  (
+    "code",
+    '''
 tx = rd.regression_descent(apply_fn, damping=rd.damping.levenberg_marquardt())
 
 
@@ -623,8 +731,11 @@ print(f"RD + LM: {RD_STEPS:6d} steps, {rd_history[-1, 0]:.2f} s, "
       f"relative L2 error {rd_history[-1, 1]:.2e}")
 print(f"Adam:    {ADAM_STEPS:6d} steps, {adam_history[-1, 0]:.2f} s, "
       f"relative L2 error {adam_history[-1, 1]:.2e}")
-'''),
-    ("code", '''
+''',
+  ),
+  (
+    "code",
+    """
 fig, (ax_time, ax_sol, ax_err) = plt.subplots(1, 3, figsize=(15, 4))
 ax_time.semilogy(rd_history[:, 0], rd_history[:, 1], label="RD + LM")
 ax_time.semilogy(adam_history[:, 0], adam_history[:, 1], label="Adam (lr 1e-3)")
@@ -643,20 +754,26 @@ ax_err.semilogy(grid, np.abs(u_adam - exact(grid)) + 1e-12, label="Adam")
 ax_err.set(xlabel="x", ylabel="|u_θ − u*|", title="Pointwise error")
 ax_err.legend()
 plt.show()
-'''),
-    ("md", '''
+""",
+  ),
+  (
+    "md",
+    """
 Why `levenberg_marquardt`: the PINN residual is strongly nonlinear in θ and its Jacobian is badly
 conditioned, so a fixed λ is either too small (steps blow up) or too large (slow, gradient-like).
 LM measures the actual vs predicted decrease of each step on the same batch, grows λ and re-solves
 (with the same $K$, no new Jacobian) when a step fails, and shrinks λ when the linear model is
 trusted. In float32 the error eventually plateaus at the precision of the second derivatives.
-'''),
+""",
+  ),
 ]
 
 # ---------------------------------------------------------------- 05 closed-form last layer
 
 LAST_LAYER = [
-    ("md", r'''
+  (
+    "md",
+    r"""
 # A closed-form last layer
 
 Many networks end with a linear layer: $f(\theta, W, b; x) = \phi(\theta; x)\,W + b$, with features
@@ -673,9 +790,13 @@ solution at every step, and gives the backbone the gradient of the batch loss at
 (by the envelope theorem, the gradient of the loss with the head optimised out). The backbone
 transform is any Optax transformation, or Regression Descent on the backbone with the head held
 fixed (`rd.last_layer.rd_backbone`).
-'''),
-    ("md", RD_IN_ONE_CELL),
-    ("code", SIZE_CELL + '''
+""",
+  ),
+  ("md", RD_IN_ONE_CELL),
+  (
+    "code",
+    SIZE_CELL
+    + """
 import time
 
 import jax
@@ -691,13 +812,19 @@ STEPS = 100 if CI else 3000
 
 inputs = jnp.linspace(-2.0, 2.0, NUM_POINTS)[:, None]
 targets = jnp.sin(3.0 * inputs) + 0.3 * inputs ** 2
-'''),
-    ("md", '''
+""",
+  ),
+  (
+    "md",
+    """
 The parameters must be `{"backbone": ..., "head": {"kernel": (h, k), "bias": (k,)}}`, and the
 backbone is given as `features_fn(backbone_params, inputs) -> (m, h)`. The same network and
 initialisation serve every optimizer below.
-'''),
-    ("code", '''
+""",
+  ),
+  (
+    "code",
+    """
 def features_fn(backbone, x):
   \"\"\"φ(θ; x): a tanh MLP, (m, 1) -> (m, HIDDEN).\"\"\"
   for layer in backbone:
@@ -720,8 +847,11 @@ def init(key, sizes=(1, HIDDEN, HIDDEN)):
 
 params = init(jax.random.PRNGKey(0))
 full_loss = jax.jit(lambda p: 0.5 * jnp.mean((apply_fn(p, inputs) - targets) ** 2))
-'''),
-    ("md", '''
+""",
+  ),
+  (
+    "md",
+    """
 Four ways to train it on mini-batches of `BATCH` points:
 
 * **Adam** on every parameter (the baseline);
@@ -731,8 +861,11 @@ Four ways to train it on mini-batches of `BATCH` points:
 
 All the closed-form transforms return the whole update: apply it as it is (the head update lands
 exactly on the ridge solution), with no learning rate chained after it.
-'''),
-    ("code", '''
+""",
+  ),
+  (
+    "code",
+    """
 optimizers = {
     "Adam (lr 1e-2), all params": optax.adam(1e-2),
     "frozen backbone + ridge head": rd.closed_form_last_layer(
@@ -779,8 +912,11 @@ def train(tx):
 results = {name: train(tx) for name, tx in optimizers.items()}
 for name, (_, history) in results.items():
   print(f"{name:34s} {STEPS} steps, {history[-1, 0]:.2f} s, full-data loss {history[-1, 1]:.2e}")
-'''),
-    ("code", '''
+""",
+  ),
+  (
+    "code",
+    """
 fig, (ax_loss, ax_fit) = plt.subplots(1, 2, figsize=(12, 4))
 for name, (p, history) in results.items():
   ax_loss.semilogy(history[:, 0], history[:, 1], label=name)
@@ -791,14 +927,20 @@ ax_loss.legend(fontsize=8)
 ax_fit.plot(inputs, targets, "k:", lw=3, label="target")
 ax_fit.set(xlabel="x", title="Fits")
 plt.show()
-'''),
-    ("md", '''
+""",
+  ),
+  (
+    "md",
+    """
 What to look for: the frozen backbone is a random-features model, exact but limited by its
 features; an exact head does not by itself make the backbone's noisy first-order steps better
 (Adam backbone); the exact head pays off most with a second-order backbone step (RD with LM
 damping), where each step fits the residual left by the current, optimal head.
-'''),
-    ("md", '''
+""",
+  ),
+  (
+    "md",
+    """
 ## Which options to choose
 
 | option | choose |
@@ -810,15 +952,16 @@ damping), where each step fits the residual left by the current, optimal head.
 
 Integer labels are accepted as targets (ridge regression on one-hot rows), so the same
 transform gives a closed-form classifier head.
-'''),
+""",
+  ),
 ]
 
 NOTEBOOKS = {
-    "01_quickstart": QUICKSTART,
-    "02_flax_mnist": FLAX_MNIST,
-    "03_lorenz96": LORENZ96,
-    "04_pinn": PINN,
-    "05_last_layer": LAST_LAYER,
+  "01_quickstart": QUICKSTART,
+  "02_flax_mnist": FLAX_MNIST,
+  "03_lorenz96": LORENZ96,
+  "04_pinn": PINN,
+  "05_last_layer": LAST_LAYER,
 }
 
 
@@ -830,7 +973,9 @@ def build_notebook(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
   """A v4 notebook with the given (kind, source) cells and no outputs."""
   notebook = nbformat.v4.new_notebook()
   notebook.metadata["kernelspec"] = {
-      "display_name": "Python 3", "language": "python", "name": "python3",
+    "display_name": "Python 3",
+    "language": "python",
+    "name": "python3",
   }
   notebook.metadata["language_info"] = {"name": "python"}
   for kind, text in cells:
@@ -848,10 +993,106 @@ def script(cells: list[tuple[str, str]]) -> str:
   return "\n\n".join(_source(text) for kind, text in cells if kind == "code") + "\n"
 
 
+def ci_environment() -> dict[str, str]:
+  """The environment the notebooks run in at the CI size.
+
+  `RDESCENT_NOTEBOOK_SIZE=ci`; `RDESCENT_DATA_DIR` absolute (the kernel runs in
+  a temporary directory; default `../shared/data` beside the repository);
+  no `MPLBACKEND` (the kernel's inline backend draws the PNGs); XLA's lowest
+  optimisation level (tiny problems: compiles about a third faster, the same
+  results up to rounding).
+  """
+  data_dir = os.environ.get("RDESCENT_DATA_DIR", str(HERE.parents[1] / "shared" / "data"))
+  flags = os.environ.get("XLA_FLAGS", "")
+  return {
+    "RDESCENT_NOTEBOOK_SIZE": "ci",
+    "RDESCENT_DATA_DIR": os.path.abspath(data_dir),
+    "XLA_FLAGS": f"{flags} --xla_backend_optimization_level=0".strip(),
+  }
+
+
+@contextlib.contextmanager
+def _environment(
+  values: Mapping[str, str], remove: tuple[str, ...] = ("MPLBACKEND",)
+) -> Iterator[None]:
+  saved = dict(os.environ)
+  os.environ.update(values)
+  for name in remove:
+    os.environ.pop(name, None)
+  try:
+    yield
+  finally:
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def execute_notebook(
+  notebook: nbformat.NotebookNode, workdir: pathlib.Path, timeout: int = CELL_TIMEOUT_S
+) -> nbformat.NotebookNode:
+  """Executes `notebook` in place, in `workdir`, with this interpreter as its kernel.
+
+  The kernel is a temporary kernelspec that launches ipykernel with
+  `sys.executable`, so no globally installed Jupyter kernel is needed; it
+  inherits the current environment (see `ci_environment`). Raises nbclient's
+  `CellExecutionError` (with the traceback) when a cell fails.
+  """
+  import nbclient
+  from jupyter_client.kernelspec import KernelSpecManager
+  from jupyter_client.manager import KernelManager
+
+  with tempfile.TemporaryDirectory(prefix="rdescent-kernels-") as kernels:
+    spec_dir = pathlib.Path(kernels) / KERNEL_NAME
+    spec_dir.mkdir()
+    spec = {
+      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+      "display_name": "rdescent notebooks",
+      "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    manager = KernelManager(
+      kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[kernels])
+    )
+    client = nbclient.NotebookClient(
+      notebook,
+      km=manager,
+      timeout=timeout,
+      allow_errors=False,
+      record_timing=False,
+      resources={"metadata": {"path": str(workdir)}},
+    )
+    client.execute()
+  return notebook
+
+
+def execute_all(names: list[str], out_dir: pathlib.Path = EXECUTED_DIR) -> None:
+  """Writes each notebook of `names`, executed at the CI size, to `out_dir`."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  with _environment(ci_environment()):
+    for name in names:
+      notebook = build_notebook(NOTEBOOKS[name])
+      with tempfile.TemporaryDirectory(prefix=f"rdescent-{name}-") as workdir:
+        execute_notebook(notebook, pathlib.Path(workdir))
+      notebook.metadata["kernelspec"] = build_notebook([]).metadata["kernelspec"]
+      path = out_dir / f"{name}.ipynb"
+      nbformat.write(notebook, path)
+      print(f"executed {path.relative_to(HERE.parent)}")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--script", metavar="PREFIX",
-                      help="print the code of the notebook whose name starts with PREFIX")
+  parser.add_argument(
+    "--script",
+    metavar="PREFIX",
+    help="print the code of the notebook whose name starts with PREFIX",
+  )
+  parser.add_argument(
+    "--execute",
+    nargs="*",
+    metavar="PREFIX",
+    default=None,
+    help="also execute the notebooks (all, or those whose names start with "
+    "a PREFIX) at the CI size into docs/notebooks/",
+  )
   args = parser.parse_args()
   if args.script:
     (name,) = [n for n in NOTEBOOKS if n.startswith(args.script)]
@@ -861,6 +1102,9 @@ def main() -> None:
     path = HERE / f"{name}.ipynb"
     nbformat.write(build_notebook(cells), path)
     print(f"wrote {path.relative_to(HERE.parent)}")
+  if args.execute is not None:
+    prefixes = args.execute or [""]
+    execute_all([n for n in NOTEBOOKS if any(n.startswith(p) for p in prefixes)])
 
 
 if __name__ == "__main__":
