@@ -93,6 +93,29 @@ def on_page_markdown(markdown, page, config, files):
   return markdown
 
 
+_QUOTED_DOCTEST = re.compile(r"<blockquote>\s*<blockquote>\s*<blockquote>\s*<p>([^<\n]*)")
+_ANCHOR = re.compile(r'id="(rdescent[\w.]*)"')
+
+
+def on_page_content(html, page, config, files):
+  """Warns about doctests that the API reference would render as nested quotes.
+
+  mkdocstrings renders `>>>` lines as code only inside a Google `Examples:`
+  section; anywhere else (`Example:`, which is an admonition, or a module
+  docstring without a section) Markdown reads `>>>` as three nested quotes.
+  """
+  if not page.file.src_uri.startswith("api/"):
+    return html
+  for match in _QUOTED_DOCTEST.finditer(html):
+    anchors = _ANCHOR.findall(html, 0, match.start())
+    where = anchors[-1] if anchors else page.file.src_uri
+    LOG.warning(
+      f"{where}: docstring example `>>> {match.group(1).strip()[:60]}` is rendered as a "
+      "quote: put doctests under an `Examples:` section (plural) of the docstring"
+    )
+  return html
+
+
 def on_post_build(config):
   global _tmp
   if _tmp is not None:
