@@ -47,5 +47,5 @@ def compute_dtype(tree: Any) -> jnp.dtype:
 def upcast(tree: Any) -> Any:
   """`tree` with bfloat16/float16 leaves cast to float32, other leaves unchanged."""
   return jax.tree_util.tree_map(
-      lambda leaf: jnp.asarray(leaf).astype(_at_least_float32(jnp.asarray(leaf).dtype)), tree
+    lambda leaf: jnp.asarray(leaf).astype(_at_least_float32(jnp.asarray(leaf).dtype)), tree
   )

@@ -24,7 +24,8 @@ J d, and the predicted reduction and the loss after the step θ − η d.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -109,8 +110,11 @@ class LinearizedProblem(Protocol):
     ...
 
   def solve(
-      self, damping: jax.Array | float, step_size: jax.Array | float,
-      *, solver: solvers_lib.Solver | None = None,
+    self,
+    damping: jax.Array | float,
+    step_size: jax.Array | float,
+    *,
+    solver: solvers_lib.Solver | None = None,
   ) -> Trial:
     """Solves the damped system for λ = `damping` (no new Jacobian)."""
     ...
@@ -143,7 +147,7 @@ class LinearizedProblem(Protocol):
 def step_params(params: Any, direction: Any, step_size: jax.Array | float) -> Any:
   """θ − η d, each leaf in its own dtype."""
   return jax.tree_util.tree_map(
-      lambda p, d: (p - step_size * d).astype(jnp.asarray(p).dtype), params, direction
+    lambda p, d: (p - step_size * d).astype(jnp.asarray(p).dtype), params, direction
   )
 
 
@@ -243,49 +247,55 @@ class _Form:
     dtype = self.outputs.dtype
     step_size = jnp.asarray(step_size, dtype)
     return Trial(
-        direction=direction,
-        damping=jnp.asarray(damping, dtype),
-        solve_ok=jnp.asarray(solve_ok),
-        jitter=jnp.asarray(jitter, dtype),
-        output_change=output_change.astype(dtype),
-        step_size=step_size,
-        predicted_reduction=self._predicted_reduction(output_change, step_size).astype(dtype),
-        loss_after=self.loss_at(step_params(self.params, direction, step_size)).astype(dtype),
+      direction=direction,
+      damping=jnp.asarray(damping, dtype),
+      solve_ok=jnp.asarray(solve_ok),
+      jitter=jnp.asarray(jitter, dtype),
+      output_change=output_change.astype(dtype),
+      step_size=step_size,
+      predicted_reduction=self._predicted_reduction(output_change, step_size).astype(dtype),
+      loss_after=self.loss_at(step_params(self.params, direction, step_size)).astype(dtype),
     )
 
   def solve(self, damping, step_size, *, solver=None) -> Trial:
     solver = self._solver if solver is None else solver
     prepared = self._prepare(solver)
     dtype = self.matrix.dtype
-    result = _mesh.replicated_call(solver.solve)(
-        prepared, self.rhs, jnp.asarray(damping, dtype)
-    )
+    result = _mesh.replicated_call(solver.solve)(prepared, self.rhs, jnp.asarray(damping, dtype))
     direction = self._direction(result.solution)
     return self._trial(
-        direction, self._output_change(result.solution, direction), damping, result.ok,
-        result.jitter, step_size,
+      direction,
+      self._output_change(result.solution, direction),
+      damping,
+      result.ok,
+      result.jitter,
+      step_size,
     )
 
   def scale(self, trial: Trial, factor: jax.Array) -> Trial:
     factor = jnp.asarray(factor, self.outputs.dtype)
     direction = jax.tree_util.tree_map(lambda d: (factor * d).astype(d.dtype), trial.direction)
     return self._trial(
-        direction, factor * trial.output_change, trial.damping, trial.solve_ok, trial.jitter,
-        trial.step_size,
+      direction,
+      factor * trial.output_change,
+      trial.damping,
+      trial.solve_ok,
+      trial.jitter,
+      trial.step_size,
     )
 
   def null_trial(self, damping, step_size) -> Trial:
     dtype = self.outputs.dtype
     zeros = jax.tree_util.tree_map(jnp.zeros_like, self.params)
     return Trial(
-        direction=zeros,
-        damping=jnp.asarray(damping, dtype),
-        solve_ok=jnp.asarray(True),
-        jitter=jnp.zeros([], dtype),
-        output_change=jnp.zeros_like(self.outputs),
-        step_size=jnp.asarray(step_size, dtype),
-        predicted_reduction=jnp.zeros([], dtype),
-        loss_after=jnp.asarray(self.loss, dtype),
+      direction=zeros,
+      damping=jnp.asarray(damping, dtype),
+      solve_ok=jnp.asarray(True),
+      jitter=jnp.zeros([], dtype),
+      output_change=jnp.zeros_like(self.outputs),
+      step_size=jnp.asarray(step_size, dtype),
+      predicted_reduction=jnp.zeros([], dtype),
+      loss_after=jnp.asarray(self.loss, dtype),
     )
 
   def eigen(self) -> solvers_lib.EigenSystem:
@@ -297,8 +307,12 @@ class _Form:
       return solvers_lib.gcv_scores(eig, self.rhs, grid, form="dual")
     rhs_u = self.factors.rhs
     return solvers_lib.gcv_scores(
-        eig, self.rhs, grid, form="primal",
-        residual_sq_norm=jnp.sum(jnp.square(rhs_u)), num_residuals=rhs_u.size,
+      eig,
+      self.rhs,
+      grid,
+      form="primal",
+      residual_sq_norm=jnp.sum(jnp.square(rhs_u)),
+      num_residuals=rhs_u.size,
     )
 
 
@@ -421,28 +435,33 @@ def _gram(apply_fn, params, inputs, method, outputs, chunk_size, data_axis) -> j
   """K under a mesh: every device builds all of it (`data_axis=None`) or its block row."""
   if data_axis is None:
     return _mesh.replicated_call(gram_lib.gram_matrix)(
-        apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
+      apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
     )
   return sharding_lib.row_block_gram(
-      apply_fn, params, inputs, axis=data_axis, method=method, outputs=outputs,
-      chunk_size=chunk_size,
+    apply_fn,
+    params,
+    inputs,
+    axis=data_axis,
+    method=method,
+    outputs=outputs,
+    chunk_size=chunk_size,
   )
 
 
 def linearize(
-    apply_fn: ApplyFn,
-    params: Any,
-    inputs: Any,
-    targets: jax.Array,
-    *,
-    loss: losses_lib.Loss,
-    outputs: str = "full",
-    gram: str = "auto",
-    system: str = "auto",
-    chunk_size: int | None = None,
-    data_axis: str | None = None,
-    solver: solvers_lib.Solver | str = "cholesky",
-    name: str = "scale_by_regression_descent",
+  apply_fn: ApplyFn,
+  params: Any,
+  inputs: Any,
+  targets: jax.Array,
+  *,
+  loss: losses_lib.Loss,
+  outputs: str = "full",
+  gram: str = "auto",
+  system: str = "auto",
+  chunk_size: int | None = None,
+  data_axis: str | None = None,
+  solver: solvers_lib.Solver | str = "cholesky",
+  name: str = "scale_by_regression_descent",
 ) -> LinearizedProblem:
   """Builds the RD system of one batch in the form the options ask for.
 
@@ -492,10 +511,17 @@ def linearize(
   prepared_targets = loss.prepare_targets(targets, flat_outputs)
   factors = loss.factors(flat_outputs, prepared_targets)
   batch = _Batch(
-      apply_fn=apply_fn, params=params, inputs=inputs, vjp=vjp,
-      output_shape=raw_outputs.shape, output_dtype=raw_outputs.dtype, outputs=flat_outputs,
-      targets=prepared_targets, loss_fn=loss, loss=loss.value(flat_outputs, prepared_targets),
-      factors=factors,
+    apply_fn=apply_fn,
+    params=params,
+    inputs=inputs,
+    vjp=vjp,
+    output_shape=raw_outputs.shape,
+    output_dtype=raw_outputs.dtype,
+    outputs=flat_outputs,
+    targets=prepared_targets,
+    loss_fn=loss,
+    loss=loss.value(flat_outputs, prepared_targets),
+    factors=factors,
   )
   num_outputs = flat_outputs.shape[1]
   num_params = ravel_pytree(params)[0].size
@@ -509,11 +535,15 @@ def linearize(
     form = (_PerOutputDual if per_output else _FullDual)(batch, solver, k_matrix)
   else:
     jacobian = gram_lib.flat_jacobian(
-        _mesh.replicated_call(gram_lib.per_example_jacobian)(
-            apply_fn, params, inputs, num_outputs=num_outputs, chunk_size=chunk_size,
-        ),
-        num_examples,
-        num_outputs,
+      _mesh.replicated_call(gram_lib.per_example_jacobian)(
+        apply_fn,
+        params,
+        inputs,
+        num_outputs=num_outputs,
+        chunk_size=chunk_size,
+      ),
+      num_examples,
+      num_outputs,
     )
     form = (_PerOutputPrimal if per_output else _FullPrimal)(batch, solver, jacobian)
   form._prepare(solver)

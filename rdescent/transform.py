@@ -14,7 +14,8 @@ with λ → ∞, d → Jᵀr / λ, the gradient of ½‖r‖² scaled by 1/λ. S
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,11 +39,11 @@ STATUS_SOLVE_FAILED = 2
 STATUS_NONFINITE_DIRECTION = 3
 STATUS_REJECTED = 4
 STATUS_MESSAGES = {
-    STATUS_OK: "ok",
-    STATUS_NONFINITE_LOSS: "non-finite outputs, targets or loss; step skipped",
-    STATUS_SOLVE_FAILED: "linear solve failed; step skipped",
-    STATUS_NONFINITE_DIRECTION: "non-finite direction; step skipped",
-    STATUS_REJECTED: "step rejected by the damping controller",
+  STATUS_OK: "ok",
+  STATUS_NONFINITE_LOSS: "non-finite outputs, targets or loss; step skipped",
+  STATUS_SOLVE_FAILED: "linear solve failed; step skipped",
+  STATUS_NONFINITE_DIRECTION: "non-finite direction; step skipped",
+  STATUS_REJECTED: "step rejected by the damping controller",
 }
 
 
@@ -67,7 +68,7 @@ class RegressionDescentState(NamedTuple):
   its wrapper, `damping_state` (an `rdescent.damping.CapLogitChangeState`).
   """
 
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # the optax name; shadows tuple.count
   damping: jax.Array
   damping_state: Any
   loss: jax.Array
@@ -89,20 +90,20 @@ def _scaled_outputs(apply_fn: ApplyFn, output_scale: Any) -> ApplyFn:
 
 
 def scale_by_regression_descent(
-    apply_fn: ApplyFn,
-    *,
-    damping: Any = 1e-3,
-    loss: str | losses_lib.Loss = "mse",
-    outputs: str = "full",
-    gram: str = "auto",
-    system: str = "auto",
-    chunk_size: int | None = None,
-    step_size: optax.ScalarOrSchedule = 1.0,
-    integer_inputs: bool = False,
-    output_scale: float = 1.0,
-    max_logit_change: float | None = None,
-    data_axis: str | None = None,
-    solver: str | solvers_lib.Solver = "cholesky",
+  apply_fn: ApplyFn,
+  *,
+  damping: Any = 1e-3,
+  loss: str | losses_lib.Loss = "mse",
+  outputs: str = "full",
+  gram: str = "auto",
+  system: str = "auto",
+  chunk_size: int | None = None,
+  step_size: optax.ScalarOrSchedule = 1.0,
+  integer_inputs: bool = False,
+  output_scale: float = 1.0,
+  max_logit_change: float | None = None,
+  data_axis: str | None = None,
+  solver: str | solvers_lib.Solver = "cholesky",
 ) -> optax.GradientTransformationExtraArgs:
   """The Regression Descent direction d = Jᵀ (K + λI)⁻¹ r (gradient sign).
 
@@ -198,16 +199,16 @@ def scale_by_regression_descent(
     count = jnp.zeros([], jnp.int32)
     damping_state = controller.init(params)
     return RegressionDescentState(
-        count=count,
-        # A copy: the state's leaves get distinct buffers (so it can be donated).
-        damping=jnp.array(controller.current(damping_state, count), dtype),
-        damping_state=damping_state,
-        loss=jnp.zeros([], dtype),
-        residual_norm=jnp.zeros([], dtype),
-        accepted=jnp.asarray(True),
-        solve_ok=jnp.asarray(True),
-        num_rejected=jnp.zeros([], jnp.int32),
-        status=jnp.asarray(STATUS_OK, jnp.int32),
+      count=count,
+      # A copy: the state's leaves get distinct buffers (so it can be donated).
+      damping=jnp.array(controller.current(damping_state, count), dtype),
+      damping_state=damping_state,
+      loss=jnp.zeros([], dtype),
+      residual_norm=jnp.zeros([], dtype),
+      accepted=jnp.asarray(True),
+      solve_ok=jnp.asarray(True),
+      num_rejected=jnp.zeros([], jnp.int32),
+      status=jnp.asarray(STATUS_OK, jnp.int32),
     )
 
   def update_fn(updates, state, params=None, *, batch=None, **extra_args):
@@ -216,19 +217,29 @@ def scale_by_regression_descent(
     inputs, targets = _validation.check_batch(batch, name)
     storage_params, params = params, dtypes_lib.upcast(params)
     _validation.check_input_dtypes(
-        inputs, dtypes_lib.compute_dtype(params), name, integer_inputs=integer_inputs
+      inputs, dtypes_lib.compute_dtype(params), name, integer_inputs=integer_inputs
     )
     if loss_obj.squared_error:
       _validation.check_floating("targets", targets, name)
     problem = problem_lib.linearize(
-        apply_fn, params, inputs, targets, loss=loss_obj, outputs=outputs, gram=gram,
-        system=system, chunk_size=chunk_size, data_axis=data_axis, solver=solver_obj, name=name,
+      apply_fn,
+      params,
+      inputs,
+      targets,
+      loss=loss_obj,
+      outputs=outputs,
+      gram=gram,
+      system=system,
+      chunk_size=chunk_size,
+      data_axis=data_axis,
+      solver=solver_obj,
+      name=name,
     )
     eta = step_size(state.count) if callable(step_size) else step_size
     step = controller.step(problem, state.damping_state, state.count, eta)
     status = _status(problem, step)
     return _applied_direction(step, status, storage_params), _next_state(
-        state, problem, step, status, controller
+      state, problem, step, status, controller
     )
 
   # Under a mesh with Explicit axes the step runs with Auto axes (rdescent._mesh).
@@ -242,8 +253,8 @@ def _check_options(loss, outputs, gram, system, chunk_size, output_scale, data_a
   _validation.check_option("system", system, problem_lib.SYSTEMS)
   if outputs == "per_output" and not loss.squared_error:
     raise ValueError(
-        f"outputs='per_output' supports only the squared error loss ('mse'); "
-        f"got loss={loss.name!r}. Use outputs='full' for other losses."
+      f"outputs='per_output' supports only the squared error loss ('mse'); "
+      f"got loss={loss.name!r}. Use outputs='full' for other losses."
     )
   if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
     raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}.")
@@ -260,10 +271,9 @@ def _status(problem: problem_lib.LinearizedProblem, step: damping_lib.DampingSte
   """The step's code in `STATUS_MESSAGES` (the first problem found)."""
   finite_direction = _validation.all_finite(step.direction)
   return jnp.select(
-      [~_finite_loss(problem), ~step.solve_ok, ~finite_direction, ~step.accepted],
-      [STATUS_NONFINITE_LOSS, STATUS_SOLVE_FAILED, STATUS_NONFINITE_DIRECTION,
-       STATUS_REJECTED],
-      STATUS_OK,
+    [~_finite_loss(problem), ~step.solve_ok, ~finite_direction, ~step.accepted],
+    [STATUS_NONFINITE_LOSS, STATUS_SOLVE_FAILED, STATUS_NONFINITE_DIRECTION, STATUS_REJECTED],
+    STATUS_OK,
   ).astype(jnp.int32)
 
 
@@ -275,17 +285,18 @@ def _applied_direction(step: damping_lib.DampingStep, status: jax.Array, params:
   """
   keep = (status == STATUS_OK) | (status == STATUS_REJECTED)
   return jax.tree_util.tree_map(
-      lambda d, p: jnp.where(keep, d, jnp.zeros_like(d)).astype(jnp.asarray(p).dtype),
-      step.direction, params,
+    lambda d, p: jnp.where(keep, d, jnp.zeros_like(d)).astype(jnp.asarray(p).dtype),
+    step.direction,
+    params,
   )
 
 
 def _next_state(
-    state: RegressionDescentState,
-    problem: problem_lib.LinearizedProblem,
-    step: damping_lib.DampingStep,
-    status: jax.Array,
-    controller: damping_lib.DampingController,
+  state: RegressionDescentState,
+  problem: problem_lib.LinearizedProblem,
+  step: damping_lib.DampingStep,
+  status: jax.Array,
+  controller: damping_lib.DampingController,
 ) -> RegressionDescentState:
   """The state after one update; nothing non-finite enters it.
 
@@ -296,47 +307,48 @@ def _next_state(
   applied = status == STATUS_OK
   failed = ~(applied | (status == STATUS_REJECTED))
   damping_state = jax.tree_util.tree_map(
-      lambda bad, good: jnp.where(failed, bad, good),
-      controller.fail(state.damping_state), step.state,
+    lambda bad, good: jnp.where(failed, bad, good),
+    controller.fail(state.damping_state),
+    step.state,
   )
   dtype = state.loss.dtype
   used_damping = jnp.asarray(step.damping, state.damping.dtype)
   used_damping = jnp.where(
-      failed | ~jnp.isfinite(used_damping),
-      jnp.asarray(controller.current(damping_state, state.count), state.damping.dtype),
-      used_damping,
+    failed | ~jnp.isfinite(used_damping),
+    jnp.asarray(controller.current(damping_state, state.count), state.damping.dtype),
+    used_damping,
   )
   finite_loss = _finite_loss(problem)
   return RegressionDescentState(
-      count=optax.safe_increment(state.count),
-      damping=used_damping,
-      damping_state=damping_state,
-      loss=jnp.where(finite_loss, jnp.asarray(problem.loss, dtype), state.loss),
-      residual_norm=jnp.where(
-          finite_loss, jnp.asarray(problem.residual_norm, dtype), state.residual_norm
-      ),
-      accepted=applied,
-      solve_ok=jnp.asarray(step.solve_ok),
-      num_rejected=state.num_rejected + (~applied).astype(jnp.int32),
-      status=status,
+    count=optax.safe_increment(state.count),
+    damping=used_damping,
+    damping_state=damping_state,
+    loss=jnp.where(finite_loss, jnp.asarray(problem.loss, dtype), state.loss),
+    residual_norm=jnp.where(
+      finite_loss, jnp.asarray(problem.residual_norm, dtype), state.residual_norm
+    ),
+    accepted=applied,
+    solve_ok=jnp.asarray(step.solve_ok),
+    num_rejected=state.num_rejected + (~applied).astype(jnp.int32),
+    status=status,
   )
 
 
 def regression_descent(
-    apply_fn: ApplyFn,
-    learning_rate: optax.ScalarOrSchedule = 1.0,
-    *,
-    damping: Any = 1e-3,
-    loss: str | losses_lib.Loss = "mse",
-    outputs: str = "full",
-    gram: str = "auto",
-    system: str = "auto",
-    chunk_size: int | None = None,
-    integer_inputs: bool = False,
-    output_scale: float = 1.0,
-    max_logit_change: float | None = None,
-    data_axis: str | None = None,
-    solver: str | solvers_lib.Solver = "cholesky",
+  apply_fn: ApplyFn,
+  learning_rate: optax.ScalarOrSchedule = 1.0,
+  *,
+  damping: Any = 1e-3,
+  loss: str | losses_lib.Loss = "mse",
+  outputs: str = "full",
+  gram: str = "auto",
+  system: str = "auto",
+  chunk_size: int | None = None,
+  integer_inputs: bool = False,
+  output_scale: float = 1.0,
+  max_logit_change: float | None = None,
+  data_axis: str | None = None,
+  solver: str | solvers_lib.Solver = "cholesky",
 ) -> optax.GradientTransformationExtraArgs:
   """Regression Descent: θ ← θ − η Jᵀ (J Jᵀ + λI)⁻¹ r.
 
@@ -359,12 +371,20 @@ def regression_descent(
   """
   _validation.check_nonnegative_finite("learning_rate", learning_rate)
   return optax.chain(
-      scale_by_regression_descent(
-          apply_fn, damping=damping, loss=loss, outputs=outputs, gram=gram,
-          system=system, chunk_size=chunk_size, step_size=learning_rate,
-          integer_inputs=integer_inputs, output_scale=output_scale,
-          max_logit_change=max_logit_change, data_axis=data_axis,
-          solver=solver,
-      ),
-      optax.scale_by_learning_rate(learning_rate),
+    scale_by_regression_descent(
+      apply_fn,
+      damping=damping,
+      loss=loss,
+      outputs=outputs,
+      gram=gram,
+      system=system,
+      chunk_size=chunk_size,
+      step_size=learning_rate,
+      integer_inputs=integer_inputs,
+      output_scale=output_scale,
+      max_logit_change=max_logit_change,
+      data_axis=data_axis,
+      solver=solver,
+    ),
+    optax.scale_by_learning_rate(learning_rate),
   )

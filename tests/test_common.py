@@ -40,37 +40,46 @@ M = 6  # examples: the dual system is m k = 12 < p, the primal 38
 # name -> (keyword arguments of rd.regression_descent; a function, so that each
 # call builds fresh controllers).
 VARIANTS = {
-    # every controller, full mode, dual system, Cholesky
-    "constant": lambda: dict(damping=1e-3),
-    "schedule": lambda: dict(damping=optax.exponential_decay(1e-2, 50, 0.5)),
-    "next_batch_ratio": lambda: dict(damping=rd.damping.next_batch_ratio()),
-    "levenberg_marquardt": lambda: dict(damping=rd.damping.levenberg_marquardt()),
-    "residual_proportional": lambda: dict(damping=rd.damping.residual_proportional()),
-    "gradient_proportional": lambda: dict(damping=rd.damping.gradient_proportional()),
-    "gcv": lambda: dict(damping=rd.damping.gcv()),
-    # wrappers
-    "backtracking": lambda: dict(damping=rd.damping.backtracking(rd.damping.constant(1e-3))),
-    "cap_logit_change": lambda: dict(
-        damping=rd.damping.cap_logit_change(rd.damping.levenberg_marquardt(), bound=0.05)),
-    "backtracking(cap_logit_change)": lambda: dict(damping=rd.damping.backtracking(
-        rd.damping.cap_logit_change(rd.damping.constant(1e-3), bound=0.05))),
-    "max_logit_change": lambda: dict(damping=1e-3, max_logit_change=0.05),
-    # every output/system form, with a fixed λ and with a judge
-    "full/primal": lambda: dict(damping=1e-3, system="primal"),
-    "per_output/dual": lambda: dict(damping=1e-3, outputs="per_output", system="dual"),
-    "per_output/primal": lambda: dict(damping=1e-3, outputs="per_output", system="primal"),
-    "full/primal/levenberg_marquardt": lambda: dict(
-        damping=rd.damping.levenberg_marquardt(), system="primal"),
-    "per_output/dual/levenberg_marquardt": lambda: dict(
-        damping=rd.damping.levenberg_marquardt(), outputs="per_output", system="dual"),
-    "per_output/primal/gcv": lambda: dict(
-        damping=rd.damping.gcv(), outputs="per_output", system="primal"),
-    # every solver
-    "solver=eigh": lambda: dict(damping=1e-3, solver=rd.solvers.eigh()),
-    "solver=eigh/levenberg_marquardt": lambda: dict(
-        damping=rd.damping.levenberg_marquardt(), solver="eigh"),
-    "solver=cholesky(no jitter)": lambda: dict(
-        damping=1e-3, solver=rd.solvers.cholesky(max_jitter_tries=0)),
+  # every controller, full mode, dual system, Cholesky
+  "constant": lambda: dict(damping=1e-3),
+  "schedule": lambda: dict(damping=optax.exponential_decay(1e-2, 50, 0.5)),
+  "next_batch_ratio": lambda: dict(damping=rd.damping.next_batch_ratio()),
+  "levenberg_marquardt": lambda: dict(damping=rd.damping.levenberg_marquardt()),
+  "residual_proportional": lambda: dict(damping=rd.damping.residual_proportional()),
+  "gradient_proportional": lambda: dict(damping=rd.damping.gradient_proportional()),
+  "gcv": lambda: dict(damping=rd.damping.gcv()),
+  # wrappers
+  "backtracking": lambda: dict(damping=rd.damping.backtracking(rd.damping.constant(1e-3))),
+  "cap_logit_change": lambda: dict(
+    damping=rd.damping.cap_logit_change(rd.damping.levenberg_marquardt(), bound=0.05)
+  ),
+  "backtracking(cap_logit_change)": lambda: dict(
+    damping=rd.damping.backtracking(
+      rd.damping.cap_logit_change(rd.damping.constant(1e-3), bound=0.05)
+    )
+  ),
+  "max_logit_change": lambda: dict(damping=1e-3, max_logit_change=0.05),
+  # every output/system form, with a fixed λ and with a judge
+  "full/primal": lambda: dict(damping=1e-3, system="primal"),
+  "per_output/dual": lambda: dict(damping=1e-3, outputs="per_output", system="dual"),
+  "per_output/primal": lambda: dict(damping=1e-3, outputs="per_output", system="primal"),
+  "full/primal/levenberg_marquardt": lambda: dict(
+    damping=rd.damping.levenberg_marquardt(), system="primal"
+  ),
+  "per_output/dual/levenberg_marquardt": lambda: dict(
+    damping=rd.damping.levenberg_marquardt(), outputs="per_output", system="dual"
+  ),
+  "per_output/primal/gcv": lambda: dict(
+    damping=rd.damping.gcv(), outputs="per_output", system="primal"
+  ),
+  # every solver
+  "solver=eigh": lambda: dict(damping=1e-3, solver=rd.solvers.eigh()),
+  "solver=eigh/levenberg_marquardt": lambda: dict(
+    damping=rd.damping.levenberg_marquardt(), solver="eigh"
+  ),
+  "solver=cholesky(no jitter)": lambda: dict(
+    damping=1e-3, solver=rd.solvers.cholesky(max_jitter_tries=0)
+  ),
 }
 
 NAMES = sorted(VARIANTS)
@@ -92,7 +101,7 @@ def _train_step(tx, donate=False):
   return jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(name):
   """One transform and jitted step per variant and process (one compile per shape)."""
   tx = _tx(name)
@@ -100,8 +109,11 @@ def _compiled(name):
 
 
 def _finite(tree):
-  return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(tree)
-             if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact))
+  return all(
+    bool(jnp.all(jnp.isfinite(leaf)))
+    for leaf in jax.tree_util.tree_leaves(tree)
+    if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact)
+  )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -162,7 +174,7 @@ def test_damping_is_bounded_at_an_exact_fit(name):
 def test_inject_hyperparams_learning_rate(name):
   params, x, y = _problem()
   tx = optax.inject_hyperparams(rd.regression_descent, static_args=("apply_fn", "damping"))(
-      apply_fn=models.mlp_apply, learning_rate=0.5, **VARIANTS[name]()
+    apply_fn=models.mlp_apply, learning_rate=0.5, **VARIANTS[name]()
   )
   state = tx.init(params)
   update = jax.jit(lambda p, s: tx.update(None, s, p, batch=(x, y)))
@@ -183,8 +195,9 @@ def _dense_reference(name, params, x, y, damping):
   residual = np.asarray(models.mlp_apply(params, x) - y).reshape(-1)
   if kwargs.get("outputs") == "per_output":
     k = SIZES[-1]
-    values = np.concatenate([np.linalg.eigvalsh(jacobian[c::k] @ jacobian[c::k].T)
-                             for c in range(k)])
+    values = np.concatenate(
+      [np.linalg.eigvalsh(jacobian[c::k] @ jacobian[c::k].T) for c in range(k)]
+    )
     direction = models.dense_per_output_direction(jacobian, residual, damping, k)
   else:
     values = np.linalg.eigvalsh(jacobian @ jacobian.T)
@@ -226,13 +239,25 @@ def test_bfloat16_params(name):
 
 
 def test_the_list_covers_every_public_controller_and_solver():
-  controllers = {"constant", "schedule", "next_batch_ratio", "levenberg_marquardt",
-                 "residual_proportional", "gradient_proportional", "gcv", "backtracking",
-                 "cap_logit_change"}
-  public = {name for name in rd.damping.__all__ if name[0].islower() and callable(
-      getattr(rd.damping, name)) and isinstance(
-          getattr(rd.damping, name).__annotations__.get("return"), str)
-      and "DampingController" in getattr(rd.damping, name).__annotations__["return"]}
+  controllers = {
+    "constant",
+    "schedule",
+    "next_batch_ratio",
+    "levenberg_marquardt",
+    "residual_proportional",
+    "gradient_proportional",
+    "gcv",
+    "backtracking",
+    "cap_logit_change",
+  }
+  public = {
+    name
+    for name in rd.damping.__all__
+    if name[0].islower()
+    and callable(getattr(rd.damping, name))
+    and isinstance(getattr(rd.damping, name).__annotations__.get("return"), str)
+    and "DampingController" in getattr(rd.damping, name).__annotations__["return"]
+  }
   public.discard("as_controller")  # a conversion, not a controller
   assert public <= controllers, public - controllers
   assert controllers <= set(NAMES)

@@ -23,12 +23,15 @@ def _softmax_terms(outputs, labels):
   probs = np.asarray(jax.nn.softmax(outputs, axis=1), np.float64)
   onehot = np.eye(outputs.shape[1])[labels]
   hessian = np.einsum("ik,kl->ikl", probs, np.eye(outputs.shape[1])) - np.einsum(
-      "ik,il->ikl", probs, probs)
+    "ik,il->ikl", probs, probs
+  )
   return probs - onehot, hessian
 
 
 CASES = [(outputs, system, "mse") for outputs, system in FORMS] + [
-    ("full", "dual", "softmax_cross_entropy"), ("full", "primal", "softmax_cross_entropy")]
+  ("full", "dual", "softmax_cross_entropy"),
+  ("full", "primal", "softmax_cross_entropy"),
+]
 
 
 @pytest.mark.parametrize("outputs,system,loss_name", CASES)
@@ -41,11 +44,17 @@ def test_trials_carry_the_dense_output_change_prediction_and_loss(outputs, syste
 
     @jax.jit
     def trials(params, x, targets):
-      problem = rd.linearize(models.mlp_apply, params, x, targets, loss=loss,
-                             outputs=outputs, system=system)
+      problem = rd.linearize(
+        models.mlp_apply, params, x, targets, loss=loss, outputs=outputs, system=system
+      )
       trial = problem.solve(damping, eta)
-      return (trial, problem.scale(trial, 0.5), problem.null_trial(damping, eta),
-              problem.gradient_norm(), problem.loss)
+      return (
+        trial,
+        problem.scale(trial, 0.5),
+        problem.null_trial(damping, eta),
+        problem.gradient_norm(),
+        problem.loss,
+      )
 
     trial, half, null, gradient_norm, loss_value = trials(params, x, targets)
     assert trial.direction is not None and bool(trial.solve_ok) and bool(trial.healthy)
@@ -56,7 +65,9 @@ def test_trials_carry_the_dense_output_change_prediction_and_loss(outputs, syste
     np.testing.assert_allclose(trial.output_change, change, rtol=1e-9, atol=1e-12)
     if loss_name == "mse":
       residual = (outputs_value - np.asarray(y)).reshape(-1)
-      predicted = 0.5 * residual @ residual - 0.5 * np.sum((residual - eta * change.reshape(-1)) ** 2)
+      predicted = 0.5 * residual @ residual - 0.5 * np.sum(
+        (residual - eta * change.reshape(-1)) ** 2
+      )
       gradient = jacobian.T @ residual
     else:
       g, hessian = _softmax_terms(outputs_value, np.arange(7) % 3)
@@ -68,8 +79,10 @@ def test_trials_carry_the_dense_output_change_prediction_and_loss(outputs, syste
     stepped = jax.tree_util.tree_map(lambda p, v: p - eta * v, params, trial.direction)
     outputs_after = models.mlp_apply(stepped, x)
     np.testing.assert_allclose(
-        trial.loss_after, loss.value(outputs_after, loss.prepare_targets(targets, outputs_after)),
-        rtol=1e-12)
+      trial.loss_after,
+      loss.value(outputs_after, loss.prepare_targets(targets, outputs_after)),
+      rtol=1e-12,
+    )
     # scale: s d, s J d, and the prediction and loss of the shorter step.
     np.testing.assert_allclose(models.flat(half.direction), 0.5 * d, rtol=1e-12)
     np.testing.assert_allclose(half.output_change, 0.5 * change, rtol=1e-9, atol=1e-12)
@@ -83,9 +96,11 @@ def test_trials_carry_the_dense_output_change_prediction_and_loss(outputs, syste
 def test_every_form_solves_its_dense_system(outputs, system):
   with jax.enable_x64(True):
     params, x, y = models.mlp_problem(jax.random.PRNGKey(2), [3, 4, 2], m=5)
-    problem = jax.jit(lambda p: rd.linearize(
-        models.mlp_apply, p, x, y, loss=rd.losses.get("mse"), outputs=outputs,
-        system=system).solve(0.1, 1.0))(params)
+    problem = jax.jit(
+      lambda p: rd.linearize(
+        models.mlp_apply, p, x, y, loss=rd.losses.get("mse"), outputs=outputs, system=system
+      ).solve(0.1, 1.0)
+    )(params)
     jacobian = models.dense_jacobian(models.mlp_apply, params, x)
     residual = np.asarray(models.mlp_apply(params, x) - y).reshape(-1)
     if outputs == "full":
@@ -99,16 +114,34 @@ def test_primal_and_dual_agree_and_auto_picks_the_smaller_system():
   with jax.enable_x64(True):
     params, x, y = models.mlp_problem(jax.random.PRNGKey(3), [2, 3, 2], m=20)  # p = 17 < m k = 40
     for outputs in ("full", "per_output"):
-      dual, _ = _transform_direction(models.mlp_apply, params, x, y, damping=0.1, outputs=outputs, system="dual")
-      primal, _ = _transform_direction(models.mlp_apply, params, x, y, damping=0.1, outputs=outputs, system="primal")
+      dual, _ = _transform_direction(
+        models.mlp_apply, params, x, y, damping=0.1, outputs=outputs, system="dual"
+      )
+      primal, _ = _transform_direction(
+        models.mlp_apply, params, x, y, damping=0.1, outputs=outputs, system="primal"
+      )
       np.testing.assert_allclose(models.flat(dual), models.flat(primal), rtol=1e-9)
     problem = rd.linearize(
-        models.mlp_apply, params, x, y, loss=rd.losses.get("mse"), outputs="full",
-        gram="auto", system="auto", chunk_size=None)
+      models.mlp_apply,
+      params,
+      x,
+      y,
+      loss=rd.losses.get("mse"),
+      outputs="full",
+      gram="auto",
+      system="auto",
+      chunk_size=None,
+    )
     assert problem.system == "primal" and problem.matrix.shape == (17, 17)
     problem = rd.linearize(
-        models.mlp_apply, params, x[:4], y[:4], loss=rd.losses.get("mse"), outputs="full",
-        gram="auto", system="auto", chunk_size=None)
+      models.mlp_apply,
+      params,
+      x[:4],
+      y[:4],
+      loss=rd.losses.get("mse"),
+      outputs="full",
+      gram="auto",
+      system="auto",
+      chunk_size=None,
+    )
     assert problem.system == "dual" and problem.matrix.shape == (8, 8)
-
-

@@ -55,11 +55,15 @@ def test_gcv_scores_equal_the_dense_formula_in_both_forms():
       dual = solve_lib.eigen_decomposition(jacobian @ jacobian.T)
       primal = solve_lib.eigen_decomposition(jacobian.T @ jacobian)
       return (
-          solve_lib.gcv_scores(dual, residual, grid, form="dual"),
-          solve_lib.gcv_scores(
-              primal, jacobian.T @ residual, grid, form="primal",
-              residual_sq_norm=jnp.sum(jnp.square(residual)), num_residuals=9,
-          ),
+        solve_lib.gcv_scores(dual, residual, grid, form="dual"),
+        solve_lib.gcv_scores(
+          primal,
+          jacobian.T @ residual,
+          grid,
+          form="primal",
+          residual_sq_norm=jnp.sum(jnp.square(residual)),
+          num_residuals=9,
+        ),
       )
 
     dual, primal = scores(jacobian, residual, grid)
@@ -74,10 +78,10 @@ def test_gcv_scores_of_blocks_equal_the_block_diagonal_regression():
     residual = np.asarray(jax.random.normal(kr, (3, 6), jnp.float64))
     dense = np.zeros((18, 12))
     for c in range(3):
-      dense[6 * c:6 * c + 6, 4 * c:4 * c + 4] = blocks[c]
+      dense[6 * c : 6 * c + 6, 4 * c : 4 * c + 4] = blocks[c]
     grid = np.logspace(-3, 1, 7)
     scores = jax.jit(
-        lambda a, b, g: solve_lib.gcv_scores(solve_lib.eigen_decomposition(a), b, g, form="dual")
+      lambda a, b, g: solve_lib.gcv_scores(solve_lib.eigen_decomposition(a), b, g, form="dual")
     )(np.einsum("cip,cjp->cij", blocks, blocks), residual, grid)
     expected = [_dense_gcv(dense, residual.reshape(-1), lam) for lam in grid]
     np.testing.assert_allclose(scores, expected, rtol=1e-9)
@@ -85,38 +89,44 @@ def test_gcv_scores_of_blocks_equal_the_block_diagonal_regression():
 
 def test_cholesky_jitter_solves_a_singular_float32_system():
   v = jax.random.normal(jax.random.PRNGKey(2), (30, 2))
-  matrix = v @ v.T                              # rank 2, PSD, λ = 0 fails in float32
+  matrix = v @ v.T  # rank 2, PSD, λ = 0 fails in float32
   rhs = matrix @ jnp.ones(30)
   plain = solve_lib.damped_cholesky_solve(matrix, rhs, 0.0, max_jitter_tries=0)
   result = solve_lib.damped_cholesky_solve(matrix, rhs, 0.0)
   assert bool(result.ok) and float(result.jitter) >= 0
   if not bool(plain.ok):
     assert float(result.jitter) > 0
-  np.testing.assert_allclose(matrix @ result.solution, rhs, rtol=0, atol=1e-2 * float(jnp.max(jnp.abs(rhs))))
+  np.testing.assert_allclose(
+    matrix @ result.solution, rhs, rtol=0, atol=1e-2 * float(jnp.max(jnp.abs(rhs)))
+  )
   bad = solve_lib.damped_cholesky_solve(matrix.at[0, 0].set(jnp.nan), rhs, 0.0)
   assert not bool(bad.ok)
 
 
 @pytest.mark.parametrize("several_devices", [False, True])
 def test_batched_solves_loop_over_matrices_when_cpu_devices_share_the_pool(
-    monkeypatch, several_devices):
+  monkeypatch, several_devices
+):
   # With several CPU devices in the process, batched LAPACK kernels can starve
   # the thread pool that runs the devices (rdescent._batch_linalg): the CPU
   # lowering then factorises one matrix at a time, with the same results.
   from rdescent import _batch_linalg
+
   monkeypatch.setattr(_batch_linalg, "several_cpu_devices", lambda: several_devices)
   v = jax.random.normal(jax.random.PRNGKey(4), (2, 3, 12, 5))
-  matrix = v @ jnp.swapaxes(v, -1, -2)          # (2, 3) batch of rank-5 12 × 12 PSD
+  matrix = v @ jnp.swapaxes(v, -1, -2)  # (2, 3) batch of rank-5 12 × 12 PSD
   rhs = jax.random.normal(jax.random.PRNGKey(5), (2, 3, 12))
   solve = jax.jit(lambda a, b: solve_lib.damped_cholesky_solve(a, b, 0.1))
   result = solve(matrix, rhs)
   assert bool(result.ok)
-  expected = np.linalg.solve(np.asarray(matrix, np.float64) + 0.1 * np.eye(12),
-                             np.asarray(rhs, np.float64)[..., None])[..., 0]
+  expected = np.linalg.solve(
+    np.asarray(matrix, np.float64) + 0.1 * np.eye(12), np.asarray(rhs, np.float64)[..., None]
+  )[..., 0]
   np.testing.assert_allclose(result.solution, expected, rtol=2e-4, atol=1e-5)
   eig = jax.jit(solve_lib.eigen_decomposition)(matrix)
-  np.testing.assert_allclose(eig.values, np.linalg.eigvalsh(np.asarray(matrix, np.float64)),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    eig.values, np.linalg.eigvalsh(np.asarray(matrix, np.float64)), rtol=1e-4, atol=1e-4
+  )
   hlo = solve.lower(matrix, rhs).compile().as_text()
   factor_lines = [line for line in hlo.splitlines() if "potrf" in line and "custom-call(" in line]
   assert factor_lines
@@ -129,7 +139,7 @@ def test_every_solver_solves_the_damped_system_like_numpy(name):
   with jax.enable_x64(True):
     rng = np.random.default_rng(7)
     factor = rng.standard_normal((2, 8, 3))
-    matrix = factor @ np.swapaxes(factor, -1, -2)   # two rank-3 PSD blocks
+    matrix = factor @ np.swapaxes(factor, -1, -2)  # two rank-3 PSD blocks
     rhs = rng.standard_normal((2, 8))
     solver = rd.solvers.get(name)
     assert solver.name == name

@@ -27,7 +27,8 @@ controllers built around another controller.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +84,7 @@ class DampingController(NamedTuple):
 def accept(trial: problem_lib.Trial, state: Any) -> DampingStep:
   """The step of a controller that takes its trial as it is."""
   return DampingStep(
-      direction=trial.direction, trial=trial, accepted=jnp.asarray(True), state=state
+    direction=trial.direction, trial=trial, accepted=jnp.asarray(True), state=state
   )
 
 
@@ -146,8 +147,8 @@ def as_controller(damping: Any) -> DampingController:
   if isinstance(damping, (int, float)) or hasattr(damping, "dtype"):
     return constant(damping)
   raise TypeError(
-      "damping must be a float, an optax schedule or an rdescent.damping "
-      f"controller; got {type(damping).__name__}."
+    "damping must be a float, an optax schedule or an rdescent.damping "
+    f"controller; got {type(damping).__name__}."
   )
 
 
@@ -160,8 +161,8 @@ def check_range(min_damping: float, max_damping: float) -> None:
   _validation.check_nonnegative_finite("max_damping", max_damping)
   if not 0 < min_damping <= max_damping:
     raise ValueError(
-        "need 0 < min_damping <= max_damping; got "
-        f"min_damping={min_damping!r}, max_damping={max_damping!r}."
+      "need 0 < min_damping <= max_damping; got "
+      f"min_damping={min_damping!r}, max_damping={max_damping!r}."
     )
 
 

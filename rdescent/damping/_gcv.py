@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rdescent import _validation
-from rdescent import solvers as solvers_lib
 from rdescent import dtypes as dtypes_lib
+from rdescent import solvers as solvers_lib
 from rdescent.damping import _base
 
 MAX_FLOOR = 1e6
@@ -41,21 +41,21 @@ class GCVState(NamedTuple):
 
 def gcv_grid(eig: solvers_lib.EigenSystem, grid: np.ndarray, relative: bool) -> jax.Array:
   """The absolute λ grid: `grid` × mean eigenvalue when relative."""
-  grid = jnp.asarray(grid, eig.values.dtype)
+  values = jnp.asarray(grid, eig.values.dtype)
   if not relative:
-    return grid
+    return values
   scale = jnp.mean(eig.values)
   tiny = jnp.finfo(eig.values.dtype).tiny
-  return grid * jnp.maximum(scale, tiny)
+  return values * jnp.maximum(scale, tiny)
 
 
 def gcv(
-    grid_min: float = 1e-8,
-    grid_max: float = 1e2,
-    num: int = 41,
-    *,
-    relative: bool = True,
-    failure_growth: float = 10.0,
+  grid_min: float = 1e-8,
+  grid_max: float = 1e2,
+  num: int = 41,
+  *,
+  relative: bool = True,
+  failure_growth: float = 10.0,
 ) -> _base.DampingController:
   """λ minimising GCV over `num` log-spaced values in [grid_min, grid_max].
 
@@ -102,8 +102,8 @@ def gcv(
     damping = grid[jnp.argmin(scores)]
     trial = problem.solve(damping, step_size, solver=solver)
     new_state = GCVState(
-        damping=damping.astype(state.damping.dtype),
-        floor=jnp.maximum(state.floor / failure_growth, 1.0),
+      damping=damping.astype(state.damping.dtype),
+      floor=jnp.maximum(state.floor / failure_growth, 1.0),
     )
     return _base.accept(trial, new_state)
 

@@ -52,12 +52,12 @@ def nielsen_update(damping, growth, ratio, accepted, min_damping, max_damping):
 
 
 def levenberg_marquardt(
-    initial: float = 1e-3,
-    *,
-    accept_ratio: float = 1e-4,
-    max_solves: int = 10,
-    min_damping: float = 1e-12,
-    max_damping: float = 1e12,
+  initial: float = 1e-3,
+  *,
+  accept_ratio: float = 1e-4,
+  max_solves: int = 10,
+  min_damping: float = 1e-12,
+  max_damping: float = 1e12,
 ) -> _base.DampingController:
   """Levenberg-Marquardt trust-ratio control of λ (see the module docstring).
 
@@ -89,7 +89,7 @@ def levenberg_marquardt(
   def init(params):
     dtype = dtypes_lib.compute_dtype(params)
     return LevenbergMarquardtState(
-        damping=jnp.asarray(initial, dtype), growth=jnp.asarray(2.0, dtype)
+      damping=jnp.asarray(initial, dtype), growth=jnp.asarray(2.0, dtype)
     )
 
   def current(state, count):
@@ -98,7 +98,7 @@ def levenberg_marquardt(
 
   def fail(state):
     damping, growth = nielsen_update(
-        state.damping, state.growth, 0.0, False, min_damping, max_damping
+      state.damping, state.growth, 0.0, False, min_damping, max_damping
     )
     return LevenbergMarquardtState(damping=damping, growth=growth)
 
@@ -114,7 +114,7 @@ def levenberg_marquardt(
       ratio = jnp.where(negligible, 1.0, actual / jnp.where(negligible, 1.0, predicted))
       accepted = trial.healthy & (negligible | (ratio > accept_ratio))
       new_damping, new_growth = nielsen_update(
-          damping, growth, ratio, accepted, min_damping, max_damping
+        damping, growth, ratio, accepted, min_damping, max_damping
       )
       new_damping = jnp.where(accepted & negligible, damping, new_damping)
       chosen = _base.tree_select(accepted, trial, problem.null_trial(damping, step_size))
@@ -126,21 +126,21 @@ def levenberg_marquardt(
 
     damping = jnp.asarray(state.damping, dtype)
     start = (
-        jnp.asarray(0),
-        damping,
-        jnp.asarray(state.growth, dtype),
-        jnp.asarray(False),
-        jnp.asarray(True),
-        problem.null_trial(damping, step_size),
+      jnp.asarray(0),
+      damping,
+      jnp.asarray(state.growth, dtype),
+      jnp.asarray(False),
+      jnp.asarray(True),
+      problem.null_trial(damping, step_size),
     )
     _, damping, growth, accepted, ok, trial = lax.while_loop(cond, body, start)
     new_state = LevenbergMarquardtState(
-        damping=damping.astype(state.damping.dtype), growth=growth.astype(state.growth.dtype)
+      damping=damping.astype(state.damping.dtype), growth=growth.astype(state.growth.dtype)
     )
     # A skipped step reports the health of its last solve.
     trial = trial._replace(solve_ok=ok)
     return _base.DampingStep(
-        direction=trial.direction, trial=trial, accepted=accepted, state=new_state
+      direction=trial.direction, trial=trial, accepted=accepted, state=new_state
     )
 
   return _base.DampingController(init=init, current=current, step=step, fail=fail)

@@ -57,11 +57,11 @@ class BacktrackingState(NamedTuple):
 
 
 def backtracking(
-    controller: Any,
-    *,
-    shrink: float = 0.5,
-    max_steps: int = 8,
-    armijo: float = 1e-4,
+  controller: Any,
+  *,
+  shrink: float = 0.5,
+  max_steps: int = 8,
+  armijo: float = 1e-4,
 ) -> _base.DampingController:
   """Wraps `controller` with a bounded backtracking line search.
 
@@ -87,9 +87,9 @@ def backtracking(
   def init(params):
     dtype = dtypes_lib.compute_dtype(params)
     return BacktrackingState(
-        inner=inner.init(params),
-        step_fraction=jnp.ones([], dtype),
-        num_trials=jnp.zeros([], jnp.int32),
+      inner=inner.init(params),
+      step_fraction=jnp.ones([], dtype),
+      num_trials=jnp.zeros([], jnp.int32),
     )
 
   def current(state, count):
@@ -106,7 +106,9 @@ def backtracking(
     def passes(t):
       shortened = problem.scale(trial, t)
       actual, negligible = _base.decrease(problem.loss, shortened)
-      return jnp.isfinite(actual) & (negligible | (actual >= armijo * shortened.predicted_reduction))
+      return jnp.isfinite(actual) & (
+        negligible | (actual >= armijo * shortened.predicted_reduction)
+      )
 
     def cond(carry):
       i, _, done = carry
@@ -127,17 +129,17 @@ def backtracking(
     direction = _base.tree_select(inner_step.accepted, taken.direction, inner_step.direction)
     inner_state = _base.tree_select(ok, inner_step.state, inner.fail(state.inner))
     new_state = BacktrackingState(
-        inner=inner_state,
-        step_fraction=fraction.astype(state.step_fraction.dtype),
-        num_trials=trials,
+      inner=inner_state,
+      step_fraction=fraction.astype(state.step_fraction.dtype),
+      num_trials=trials,
     )
     return _base.DampingStep(
-        direction=direction,
-        trial=_base.tree_select(inner_step.accepted, taken, trial),
-        accepted=inner_step.accepted & ok,
-        state=new_state,
+      direction=direction,
+      trial=_base.tree_select(inner_step.accepted, taken, trial),
+      accepted=inner_step.accepted & ok,
+      state=new_state,
     )
 
   return _base.DampingController(
-      init=init, current=current, step=step, fail=fail, undoes_steps=inner.undoes_steps
+    init=init, current=current, step=step, fail=fail, undoes_steps=inner.undoes_steps
   )

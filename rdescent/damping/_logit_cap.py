@@ -90,18 +90,18 @@ def cap_logit_change(controller: Any, bound: float = math.pi) -> _base.DampingCo
   _validation.check_positive("bound", bound)
   if inner.undoes_steps:
     raise ValueError(
-        "cap_logit_change (max_logit_change=) cannot wrap damping="
-        "rdescent.damping.next_batch_ratio(): that controller undoes a rejected step "
-        "by the uncapped amount. Use another controller, or no logit cap "
-        "(max_logit_change=None)."
+      "cap_logit_change (max_logit_change=) cannot wrap damping="
+      "rdescent.damping.next_batch_ratio(): that controller undoes a rejected step "
+      "by the uncapped amount. Use another controller, or no logit cap "
+      "(max_logit_change=None)."
     )
 
   def init(params):
     dtype = dtypes_lib.compute_dtype(params)
     return CapLogitChangeState(
-        inner=inner.init(params),
-        step_scale=jnp.ones([], dtype),
-        logit_change_spread=jnp.zeros([], dtype),
+      inner=inner.init(params),
+      step_scale=jnp.ones([], dtype),
+      logit_change_spread=jnp.zeros([], dtype),
     )
 
   def current(state, count):
@@ -109,9 +109,9 @@ def cap_logit_change(controller: Any, bound: float = math.pi) -> _base.DampingCo
 
   def fail(state):
     return CapLogitChangeState(
-        inner=inner.fail(state.inner),
-        step_scale=jnp.ones_like(state.step_scale),
-        logit_change_spread=jnp.zeros_like(state.logit_change_spread),
+      inner=inner.fail(state.inner),
+      step_scale=jnp.ones_like(state.step_scale),
+      logit_change_spread=jnp.zeros_like(state.logit_change_spread),
     )
 
   def step(problem, state, count, step_size):
@@ -126,15 +126,15 @@ def cap_logit_change(controller: Any, bound: float = math.pi) -> _base.DampingCo
     accepted = inner_step.accepted
     dtype = state.step_scale.dtype
     new_state = CapLogitChangeState(
-        inner=inner_step.state,
-        step_scale=jnp.where(accepted, scale, 1.0).astype(dtype),
-        logit_change_spread=jnp.where(accepted, scale * predicted, 0.0).astype(dtype),
+      inner=inner_step.state,
+      step_scale=jnp.where(accepted, scale, 1.0).astype(dtype),
+      logit_change_spread=jnp.where(accepted, scale * predicted, 0.0).astype(dtype),
     )
     return _base.DampingStep(
-        direction=_base.tree_select(accepted, capped.direction, inner_step.direction),
-        trial=_base.tree_select(accepted, capped, trial),
-        accepted=accepted,
-        state=new_state,
+      direction=_base.tree_select(accepted, capped.direction, inner_step.direction),
+      trial=_base.tree_select(accepted, capped, trial),
+      accepted=accepted,
+      state=new_state,
     )
 
   return _base.DampingController(init=init, current=current, step=step, fail=fail)

@@ -80,9 +80,7 @@ def ratio_rule(damping, ratio, coefficient):
   reject = ~(ratio <= REJECT_ABOVE)  # NaN rejects
   decrease = (ratio < 0.8) & (coefficient > 0.9)
   increase = (ratio > 0.9) & (coefficient < 0.5)
-  factor = jnp.where(
-      reject | increase, INCREASE, jnp.where(decrease, 1.0 / DECREASE, 1.0)
-  )
+  factor = jnp.where(reject | increase, INCREASE, jnp.where(decrease, 1.0 / DECREASE, 1.0))
   return _base.clamp(damping * factor, MIN_DAMPING, MAX_DAMPING), ~reject
 
 
@@ -93,11 +91,12 @@ def ratio_and_coefficient(reference, loss, predicted):
   gives coefficient 1 (nothing to judge).
   """
   ratio = jnp.where(
-      reference > 0, loss / jnp.where(reference > 0, reference, 1.0),
-      jnp.where(loss > 0, jnp.inf, 1.0),
+    reference > 0,
+    loss / jnp.where(reference > 0, reference, 1.0),
+    jnp.where(loss > 0, jnp.inf, 1.0),
   )
   coefficient = jnp.where(
-      predicted > 0, (reference - loss) / jnp.where(predicted > 0, predicted, 1.0), 1.0
+    predicted > 0, (reference - loss) / jnp.where(predicted > 0, predicted, 1.0), 1.0
   )
   return ratio, coefficient
 
@@ -110,11 +109,11 @@ def next_batch_ratio(initial: float = 1e-5) -> _base.DampingController:
     dtype = dtypes_lib.compute_dtype(params)
     # Distinct buffers for every leaf, so that the state can be donated to jit.
     return NextBatchRatioState(
-        damping=jnp.asarray(initial, dtype),
-        pending=jnp.asarray(False),
-        reference=jnp.zeros([], dtype),
-        predicted=jnp.zeros([], dtype),
-        last_step=jax.tree_util.tree_map(jnp.zeros_like, params),
+      damping=jnp.asarray(initial, dtype),
+      pending=jnp.asarray(False),
+      reference=jnp.zeros([], dtype),
+      predicted=jnp.zeros([], dtype),
+      last_step=jax.tree_util.tree_map(jnp.zeros_like, params),
     )
 
   def current(state, count):
@@ -122,9 +121,7 @@ def next_batch_ratio(initial: float = 1e-5) -> _base.DampingController:
     return state.damping
 
   def fail(state):
-    return state._replace(
-        damping=_base.clamp(state.damping * INCREASE, MIN_DAMPING, MAX_DAMPING)
-    )
+    return state._replace(damping=_base.clamp(state.damping * INCREASE, MIN_DAMPING, MAX_DAMPING))
 
   def step(problem, state, count, step_size):
     del count
@@ -140,28 +137,26 @@ def next_batch_ratio(initial: float = 1e-5) -> _base.DampingController:
       inverse = jnp.where(step_size > 0, -1.0 / jnp.where(step_size > 0, step_size, 1.0), 0.0)
       direction = _base.tree_scale(state.last_step, inverse)
       new_state = state._replace(
-          damping=damping,
-          pending=jnp.asarray(False),
-          last_step=jax.tree_util.tree_map(jnp.zeros_like, state.last_step),
+        damping=damping,
+        pending=jnp.asarray(False),
+        last_step=jax.tree_util.tree_map(jnp.zeros_like, state.last_step),
       )
       return direction, problem.null_trial(damping, step_size), new_state
 
     def descend(_):
       trial = problem.solve(damping, step_size)
       new_state = NextBatchRatioState(
-          damping=damping,
-          pending=jnp.asarray(True),
-          reference=loss,
-          predicted=(trial.predicted_reduction / problem.num_examples).astype(dtype),
-          last_step=_base.tree_scale(trial.direction, step_size),
+        damping=damping,
+        pending=jnp.asarray(True),
+        reference=loss,
+        predicted=(trial.predicted_reduction / problem.num_examples).astype(dtype),
+        last_step=_base.tree_scale(trial.direction, step_size),
       )
       return trial.direction, trial, new_state
 
     direction, trial, new_state = lax.cond(reject, undo, descend, None)
-    return _base.DampingStep(
-        direction=direction, trial=trial, accepted=~reject, state=new_state
-    )
+    return _base.DampingStep(direction=direction, trial=trial, accepted=~reject, state=new_state)
 
   return _base.DampingController(
-      init=init, current=current, step=step, fail=fail, undoes_steps=True
+    init=init, current=current, step=step, fail=fail, undoes_steps=True
   )

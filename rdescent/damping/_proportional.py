@@ -18,7 +18,8 @@ the same factor down to 1.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +39,11 @@ class ProportionalState(NamedTuple):
 
 
 def _proportional(
-    measure: Callable, initial: float, min_damping: float, max_damping: float,
-    failure_growth: float,
+  measure: Callable,
+  initial: float,
+  min_damping: float,
+  max_damping: float,
+  failure_growth: float,
 ) -> _base.DampingController:
   _base.check_range(min_damping, max_damping)
   _validation.check_positive("failure_growth", failure_growth)
@@ -47,8 +51,8 @@ def _proportional(
   def init(params):
     dtype = dtypes_lib.compute_dtype(params)
     return ProportionalState(
-        damping=_base.clamp(jnp.asarray(initial, dtype), min_damping, max_damping),
-        boost=jnp.ones([], dtype),
+      damping=_base.clamp(jnp.asarray(initial, dtype), min_damping, max_damping),
+      boost=jnp.ones([], dtype),
     )
 
   def current(state, count):
@@ -65,10 +69,10 @@ def _proportional(
     dtype = state.damping.dtype
     formula = state.boost * jnp.asarray(measure(problem), dtype)
     damping = jnp.where(
-        jnp.isfinite(formula), _base.clamp(formula, min_damping, max_damping), state.damping
+      jnp.isfinite(formula), _base.clamp(formula, min_damping, max_damping), state.damping
     )
     new_state = ProportionalState(
-        damping=damping, boost=jnp.maximum(state.boost / failure_growth, 1.0)
+      damping=damping, boost=jnp.maximum(state.boost / failure_growth, 1.0)
     )
     return _base.accept(problem.solve(damping, step_size), new_state)
 
@@ -76,12 +80,12 @@ def _proportional(
 
 
 def residual_proportional(
-    mu: float = 1.0,
-    delta: float = 1.0,
-    *,
-    min_damping: float = 1e-10,
-    max_damping: float = 1e10,
-    failure_growth: float = 10.0,
+  mu: float = 1.0,
+  delta: float = 1.0,
+  *,
+  min_damping: float = 1e-10,
+  max_damping: float = 1e10,
+  failure_growth: float = 10.0,
 ) -> _base.DampingController:
   """λ = μ (‖r‖² / m)^(δ/2), clamped to [min_damping, max_damping].
 
@@ -101,11 +105,11 @@ def residual_proportional(
 
 
 def gradient_proportional(
-    mu: float = 1.0,
-    *,
-    min_damping: float = 1e-10,
-    max_damping: float = 1e10,
-    failure_growth: float = 10.0,
+  mu: float = 1.0,
+  *,
+  min_damping: float = 1e-10,
+  max_damping: float = 1e10,
+  failure_growth: float = 10.0,
 ) -> _base.DampingController:
   """λ = μ ‖Jᵀ r‖^(1/2), clamped to [min_damping, max_damping]."""
   _validation.check_positive("mu", mu)

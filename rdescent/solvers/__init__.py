@@ -19,7 +19,8 @@ entry in `SOLVERS` below and in the common test list
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rdescent.solvers._base import SolveResult
 from rdescent.solvers._base import Solver
@@ -50,23 +51,22 @@ def get(solver: Any) -> Solver:
   if isinstance(solver, str) and solver in SOLVERS:
     return SOLVERS[solver]()
   raise ValueError(
-      f"solver must be one of {sorted(SOLVERS)} or an rdescent.solvers.Solver; "
-      f"got {solver!r}."
+    f"solver must be one of {sorted(SOLVERS)} or an rdescent.solvers.Solver; got {solver!r}."
   )
 
 
 __all__ = (
-    "MAX_JITTER_TRIES",
-    "SOLVERS",
-    "EigenSystem",
-    "SolveResult",
-    "Solver",
-    "cholesky",
-    "damped_cholesky_solve",
-    "eigen_decomposition",
-    "eigen_solve",
-    "eigh",
-    "gcv_scores",
-    "get",
-    "symmetrize",
+  "MAX_JITTER_TRIES",
+  "SOLVERS",
+  "EigenSystem",
+  "SolveResult",
+  "Solver",
+  "cholesky",
+  "damped_cholesky_solve",
+  "eigen_decomposition",
+  "eigen_solve",
+  "eigh",
+  "gcv_scores",
+  "get",
+  "symmetrize",
 )

@@ -38,18 +38,16 @@ def _factor_and_solve(damped: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax
 
 def _cholesky_solve(damped: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.Array]:
   """x = (A + λI)⁻¹ b for an already damped, symmetric A; batched; (x, ok)."""
-  factor, solution = _batch_linalg.map_over_batch(
-      _factor_and_solve, damped, rhs, core_ndims=(2, 1)
-  )
+  factor, solution = _batch_linalg.map_over_batch(_factor_and_solve, damped, rhs, core_ndims=(2, 1))
   ok = jnp.all(jnp.isfinite(factor)) & jnp.all(jnp.isfinite(solution))
   return solution, ok
 
 
 def _solve_symmetric(
-    symmetric: jax.Array,
-    rhs: jax.Array,
-    damping: jax.Array | float,
-    max_jitter_tries: int,
+  symmetric: jax.Array,
+  rhs: jax.Array,
+  damping: jax.Array | float,
+  max_jitter_tries: int,
 ) -> SolveResult:
   """`damped_cholesky_solve` for an A that is already symmetric."""
   size = symmetric.shape[-1]
@@ -80,11 +78,11 @@ def _solve_symmetric(
 
 
 def damped_cholesky_solve(
-    matrix: jax.Array,
-    rhs: jax.Array,
-    damping: jax.Array | float,
-    *,
-    max_jitter_tries: int = MAX_JITTER_TRIES,
+  matrix: jax.Array,
+  rhs: jax.Array,
+  damping: jax.Array | float,
+  *,
+  max_jitter_tries: int = MAX_JITTER_TRIES,
 ) -> SolveResult:
   """Solves (A + λI) x = b by Cholesky; batched over leading axes of A.
 
@@ -132,9 +130,7 @@ def cholesky(*, max_jitter_tries: int = MAX_JITTER_TRIES) -> Solver:
     Array([1., 2.], dtype=float32)
   """
   if not isinstance(max_jitter_tries, int) or max_jitter_tries < 0:
-    raise ValueError(
-        f"max_jitter_tries must be a non-negative int; got {max_jitter_tries!r}."
-    )
+    raise ValueError(f"max_jitter_tries must be a non-negative int; got {max_jitter_tries!r}.")
 
   def solve(symmetric, rhs, damping):
     return _solve_symmetric(symmetric, rhs, damping, max_jitter_tries)

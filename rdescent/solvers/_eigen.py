@@ -36,7 +36,7 @@ class EigenSystem(NamedTuple):
 def eigen_decomposition(matrix: jax.Array) -> EigenSystem:
   """A = V diag(s) Vᵀ by `jnp.linalg.eigh`; batched over leading axes of A."""
   values, vectors = _batch_linalg.map_over_batch(
-      jnp.linalg.eigh, symmetrize(matrix), core_ndims=(2,)
+    jnp.linalg.eigh, symmetrize(matrix), core_ndims=(2,)
   )
   return EigenSystem(values=jnp.maximum(values, 0.0), vectors=vectors)
 
@@ -46,9 +46,7 @@ def _project(system: EigenSystem, rhs: jax.Array) -> jax.Array:
   return jnp.einsum("...ji,...j->...i", system.vectors, rhs)
 
 
-def eigen_solve(
-    system: EigenSystem, rhs: jax.Array, damping: jax.Array | float
-) -> SolveResult:
+def eigen_solve(system: EigenSystem, rhs: jax.Array, damping: jax.Array | float) -> SolveResult:
   """Solves (A + λI) x = b as x = V diag(1 / (s + λ)) Vᵀ b, O(n²) per λ.
 
   Args:
@@ -65,21 +63,19 @@ def eigen_solve(
   coefficients = _project(system, rhs) / shifted
   solution = jnp.einsum("...ij,...j->...i", system.vectors, coefficients)
   ok = (
-      jnp.all(shifted > 0)
-      & jnp.all(jnp.isfinite(system.vectors))
-      & jnp.all(jnp.isfinite(solution))
+    jnp.all(shifted > 0) & jnp.all(jnp.isfinite(system.vectors)) & jnp.all(jnp.isfinite(solution))
   )
   return SolveResult(solution=solution, ok=ok, jitter=jnp.zeros([], solution.dtype))
 
 
 def gcv_scores(
-    system: EigenSystem,
-    rhs: jax.Array,
-    grid: jax.Array,
-    *,
-    form: str,
-    residual_sq_norm: jax.Array | None = None,
-    num_residuals: int | None = None,
+  system: EigenSystem,
+  rhs: jax.Array,
+  grid: jax.Array,
+  *,
+  form: str,
+  residual_sq_norm: jax.Array | None = None,
+  num_residuals: int | None = None,
 ) -> jax.Array:
   """Generalized cross-validation GCV(λ) for every λ of `grid`, O(n) per λ.
 
@@ -119,9 +115,7 @@ def gcv_scores(
     residual = jnp.sum(jnp.square(lam / (values + lam)) * projected_sq, axis=1)
   elif form == "primal":
     if residual_sq_norm is None or num_residuals is None:
-      raise ValueError(
-          "gcv_scores(form='primal') needs residual_sq_norm and num_residuals."
-      )
+      raise ValueError("gcv_scores(form='primal') needs residual_sq_norm and num_residuals.")
     count = num_residuals
     explained = jnp.sum((values + 2 * lam) / jnp.square(values + lam) * projected_sq, axis=1)
     residual = jnp.maximum(residual_sq_norm - explained, 0.0)
