@@ -1,81 +1,254 @@
-"""`make demo`: Regression Descent against Adam on Lorenz96, in about a minute.
+"""`make demo`: both faces of Regression Descent, in under two minutes on a 2-core CPU.
 
-A preset of the Lorenz96 study (`benchmarks.lorenz96`, same runner and
-protocol): one seed, MLP 40-128-128-40 on x(t) → x(t + 0.05) (N = 40, F = 8,
-RK4), RD in the paper's setting (per-output, λ = 1e-5, batch 32, step 1)
-and RD in full mode with Levenberg-Marquardt damping against Adam (lr 1e-3,
-batch 32), each for the same seconds of training.
-Prints a table and writes `demo_output/lorenz96.png` (loss against seconds
-and against steps) and `demo_output/lorenz96.json`.
+(a) Full batch, where RD wins: the `fit_1d` study (`benchmarks.full_batch_fit`),
+    y = sin(3πx)·exp(−x²) + 0.3 cos(7x) on 256 points of [-1, 1], MLP 1-32-32-1
+    (tanh), float32, every step on all 256 points. RD with Levenberg-Marquardt
+    damping (`rd.regression_descent(apply_fn, damping=rd.damping.levenberg_marquardt())`)
+    against Adam (lr 3e-3, the best of 1e-3 / 3e-3 / 1e-2 on this task) and
+    `optax.lbfgs` (zoom line search); target MSE 1e-7.
+(b) Mini-batch, where RD does not yet win: the `lorenz96` study
+    (`benchmarks.lorenz96`), MLP 40-128-128-40 on x(t) → x(t + 0.05) (N = 40,
+    F = 8, RK4), batch 32: RD in the paper's setting (per-output, λ = 1e-5) and
+    in full mode with Levenberg-Marquardt damping against Adam (lr 1e-3); the
+    target is Adam's final loss.
 
-    python -m benchmarks.demo [--budget SECONDS] [--out DIR]
+Same runner and protocol as the studies (`benchmarks.runner`): one seed, same
+initialisation and data order for every method, the same seconds of training
+each, compile and evaluations excluded from the clock. Prints one table and
+writes to `--out` (default `demo_output/`): `demo.png` (loss against seconds,
+one panel per task), `demo.md` and `demo.json` (the table), and the two
+studies' records `fit_1d.json` and `lorenz96.json` (the curves).
+
+    python -m benchmarks.demo                # about 90 s
+    python -m benchmarks.demo --quick --out /tmp/demo   # tiny sizes, seconds (tests)
 """
 
 from __future__ import annotations
 
-import argparse
-import pathlib
-import sys
+import os
 
-import numpy as np
+# One OpenBLAS thread (unless the caller sets another count), before numpy loads
+# OpenBLAS: jax's CPU Cholesky calls it, and on a 2-core machine its spinning
+# worker threads compete with XLA's; measured while other processes shared the
+# cores, the 1D fit's RD step took 250-580 ms with the default thread count and
+# about 1 ms with one thread. Adam and L-BFGS make no LAPACK calls.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from benchmarks import lorenz96
-from benchmarks import optimizers as opt
-from benchmarks import report
-from benchmarks import runner
+import argparse  # noqa: E402
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import Any, Mapping, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from benchmarks import full_batch_fit  # noqa: E402
+from benchmarks import lorenz96  # noqa: E402
+from benchmarks import optimizers as opt  # noqa: E402
+from benchmarks import plotting  # noqa: E402
+from benchmarks import report  # noqa: E402
+from benchmarks import runner  # noqa: E402
 
 OUT_DIR = pathlib.Path("demo_output")
+FIT_BUDGET = 5.0        # seconds of training per method, full-batch fit
+LORENZ_BUDGET = 12.0    # seconds of training per method, Lorenz96
+QUICK_BUDGET = 0.3
+TASKS = {"fit_1d": "1D fit, full batch", "lorenz96": "Lorenz96, batch 32"}
+COLUMNS = (("task", "task"), ("method", "method"), ("final_loss", "final loss"),
+           ("time_to_target", "time to target s"), ("steps", "steps"),
+           ("ms_per_step", "ms/step"), ("compile_seconds", "compile s"))
 
 
-def demo_specs() -> list[runner.OptimizerSpec]:
+def fit_specs() -> list[runner.OptimizerSpec]:
+  """RD + Levenberg-Marquardt, Adam(3e-3), `optax.lbfgs()`."""
+  return [
+      opt.rd_spec("rd + levenberg_marquardt", outputs="full",
+                  damping=("levenberg_marquardt", {}), describe="levenberg_marquardt()"),
+      *opt.adam_grid([3e-3]),
+      opt.lbfgs_spec("optax.lbfgs"),
+  ]
+
+
+def lorenz_specs() -> list[runner.OptimizerSpec]:
+  """RD in the paper's setting, RD full mode + Levenberg-Marquardt, Adam(1e-3)."""
   return [
       opt.rd_spec("rd paper (per-output λ=1e-5)", damping=1e-5, outputs="per_output"),
-      opt.rd_spec("rd full levenberg_marquardt", outputs="full",
+      opt.rd_spec("rd full + levenberg_marquardt", outputs="full",
                   damping=("levenberg_marquardt", {"initial": 1e-3}),
                   describe="levenberg_marquardt(initial=1e-3)"),
       *opt.adam_grid([1e-3]),
   ]
 
 
-def print_table(result) -> None:
-  summary = report.summarize(result)
-  target = summary["target"]
-  print(f"\nLorenz96 (N=40, F=8, RK4), {result['task']['model']}, "
-        f"{result['task']['train_size']} training pairs, batch {result['config']['batch_size']}, "
-        f"{result['config']['budget_seconds']:g} s of training each "
-        f"({result['machine']['device']}).")
-  print(f"Target = Adam's final loss {target:.4g}; clock excludes compile and evaluation.\n")
-  header = f"{'optimizer':34s} {'steps':>7s} {'seconds':>8s} {'final loss':>11s} " \
-           f"{'time to target':>15s} {'compile s':>9s}"
-  print(header)
-  print("-" * len(header))
+def table_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """One row per run of a one-seed study: the columns of `COLUMNS`, the family and target."""
+  target, source = report.reference_target(result)
+  rows = []
   for run in result["runs"]:
-    ttt = report.time_to_target(run, target)
-    ttt_text = f"{ttt:.2f} s" if np.isfinite(ttt) else "not reached"
-    print(f"{run['label']:34s} {run['steps']:7d} {run['train_seconds']:8.2f} "
-          f"{run['final_loss']:11.4g} {ttt_text:>15s} {run['compile_seconds']:9.2f}")
-  ratio = summary["rd_over_adam"]
-  if ratio is not None and np.isfinite(ratio):
-    print(f"\nRD reached Adam's final loss in {ratio:.2f}x Adam's time "
-          f"(the paper claims <= 0.6x).")
-  else:
-    print("\nRD did not reach Adam's final loss within the budget.")
+    rows.append({
+        "task": TASKS.get(result["study"], result["study"]), "study": result["study"],
+        "method": run["label"], "family": run["family"],
+        "final_loss": run["final_loss"], "target": target, "target_source": source,
+        "time_to_target": report.time_to_target(run, target), "steps": run["steps"],
+        "ms_per_step": 1e3 * run["seconds_per_step"], "compile_seconds": run["compile_seconds"],
+        "budget_seconds": result["config"]["budget_seconds"],
+    })
+  return rows
 
 
-def main(argv=None) -> int:
+def _cell(key: str, value: Any) -> str:
+  if key in ("final_loss",):
+    return "diverged" if value is None or not np.isfinite(value) else f"{value:.3g}"
+  if key == "time_to_target":
+    return f"{value:.3g}" if np.isfinite(value) else "not reached"
+  if key == "steps":
+    return str(value)
+  if key in ("ms_per_step", "compile_seconds"):
+    return f"{value:.3g}"
+  return str(value)
+
+
+def verdict(rows: Sequence[Mapping[str, Any]]) -> str:
+  """One sentence per task: how the best RD run compares with the best other method."""
+  lines = []
+  for study in dict.fromkeys(r["study"] for r in rows):
+    task = [r for r in rows if r["study"] == study]
+    key = lambda r: (r["time_to_target"], r["final_loss"]
+                     if r["final_loss"] is not None and np.isfinite(r["final_loss"]) else np.inf)
+    rd = min((r for r in task if r["family"] == "rd"), key=key)
+    other = min((r for r in task if r["family"] != "rd"), key=key)
+    target, name = task[0]["target"], task[0]["task"]
+    rd_loss, other_loss = rd["final_loss"] or np.inf, other["final_loss"] or np.inf
+    if np.isfinite(rd["time_to_target"]) and np.isfinite(other["time_to_target"]):
+      when = (f"{rd['method']} reached the target {target:.3g} in {rd['time_to_target']:.3g} s, "
+              f"{other['time_to_target'] / max(rd['time_to_target'], 1e-9):.3g}x sooner than the "
+              f"best other method ({other['method']}, {other['time_to_target']:.3g} s)"
+              if rd["time_to_target"] <= other["time_to_target"] else
+              f"{rd['method']} reached the target {target:.3g} in {rd['time_to_target']:.3g} s, "
+              f"{rd['time_to_target'] / max(other['time_to_target'], 1e-9):.3g}x later than "
+              f"{other['method']} ({other['time_to_target']:.3g} s)")
+    elif np.isfinite(rd["time_to_target"]):
+      when = (f"{rd['method']} reached the target {target:.3g} in {rd['time_to_target']:.3g} s; "
+              f"no other method reached it in {rd['budget_seconds']:g} s")
+    elif np.isfinite(other["time_to_target"]):
+      when = (f"RD did not reach the target {target:.3g} ({task[0]['target_source']}) in "
+              f"{rd['budget_seconds']:g} s; {other['method']} did in "
+              f"{other['time_to_target']:.3g} s")
+    else:
+      when = f"no method reached the target {target:.3g} in {rd['budget_seconds']:g} s"
+    ratio = rd_loss / other_loss if other_loss > 0 else np.inf
+    lines.append(f"{name}: {when}; final loss {rd_loss:.3g} (best RD) against {other_loss:.3g} "
+                 f"({other['method']}), ratio {ratio:.3g}.")
+  return "\n".join(lines)
+
+
+def text_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """The table as aligned plain text (what the demo prints)."""
+  cells = [[header for _, header in COLUMNS]]
+  cells += [[_cell(key, row[key]) for key, _ in COLUMNS] for row in rows]
+  widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+  fmt = lambda line: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(line, widths)))
+  return "\n".join([fmt(cells[0]), "-" * len(fmt(cells[0])), *map(fmt, cells[1:])])
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """The table as markdown, then the target of each task."""
+  lines = ["| " + " | ".join(header for _, header in COLUMNS) + " |",
+           "|" + "---|" * len(COLUMNS)]
+  lines += ["| " + " | ".join(_cell(key, row[key]) for key, _ in COLUMNS) + " |" for row in rows]
+  lines.append("")
+  for study in dict.fromkeys(r["study"] for r in rows):
+    row = next(r for r in rows if r["study"] == study)
+    lines.append(f"- {row['task']}: target loss {row['target']:.4g} ({row['target_source']}), "
+                 f"{row['budget_seconds']:g} s of training per method.")
+  return "\n".join(lines)
+
+
+def plot(results: Sequence[Mapping[str, Any]], path: pathlib.Path) -> pathlib.Path:
+  """One figure, one panel per task: training loss against training seconds (log-log)."""
+  plt = plotting.pyplot()
+  fig, axes = plt.subplots(1, len(results), figsize=(6.2 * len(results), 4.6))
+  styles = {"rd": "-", "adam": "--", "lbfgs": "-.", "sgd": ":"}
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for panel, (ax, result) in enumerate(zip(np.atleast_1d(axes), results)):
+    target, source = report.reference_target(result)
+    for i, run in enumerate(result["runs"]):
+      seconds = np.asarray(run["curve"]["seconds"], float)
+      loss = np.asarray([np.nan if v is None else v for v in run["curve"]["loss"]], float)
+      keep = seconds > 0  # log time axis; the t = 0 loss is the same for every method
+      ax.plot(seconds[keep], loss[keep], styles.get(run["family"], "-"), color=colors[i],
+              lw=1.8, marker=".", ms=3, label=f"{run['label']} ({run['steps']} steps)")
+    ax.axhline(target, color="gray", lw=0.9, ls=":", label=f"target {target:.3g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training seconds (compile and evaluation excluded)")
+    ax.set_ylabel("training loss (MSE)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left", framealpha=0.85)
+    task = result["task"]
+    face = "RD wins" if result["study"] == "fit_1d" else "RD does not win yet"
+    ax.set_title(f"({'ab'[panel]}) {TASKS.get(result['study'], result['study'])}: {face}\n"
+                 f"{task['model']}, {task['train_size']} examples, "
+                 f"{result['config']['budget_seconds']:g} s each", fontsize=9)
+  machine = results[0]["machine"]
+  fig.suptitle(f"Regression Descent against Adam and L-BFGS — {machine['device']}, "
+               f"{machine['cpu_count']} CPUs, jax {machine['jax']}, one seed", fontsize=10)
+  return plotting.save_figure(fig, path, dpi=100)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m benchmarks.demo", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--budget", type=float, default=20.0, help="seconds of training per optimizer")
+  parser.add_argument("--fit-budget", type=float, default=None,
+                      help=f"seconds of training per method, 1D fit (default {FIT_BUDGET:g})")
+  parser.add_argument("--lorenz-budget", type=float, default=None,
+                      help=f"seconds of training per method, Lorenz96 (default {LORENZ_BUDGET:g})")
+  parser.add_argument("--quick", action="store_true",
+                      help=f"tiny sizes and {QUICK_BUDGET:g} s per method (a smoke test)")
   parser.add_argument("--out", type=pathlib.Path, default=OUT_DIR)
   args = parser.parse_args(argv)
-  options = runner.StudyOptions(seeds=1, budget=args.budget, out_dir=args.out,
-                                command="python -m benchmarks.demo " + " ".join(argv or sys.argv[1:]))
-  print("Generating Lorenz96 trajectories and compiling (not timed)...")
-  result = lorenz96.run(options, specs=demo_specs(), study="lorenz96")
-  runner.save(result, args.out)
-  plot = report.plot_study(result, args.out / "lorenz96.png")
-  print_table(result)
-  print(f"\nPlot: {plot}")
+  start = time.perf_counter()
+  command = "python -m benchmarks.demo " + " ".join(sys.argv[1:] if argv is None else argv)
+
+  def options(budget: float | None, default: float) -> runner.StudyOptions:
+    return runner.StudyOptions(
+        seeds=1, budget=budget or (QUICK_BUDGET if args.quick else default), quick=args.quick,
+        out_dir=args.out, progress=sys.stderr.isatty(), command=command.strip())
+
+  print("(a) 1D fit, full batch: RD + Levenberg-Marquardt, Adam, optax.lbfgs "
+        "(compile not timed)...", flush=True)
+  fit = full_batch_fit.run_fit_1d(options(args.fit_budget, FIT_BUDGET), specs=fit_specs())
+  print("(b) Lorenz96, batch 32: generating trajectories; RD (paper, full + LM), Adam...",
+        flush=True)
+  race = lorenz96.run(options(args.lorenz_budget, LORENZ_BUDGET), specs=lorenz_specs())
+  results = [fit, race]
+  rows = [row for result in results for row in table_rows(result)]
+  for result in results:
+    runner.save(result, args.out)
+  figure = plot(results, args.out / "demo.png")
+  summary = verdict(rows)
+  wall = time.perf_counter() - start
+  machine = runner.machine_info()
+  heading = (f"Regression Descent demo — {machine['device']}, {machine['cpu_count']} CPUs, "
+             f"jax {machine['jax']}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}; "
+             f"one seed, same seconds of training per method, compile "
+             f"and evaluation excluded; {wall:.0f} s in all. Command: `{command.strip()}`.")
+  (args.out / "demo.md").write_text(f"{heading}\n\n{markdown_table(rows)}\n\n{summary}\n\n"
+                                    f"![demo](demo.png)\n")
+  machine["openblas_num_threads"] = os.environ.get("OPENBLAS_NUM_THREADS")
+  runner.save({"study": "demo", "command": command.strip(), "machine": machine,
+               "wall_seconds": round(wall, 2), "rows": rows, "verdict": summary.splitlines()},
+              args.out)
+  print()
+  print(text_table(rows))
+  print()
+  for row in (next(r for r in rows if r["study"] == s) for s in TASKS):
+    print(f"{row['task']}: target loss {row['target']:.4g} ({row['target_source']}), "
+          f"{row['budget_seconds']:g} s of training per method.")
+  print()
+  print(summary)
+  print(f"\nWrote {figure}, {args.out / 'demo.md'}, {args.out / 'demo.json'} ({wall:.0f} s).")
   return 0
 
 

@@ -40,6 +40,12 @@ def sgd_grid(learning_rates: Sequence[float], momentum: float = 0.9) -> list[Opt
   ]
 
 
+def lbfgs_spec(label: str = "lbfgs", **kwargs: Any) -> OptimizerSpec:
+  """`optax.lbfgs(**kwargs)` (memory 10, zoom line search by default) on the mean batch loss."""
+  return OptimizerSpec(label, "lbfgs", lambda task: optax.lbfgs(**kwargs), dict(kwargs),
+                       uses_value_fn=True)
+
+
 def has_loss(name: str) -> bool:
   """Whether `rdescent` accepts `loss=name`."""
   try:

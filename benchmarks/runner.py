@@ -77,6 +77,10 @@ class OptimizerSpec:
       `update(None, state, params, batch=(x, y))`; False for gradient methods,
       updated with the gradient of the mean loss of the batch.
     batch_size: overrides the study's batch size (batch-size study).
+    uses_value_fn: True for transforms with a line search on the batch loss
+      (`optax.lbfgs`), updated as `update(grad, state, params, value=,
+      grad=, value_fn=)`; on a full batch the value and gradient that the
+      line search already computed are reused (`optax.value_and_grad_from_state`).
   """
 
   label: str
@@ -85,6 +89,7 @@ class OptimizerSpec:
   hyperparams: Mapping[str, Any]
   uses_batch: bool = False
   batch_size: int | None = None
+  uses_value_fn: bool = False
 
 
 @dataclasses.dataclass
@@ -143,7 +148,8 @@ class BatchOrder:
     return self._perm[start:start + self.batch_size]
 
 
-def _make_step(task: Task, spec: OptimizerSpec, tx: optax.GradientTransformation):
+def _make_step(task: Task, spec: OptimizerSpec, tx: optax.GradientTransformation,
+               full_batch: bool = False):
   apply_fn = task.model.apply
 
   def loss_fn(params, x, y):
@@ -154,6 +160,14 @@ def _make_step(task: Task, spec: OptimizerSpec, tx: optax.GradientTransformation
     y = jnp.take(targets, indices, axis=0)
     if spec.uses_batch:
       updates, opt_state = tx.update(None, opt_state, params, batch=(x, y))
+    elif spec.uses_value_fn:
+      value_fn = lambda p: loss_fn(p, x, y)
+      if full_batch:  # the same loss every step: reuse the line search's last evaluation
+        value, grads = optax.value_and_grad_from_state(value_fn)(params, state=opt_state)
+      else:
+        value, grads = jax.value_and_grad(value_fn)(params)
+      updates, opt_state = tx.update(grads, opt_state, params, value=value, grad=grads,
+                                     value_fn=value_fn)
     else:
       grads = jax.grad(loss_fn)(params, x, y)
       updates, opt_state = tx.update(grads, opt_state, params)
@@ -246,7 +260,7 @@ def train_run(
   compile_seconds = None
   if key not in cache:
     start = time.perf_counter()
-    step = _make_step(task, spec, tx)
+    step = _make_step(task, spec, tx, full_batch=batch_size == task.train_inputs.shape[0])
     compiled = step.lower(params, opt_state, task.train_inputs, task.train_targets,
                           order(0)).compile()
     cache[key] = (compiled, time.perf_counter() - start)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -34,6 +36,83 @@ def test_run_all_quick_writes_json_plots_and_table(tmp_path):
   assert (tmp_path / "lorenz96.png").stat().st_size > 0
   text = doc.read_text()
   assert "### lorenz96" in text and "time to target" in text and "lorenz96.png" in text
+  # Every image link resolves from the doc (MkDocs needs them inside docs_dir: copied there).
+  links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+  assert links and all(link.startswith("assets/benchmarks/") for link in links), links
+  assert all((doc.parent / link).stat().st_size > 0 for link in links)
+
+
+def test_demo_quick_writes_table_json_and_one_figure(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  done = subprocess.run([sys.executable, "-m", "benchmarks.demo", "--quick", "--out",
+                         str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  assert "time to target" in done.stdout and "Lorenz96" in done.stdout
+  assert sorted(p.name for p in tmp_path.glob("*.png")) == ["demo.png"]
+  assert (tmp_path / "demo.png").stat().st_size > 0
+  table = json.loads((tmp_path / "demo.json").read_text())
+  families = {}
+  for row in table["rows"]:
+    families.setdefault(row["study"], set()).add(row["family"])
+    assert row["steps"] > 0 and row["ms_per_step"] > 0 and row["target"] > 0
+  assert families == {"fit_1d": {"rd", "adam", "lbfgs"}, "lorenz96": {"rd", "adam"}}
+  for study in ("fit_1d", "lorenz96"):
+    assert json.loads((tmp_path / f"{study}.json").read_text())["config"]["seeds"] == 1
+  markdown = (tmp_path / "demo.md").read_text()
+  assert "| task | method | final loss | time to target s | steps | ms/step |" in markdown
+  assert "![demo](demo.png)" in markdown
+
+
+def _benchmark_imports() -> dict[str, set[str]]:
+  """benchmarks module -> the benchmarks modules it imports anywhere (also inside functions)."""
+  graph = {}
+  for path in (REPO / "benchmarks").glob("*.py"):
+    name = f"benchmarks.{path.stem}"
+    graph[name] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        graph[name] |= {a.name for a in node.names if a.name.startswith("benchmarks.")}
+      elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        if node.module == "benchmarks":
+          graph[name] |= {f"benchmarks.{a.name}" for a in node.names}
+        elif node.module.startswith("benchmarks."):
+          graph[name].add(node.module)
+  return graph
+
+
+def test_benchmark_modules_import_no_cycle_and_report_imports_no_study():
+  graph = _benchmark_imports()
+  state: dict[str, str] = {}
+
+  def visit(module, trail):
+    if state.get(module) == "done":
+      return
+    assert state.get(module) != "open", f"import cycle: {' -> '.join(trail + [module])}"
+    state[module] = "open"
+    for imported in sorted(graph.get(module, ())):
+      visit(imported, trail + [module])
+    state[module] = "done"
+
+  for module in sorted(graph):
+    visit(module, [])
+  assert graph["benchmarks.report"] <= {"benchmarks.plotting", "benchmarks.registry"}
+  assert graph["benchmarks.registry"] == set()
+
+
+def test_registry_carries_table_and_plot_of_non_training_studies():
+  sys.path.insert(0, str(REPO))
+  from benchmarks import registry
+  from benchmarks import report
+  from benchmarks import scaling
+
+  studies = registry.load_all()
+  assert studies["scaling"].table is scaling.markdown_table
+  assert studies["scaling"].plot is scaling.plot
+  assert studies["sharding"].table is not None and studies["sharding"].plot is not None
+  assert studies["lorenz96"].table is None  # the report's training table
+  result = json.loads((REPO / "benchmarks" / "results" / "cpu" / "scaling.json").read_text())
+  assert report.markdown_table(result) == scaling.markdown_table(result)
 
 
 def test_unknown_study_and_quick_without_out_are_refused():
