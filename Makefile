@@ -36,9 +36,9 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
-# The suite and the docstring examples (pytest: testpaths tests + rdescent, --doctest-modules).
+# The suite and the docstring examples (--doctest-modules and its flags are in pyproject.toml).
 test: lint docs
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n auto tests rdescent
 
 clean:
 	rm -rf $(VENV) demo_output site .cache .mypy_cache .ruff_cache
