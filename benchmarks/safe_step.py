@@ -37,6 +37,15 @@ def _data(limit_eval: int = 2048):
   return x, y, x[:limit_eval], y[:limit_eval], xt, yt
 
 
+def _step_scale(opt_state) -> float:
+  """The factor the logit cap applied to the last step (1.0 when uncapped), read from the
+  cap's state (`step_scale`) wherever the controller nests it in the optimizer state."""
+  for node in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: hasattr(s, "step_scale")):
+    if hasattr(node, "step_scale"):
+      return float(node.step_scale)
+  return 1.0
+
+
 def _run(tx, params, apply_fn, x, y, steps, batch, needs_batch, rng):
   state = tx.init(params)
 
@@ -59,7 +68,7 @@ def _run(tx, params, apply_fn, x, y, steps, batch, needs_batch, rng):
     jax.block_until_ready(params)
     times.append(time.perf_counter() - start)
     if needs_batch:
-      capped += int(float(state[0].damping_state.step_scale) < 1.0)
+      capped += int(_step_scale(state) < 1.0)
   return params, float(np.median(times)), capped / steps
 
 
