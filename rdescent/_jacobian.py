@@ -105,7 +105,7 @@ def per_example_jacobian(
   Returns:
     A pytree with the structure of `params`.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> from rdescent import gram
     >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
@@ -127,7 +127,7 @@ def flat_jacobian(jacobian: Params, num_examples: int, num_outputs: int) -> jax.
 
   The parameter order is that of `jax.flatten_util.ravel_pytree(params)`.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> from rdescent import gram
     >>> jacobian = {"w": jnp.ones((4, 2, 3, 2)), "b": jnp.ones((4, 2, 2))}

@@ -31,7 +31,7 @@ def compute_dtype(tree: Any) -> jnp.dtype:
     `jnp.result_type` of the leaves, with bfloat16/float16 raised to float32;
     float32 for a tree without leaves.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp, rdescent as rd
     >>> rd.compute_dtype({"w": jnp.ones(2, jnp.bfloat16)})
     dtype('float32')

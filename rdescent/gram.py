@@ -29,17 +29,18 @@ Both engines first compute per-example factors of K (`gram_factors`, a
 their factors, which is how each device of a mesh builds its own block row
 of K (`rdescent.sharding.row_block_gram`).
 
-A linear model f(x) = x w + b has J_i = [x_i, 1], so K = X Xᵀ + 1:
+Examples:
+  A linear model f(x) = x w + b has J_i = [x_i, 1], so K = X Xᵀ + 1:
 
->>> import jax.numpy as jnp
->>> import rdescent as rd
->>> params = {"w": jnp.zeros((2, 1)), "b": jnp.zeros(1)}
->>> apply_fn = lambda p, x: x @ p["w"] + p["b"]
->>> x = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
->>> print(rd.gram.gram_matrix(apply_fn, params, x))
-[[2. 1. 2.]
- [1. 2. 2.]
- [2. 2. 3.]]
+  >>> import jax.numpy as jnp
+  >>> import rdescent as rd
+  >>> params = {"w": jnp.zeros((2, 1)), "b": jnp.zeros(1)}
+  >>> apply_fn = lambda p, x: x @ p["w"] + p["b"]
+  >>> x = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+  >>> print(rd.gram.gram_matrix(apply_fn, params, x))
+  [[2. 1. 2.]
+   [1. 2. 2.]
+   [2. 2. 3.]]
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def cross_gram(rows: GramFactors, cols: GramFactors, *, outputs: str = "full") -
   example-major, for `outputs="full"`, (k, m_r, m_c) for `"per_output"`;
   `cross_gram(f, f)` is K itself.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> from rdescent import gram
     >>> params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}

@@ -489,7 +489,7 @@ def linearize(
   Returns:
     A `LinearizedProblem`.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp, rdescent as rd
     >>> from rdescent.problem import linearize
     >>> apply_fn = lambda w, x: x @ w

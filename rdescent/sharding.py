@@ -8,41 +8,6 @@ transforms run unchanged on meshes with `AxisType.Auto` and
 inside and returns the direction with the parameters' shardings; that
 plumbing is private, in `rdescent._mesh`).
 
-A data-parallel training loop on one host (on many hosts call
-`jax.distributed.initialize()` first; every process then runs the same
-program on its own part of the batch, see `shard_batch`). It runs as written
-on any number of devices that divides the batch, one included:
-
->>> import jax, jax.numpy as jnp, optax
->>> import rdescent as rd
->>> from jax.sharding import AxisType
->>> mesh = jax.make_mesh((jax.device_count(),), ("data",),
-...                      axis_types=(AxisType.Explicit,))
->>> def apply_fn(params, x):                      # a 1-8-1 tanh network
-...   return jnp.tanh(x @ params["w"] + params["b"]) @ params["v"]
->>> params = {"w": jnp.linspace(-2.0, 2.0, 8)[None], "b": jnp.zeros(8),
-...           "v": jnp.zeros((8, 1))}
->>> # data_axis="data": each device builds its block row of K (see below);
->>> # leave it out to have every device build all of K.
->>> tx = rd.regression_descent(apply_fn, learning_rate=1.0, data_axis="data",
-...                            damping=rd.damping.levenberg_marquardt(initial=1e-3))
->>> params = rd.sharding.replicate(params, mesh)
->>> opt_state = tx.init(params)
->>> @jax.jit
-... def train_step(params, opt_state, batch):
-...   updates, opt_state = tx.update(None, opt_state, params, batch=batch)
-...   return optax.apply_updates(params, updates), opt_state
->>> inputs = jnp.linspace(-1.0, 1.0, 16)[:, None]  # m = 16, divisible by the devices
->>> targets = jnp.sin(3.0 * inputs)
->>> loss = lambda p: float(jnp.sum((apply_fn(p, inputs) - targets) ** 2))
->>> before = loss(params)
->>> with jax.set_mesh(mesh):
-...   for step in range(3):                       # one batch per step in practice
-...     batch = rd.sharding.shard_batch((inputs, targets), mesh, axis="data")
-...     params, opt_state = train_step(params, opt_state, batch)
->>> loss(params) < 0.01 * before
-True
-
 Layout of one step, n devices, m examples (m/n per device), k outputs, dense
 layers l with widths d_in,l → d_out,l, p parameters:
 
@@ -73,6 +38,42 @@ the XLA SPMD partitioner derives the collectives from the shardings. The
 bytes each device receives per step, as a formula of m, n, k, the widths
 and the layout, are in `benchmarks/communication.py` (`communication_bytes`,
 used by the sharding benchmark).
+
+Examples:
+  A data-parallel training loop on one host (on many hosts call
+  `jax.distributed.initialize()` first; every process then runs the same
+  program on its own part of the batch, see `shard_batch`). It runs as written
+  on any number of devices that divides the batch, one included:
+
+  >>> import jax, jax.numpy as jnp, optax
+  >>> import rdescent as rd
+  >>> from jax.sharding import AxisType
+  >>> mesh = jax.make_mesh((jax.device_count(),), ("data",),
+  ...                      axis_types=(AxisType.Explicit,))
+  >>> def apply_fn(params, x):                      # a 1-8-1 tanh network
+  ...   return jnp.tanh(x @ params["w"] + params["b"]) @ params["v"]
+  >>> params = {"w": jnp.linspace(-2.0, 2.0, 8)[None], "b": jnp.zeros(8),
+  ...           "v": jnp.zeros((8, 1))}
+  >>> # data_axis="data": each device builds its block row of K (see above);
+  >>> # leave it out to have every device build all of K.
+  >>> tx = rd.regression_descent(apply_fn, learning_rate=1.0, data_axis="data",
+  ...                            damping=rd.damping.levenberg_marquardt(initial=1e-3))
+  >>> params = rd.sharding.replicate(params, mesh)
+  >>> opt_state = tx.init(params)
+  >>> @jax.jit
+  ... def train_step(params, opt_state, batch):
+  ...   updates, opt_state = tx.update(None, opt_state, params, batch=batch)
+  ...   return optax.apply_updates(params, updates), opt_state
+  >>> inputs = jnp.linspace(-1.0, 1.0, 16)[:, None]  # m = 16, divisible by the devices
+  >>> targets = jnp.sin(3.0 * inputs)
+  >>> loss = lambda p: float(jnp.sum((apply_fn(p, inputs) - targets) ** 2))
+  >>> before = loss(params)
+  >>> with jax.set_mesh(mesh):
+  ...   for step in range(3):                       # one batch per step in practice
+  ...     batch = rd.sharding.shard_batch((inputs, targets), mesh, axis="data")
+  ...     params, opt_state = train_step(params, opt_state, batch)
+  >>> loss(params) < 0.01 * before
+  True
 """
 
 from __future__ import annotations
@@ -168,9 +169,13 @@ def row_block_gram(
   K is built as on one device.
 
   Args:
-    apply_fn, params, inputs, method, outputs, chunk_size: as for
-      `rdescent.gram.gram_matrix`.
+    apply_fn: as for `rdescent.gram.gram_matrix`.
+    params: as for `rdescent.gram.gram_matrix`.
+    inputs: as for `rdescent.gram.gram_matrix`, examples split over `axis`.
     axis: the mesh axis the examples are split over.
+    method: the Gram engine, as for `rdescent.gram.gram_matrix`.
+    outputs: `"full"` or `"per_output"`, as for `rdescent.gram.gram_matrix`.
+    chunk_size: as for `rdescent.gram.gram_matrix`.
 
   Returns:
     K as `rdescent.gram.gram_matrix` returns it.

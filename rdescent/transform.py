@@ -355,7 +355,9 @@ def regression_descent(
   `chain(scale_by_regression_descent(...), scale_by_learning_rate(η))`; see
   `scale_by_regression_descent` for the arguments.
 
-  Example: one step fits a linear model exactly (λ → 0, η = 1).
+  Examples:
+    One step fits a linear model exactly (λ → 0, η = 1):
+
 
     >>> import jax.numpy as jnp, optax, rdescent as rd
     >>> apply_fn = lambda w, x: x @ w                      # (m, 3) -> (m,)

@@ -91,7 +91,7 @@ def accept(trial: problem_lib.Trial, state: Any) -> DampingStep:
 def constant(value: float | jax.Array) -> DampingController:
   """λ fixed at `value` (≥ 0) for every step.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp, rdescent as rd
     >>> controller = rd.damping.constant(1e-3)
     >>> float(controller.current(controller.init(jnp.zeros(2)), 0))
@@ -117,7 +117,7 @@ def constant(value: float | jax.Array) -> DampingController:
 def schedule(schedule_fn: Callable[[jax.Array], jax.Array]) -> DampingController:
   """λ = `schedule_fn(count)`, any optax schedule of the step count.
 
-  Example:
+  Examples:
     >>> import optax, rdescent as rd
     >>> controller = rd.damping.schedule(optax.exponential_decay(1.0, 10, 0.1))
     >>> round(float(controller.current(controller.init(None), 10)), 6)

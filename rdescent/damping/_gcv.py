@@ -60,7 +60,8 @@ def gcv(
   """λ minimising GCV over `num` log-spaced values in [grid_min, grid_max].
 
   Args:
-    grid_min, grid_max: the grid's ends (× tr(A)/n when `relative`).
+    grid_min: the grid's smallest value (× tr(A)/n when `relative`).
+    grid_max: the grid's largest value (× tr(A)/n when `relative`).
     num: number of grid values.
     relative: scale the grid by the mean eigenvalue of the system matrix.
     failure_growth: factor of the failure floor (see the module docstring).
@@ -68,7 +69,7 @@ def gcv(
   Returns:
     A `DampingController` whose state is a `GCVState`.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp, rdescent as rd
     >>> controller = rd.damping.gcv(grid_min=1e-6, grid_max=1.0, num=13)
     >>> float(controller.fail(controller.init(jnp.zeros(2))).floor)

@@ -66,7 +66,8 @@ def levenberg_marquardt(
     accept_ratio: smallest ρ that accepts a step.
     max_solves: most solves per step (the first and its re-solves); when all
       are rejected the step is skipped (status "rejected") with λ grown.
-    min_damping, max_damping: the clamp range of λ.
+    min_damping: the smallest λ.
+    max_damping: the largest λ.
 
   A step whose predicted decrease is negligible (≤ 10 ε ℓ, e.g. at an exact
   solution) is accepted with λ unchanged, so λ stays bounded there.
@@ -74,7 +75,7 @@ def levenberg_marquardt(
   Returns:
     A `DampingController` whose state is a `LevenbergMarquardtState`.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp, rdescent as rd
     >>> controller = rd.damping.levenberg_marquardt(initial=1e-2)
     >>> state = controller.init(jnp.zeros(3))

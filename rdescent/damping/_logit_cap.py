@@ -56,7 +56,7 @@ def output_change_spread(change: jax.Array) -> jax.Array:
   """max_i (max_c Δz_ic − min_c Δz_ic): the largest per-example spread of an
   output change Δz of shape (m, k) (0 for k = 1).
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> from rdescent.damping import output_change_spread
     >>> float(output_change_spread(jnp.array([[0.0, 1.0, 3.0], [1.0, 1.0, 1.0]])))
@@ -80,7 +80,7 @@ def cap_logit_change(controller: Any, bound: float = math.pi) -> _base.DampingCo
   Raises:
     ValueError: for a controller that undoes steps, or a bad `bound`.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp, rdescent as rd
     >>> controller = rd.damping.cap_logit_change(rd.damping.levenberg_marquardt())
     >>> float(controller.init(jnp.zeros(2)).step_scale)

@@ -41,7 +41,7 @@ SOLVERS: dict[str, Callable[[], Solver]] = {"cholesky": cholesky, "eigh": eigh}
 def get(solver: Any) -> Solver:
   """A `Solver` from a name of `SOLVERS` or a `Solver` (returned as is).
 
-  Example:
+  Examples:
     >>> import rdescent as rd
     >>> rd.solvers.get("cholesky").name
     'cholesky'

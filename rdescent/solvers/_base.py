@@ -61,7 +61,7 @@ class Solver(NamedTuple):
 def symmetrize(matrix: jax.Array) -> jax.Array:
   """(A + Aᵀ)/2 over the last two axes: removes round-off asymmetry.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> from rdescent.solvers import symmetrize
     >>> symmetrize(jnp.array([[1.0, 2.0], [0.0, 1.0]]))

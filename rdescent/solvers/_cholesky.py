@@ -99,7 +99,7 @@ def damped_cholesky_solve(
   Returns:
     `SolveResult(solution (..., n), ok, jitter)`.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> from rdescent.solvers import damped_cholesky_solve
     >>> result = damped_cholesky_solve(3 * jnp.eye(2), jnp.array([4.0, 8.0]), 1.0)
@@ -122,7 +122,7 @@ def cholesky(*, max_jitter_tries: int = MAX_JITTER_TRIES) -> Solver:
   Returns:
     A `Solver` named `"cholesky"`.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp, rdescent as rd
     >>> solver = rd.solvers.cholesky()
     >>> prepared = solver.prepare(3 * jnp.eye(2))

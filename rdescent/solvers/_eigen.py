@@ -129,7 +129,7 @@ def eigh() -> Solver:
 
   Pays n³ once per step, then O(n²) per λ; what `rdescent.damping.gcv` uses.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp, rdescent as rd
     >>> solver = rd.solvers.eigh()
     >>> system = solver.prepare(jnp.diag(jnp.array([1.0, 3.0])))
