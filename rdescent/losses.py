@@ -349,7 +349,7 @@ def from_gradient_and_factor(
   `Loss` directly instead (see the built-ins).
 
   Example (a weighted squared error on k = 2 outputs, used for one RD step
-of a linear model):
+  of a linear model):
 
     >>> import jax.numpy as jnp, optax
     >>> import rdescent as rd

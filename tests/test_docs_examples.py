@@ -78,7 +78,7 @@ def code_blocks(text: str) -> list[CodeBlock]:
       if closing.startswith(fence[0] * len(fence)) and not closing.strip(fence[0]):
         break
       line = lines[end]
-      body.append(line[len(indent):] if line.startswith(indent) else line.lstrip())
+      body.append(line[len(indent) :] if line.startswith(indent) else line.lstrip())
       end += 1
     blocks.append(CodeBlock(language, "\n".join(body) + "\n", index + 2, notest))
     index = end + 1
@@ -114,19 +114,25 @@ for block in blocks:
 
 def run_blocks(path: pathlib.Path, blocks: list[CodeBlock], workdir: pathlib.Path):
   payload = workdir / "blocks.json"
-  payload.write_text(json.dumps([
-      {"path": str(path), "line": b.line, "source": b.source} for b in blocks
-  ]), encoding="utf-8")
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("JAX_ENABLE_X64", "XLA_FLAGS", "JAX_PLATFORMS")}
+  payload.write_text(
+    json.dumps([{"path": str(path), "line": b.line, "source": b.source} for b in blocks]),
+    encoding="utf-8",
+  )
+  env = {
+    k: v for k, v in os.environ.items() if k not in ("JAX_ENABLE_X64", "XLA_FLAGS", "JAX_PLATFORMS")
+  }
   env.update(
-      JAX_PLATFORMS="cpu",
-      MPLBACKEND="Agg",
-      PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+    JAX_PLATFORMS="cpu",
+    MPLBACKEND="Agg",
+    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
   )
   return subprocess.run(
-      [sys.executable, "-c", _RUNNER, str(payload)], cwd=workdir, env=env,
-      capture_output=True, text=True, timeout=TIMEOUT_SECONDS,
+    [sys.executable, "-c", _RUNNER, str(payload)],
+    cwd=workdir,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT_SECONDS,
   )
 
 
@@ -139,9 +145,7 @@ def _missing_requirements(text: str) -> list[str]:
   return missing
 
 
-@pytest.mark.parametrize(
-    "path", markdown_files(), ids=lambda p: p.relative_to(REPO).as_posix()
-)
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda p: p.relative_to(REPO).as_posix())
 def test_python_blocks_run(path: pathlib.Path, tmp_path: pathlib.Path):
   text = path.read_text(encoding="utf-8")
   blocks = python_blocks(text)
@@ -152,8 +156,8 @@ def test_python_blocks_run(path: pathlib.Path, tmp_path: pathlib.Path):
     pytest.skip(f"needs {', '.join(missing)} (docs-test-requires)")
   result = run_blocks(path, blocks, tmp_path)
   assert result.returncode == 0, (
-      f"a python block of {path.relative_to(REPO)} failed "
-      f"({len(blocks)} blocks, run in order):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    f"a python block of {path.relative_to(REPO)} failed "
+    f"({len(blocks)} blocks, run in order):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
   )
 
 
@@ -163,7 +167,8 @@ def test_readme_has_a_runnable_example():
 
 
 def test_code_blocks_parses_fences_and_markers():
-  text = "\n".join([
+  text = "\n".join(
+    [
       "intro",
       "```python",
       "a = 1",
@@ -187,7 +192,8 @@ def test_code_blocks_parses_fences_and_markers():
       "```",
       "'''",
       "````",
-  ])
+    ]
+  )
   blocks = code_blocks(text)
   assert [b.language for b in blocks] == ["python", "bash", "python", "python", "python", "python"]
   assert [b.notest for b in blocks] == [False, False, True, True, False, False]

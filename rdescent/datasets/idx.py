@@ -78,6 +78,8 @@ class ImageDataset(NamedTuple):
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
   """The data directory: `data_dir` if given, else `$RDESCENT_DATA_DIR`.
 
+  Example:
+
     >>> from rdescent.datasets.idx import resolve_data_dir
     >>> resolve_data_dir("/data/sets").as_posix()
     '/data/sets'
