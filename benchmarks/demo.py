@@ -137,8 +137,9 @@ def verdict(rows: Sequence[Mapping[str, Any]]) -> str:
     else:
       when = f"no method reached the target {target:.3g} in {rd['budget_seconds']:g} s"
     ratio = rd_loss / other_loss if other_loss > 0 else np.inf
-    lines.append(f"{name}: {when}; final loss {rd_loss:.3g} (best RD) against {other_loss:.3g} "
-                 f"({other['method']}), ratio {ratio:.3g}.")
+    compared = (f"{1 / ratio:.3g}x lower" if ratio < 1 else f"{ratio:.3g}x higher")
+    lines.append(f"{name}: {when}; best RD final loss {rd_loss:.3g}, {compared} than "
+                 f"{other['method']}'s {other_loss:.3g}.")
   return "\n".join(lines)
 
 
@@ -168,7 +169,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
 def plot(results: Sequence[Mapping[str, Any]], path: pathlib.Path) -> pathlib.Path:
   """One figure, one panel per task: training loss against training seconds (log-log)."""
   plt = plotting.pyplot()
-  fig, axes = plt.subplots(1, len(results), figsize=(6.2 * len(results), 4.6))
+  fig, axes = plt.subplots(1, len(results), figsize=(6.2 * len(results), 5.4))
   styles = {"rd": "-", "adam": "--", "lbfgs": "-.", "sgd": ":"}
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for panel, (ax, result) in enumerate(zip(np.atleast_1d(axes), results)):
@@ -185,7 +186,9 @@ def plot(results: Sequence[Mapping[str, Any]], path: pathlib.Path) -> pathlib.Pa
     ax.set_xlabel("training seconds (compile and evaluation excluded)")
     ax.set_ylabel("training loss (MSE)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left", framealpha=0.85)
+    # Below the axes: inside, the legend hid the curves' steepest part.
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
+              frameon=False)
     task = result["task"]
     face = "RD wins" if result["study"] == "fit_1d" else "RD does not win yet"
     ax.set_title(f"({'ab'[panel]}) {TASKS.get(result['study'], result['study'])}: {face}\n"
