@@ -239,8 +239,9 @@ def closed_form_last_layer(
     the head update lands exactly on H*, so do not chain a learning rate
     after this transform (the backbone's rate belongs in `backbone`).
 
-  Example: with a frozen backbone, `ridge=0` and `decay=1`, one update puts
-  the head on the least-squares fit of the targets on [Φ, 1]:
+  Examples:
+    With a frozen backbone, `ridge=0` and `decay=1`, one update puts the
+    head on the least-squares fit of the targets on [Φ, 1]:
 
     >>> import jax, jax.numpy as jnp, optax
     >>> import rdescent as rd
@@ -394,9 +395,10 @@ def rd_backbone(
   Keyword arguments (`damping`, `outputs`, `gram`, ...) go to
   `regression_descent`; the loss is squared error.
 
-  Example: a tanh backbone 1-16 and a linear head fitting sin(3x); the
-  summed loss of the batch at its new head falls over ten steps (with
-  Levenberg-Marquardt damping of the backbone's step):
+  Examples:
+    A tanh backbone 1-16 and a linear head fitting sin(3x); the summed loss
+    of the batch at its new head falls over ten steps (with
+    Levenberg-Marquardt damping of the backbone's step):
 
     >>> import jax, jax.numpy as jnp, optax
     >>> import rdescent as rd

@@ -27,8 +27,9 @@ with a per-example value function (gradient and Hessian factor default to
 autodiff). Losses are summed over the batch, never averaged, so that λ means
 the same for every loss and batch size.
 
-Example: the softmax cross-entropy factors of one example, and the check
-L u = g = softmax(z) − y:
+Examples:
+  The softmax cross-entropy factors of one example, and the check
+  L u = g = softmax(z) − y:
 
   >>> import jax, jax.numpy as jnp
   >>> import rdescent as rd
@@ -348,8 +349,9 @@ def from_gradient_and_factor(
   "same shape as the outputs". For efficiency or exact control of u, build a
   `Loss` directly instead (see the built-ins).
 
-  Example (a weighted squared error on k = 2 outputs, used for one RD step
-  of a linear model):
+  Examples:
+    A weighted squared error on k = 2 outputs, used for one RD step of a
+    linear model:
 
     >>> import jax.numpy as jnp, optax
     >>> import rdescent as rd

@@ -1,10 +1,13 @@
 """Every ```python block of README.md and docs/**/*.md runs as written.
 
-The blocks of one markdown file run in order, in one namespace, in a fresh
-interpreter (a subprocess with a timeout), so a later block may use the names
-of an earlier one and nothing leaks from one file to the next. They run on the
-CPU in float32 unless a block enables float64 itself, from a temporary working
-directory, with the repository root on `sys.path` (for `benchmarks.*`).
+The blocks of one markdown file run in order in one fresh namespace, so a later
+block may use the names of an earlier one and nothing leaks from one file to
+the next. All files share one subprocess (JAX starts once), with a time limit
+per file and float64 switched off again after each; a file whose blocks set
+environment variables (`XLA_FLAGS` before JAX starts, as the data-parallel
+guide does to simulate devices) gets an interpreter of its own. Blocks run on
+the CPU in float32 unless they enable float64 themselves, from a temporary
+working directory, with the repository root on `sys.path` (for `benchmarks.*`).
 
 Conventions in the markdown:
 
@@ -99,41 +102,39 @@ def markdown_files() -> list[pathlib.Path]:
   return keep
 
 
-# Runs in the subprocess: executes the blocks in one namespace, each compiled
-# with the markdown file as its file name and its own line numbers, so that a
-# traceback points at the line of the markdown file.
+# Runs in a subprocess: for each file, executes its blocks in one fresh
+# namespace, each compiled with the markdown file as its file name and its own
+# line numbers (a traceback points at the markdown line), under a per-file
+# alarm; then resets float64. Results are written after every file.
 _RUNNER = """
-import json, sys
-blocks = json.load(open(sys.argv[1], encoding="utf-8"))
-namespace = {"__name__": "__main__"}
-for block in blocks:
-  source = "\\n" * (block["line"] - 1) + block["source"]
-  exec(compile(source, block["path"], "exec"), namespace)
+import contextlib, io, json, signal, sys, traceback
+
+def on_alarm(signum, frame):
+  raise TimeoutError("the blocks of this file ran past their time limit")
+
+signal.signal(signal.SIGALRM, on_alarm)
+files = json.load(open(sys.argv[1], encoding="utf-8"))
+results = {}
+for entry in files:
+  namespace = {"__name__": "__main__"}
+  output = io.StringIO()
+  error = None
+  signal.alarm(entry["timeout"])
+  try:
+    with contextlib.redirect_stdout(output):
+      for block in entry["blocks"]:
+        source = "\\n" * (block["line"] - 1) + block["source"]
+        exec(compile(source, entry["path"], "exec"), namespace)
+  except Exception:
+    error = traceback.format_exc()
+  finally:
+    signal.alarm(0)
+  if "jax" in sys.modules:
+    sys.modules["jax"].config.update("jax_enable_x64", False)
+  results[entry["path"]] = {"error": error, "stdout": output.getvalue()[-3000:]}
+  with open(sys.argv[2], "w", encoding="utf-8") as stream:
+    json.dump(results, stream)
 """
-
-
-def run_blocks(path: pathlib.Path, blocks: list[CodeBlock], workdir: pathlib.Path):
-  payload = workdir / "blocks.json"
-  payload.write_text(
-    json.dumps([{"path": str(path), "line": b.line, "source": b.source} for b in blocks]),
-    encoding="utf-8",
-  )
-  env = {
-    k: v for k, v in os.environ.items() if k not in ("JAX_ENABLE_X64", "XLA_FLAGS", "JAX_PLATFORMS")
-  }
-  env.update(
-    JAX_PLATFORMS="cpu",
-    MPLBACKEND="Agg",
-    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-  )
-  return subprocess.run(
-    [sys.executable, "-c", _RUNNER, str(payload)],
-    cwd=workdir,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=TIMEOUT_SECONDS,
-  )
 
 
 def _missing_requirements(text: str) -> list[str]:
@@ -145,19 +146,93 @@ def _missing_requirements(text: str) -> list[str]:
   return missing
 
 
-@pytest.mark.parametrize("path", markdown_files(), ids=lambda p: p.relative_to(REPO).as_posix())
-def test_python_blocks_run(path: pathlib.Path, tmp_path: pathlib.Path):
+def plan(path: pathlib.Path) -> tuple[list[CodeBlock], str | None]:
+  """The blocks of a file to run, and why the file is skipped (None: it runs)."""
   text = path.read_text(encoding="utf-8")
   blocks = python_blocks(text)
   if not blocks:
-    pytest.skip("no python blocks")
+    return blocks, "no python blocks"
   missing = _missing_requirements(text)
   if missing:
-    pytest.skip(f"needs {', '.join(missing)} (docs-test-requires)")
-  result = run_blocks(path, blocks, tmp_path)
-  assert result.returncode == 0, (
-    f"a python block of {path.relative_to(REPO)} failed "
-    f"({len(blocks)} blocks, run in order):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return blocks, f"needs {', '.join(missing)} (docs-test-requires)"
+  return blocks, None
+
+
+def needs_own_interpreter(blocks: list[CodeBlock]) -> bool:
+  """A file that sets environment variables (XLA_FLAGS before JAX starts) runs alone."""
+  return any("os.environ" in b.source for b in blocks)
+
+
+def run_files(paths: list[pathlib.Path], workdir: pathlib.Path) -> dict[str, dict]:
+  """Runs the blocks of `paths` in one fresh interpreter; {path: {error, stdout}}."""
+  payload, output = workdir / "blocks.json", workdir / "results.json"
+  entries = []
+  for path in paths:
+    blocks, _ = plan(path)
+    entries.append(
+      {
+        "path": str(path),
+        "timeout": TIMEOUT_SECONDS,
+        "blocks": [{"line": b.line, "source": b.source} for b in blocks],
+      }
+    )
+  payload.write_text(json.dumps(entries), encoding="utf-8")
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_ENABLE_X64", "XLA_FLAGS")}
+  env.update(
+    JAX_PLATFORMS="cpu",
+    MPLBACKEND="Agg",
+    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+  )
+  process = subprocess.run(
+    [sys.executable, "-c", _RUNNER, str(payload), str(output)],
+    cwd=workdir,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT_SECONDS * len(paths) + 60,
+  )
+  results = json.loads(output.read_text(encoding="utf-8")) if output.exists() else {}
+  for path in paths:  # a file the interpreter never finished (it crashed)
+    results.setdefault(
+      str(path),
+      {
+        "error": f"the interpreter exited with {process.returncode}:\n{process.stderr[-6000:]}",
+        "stdout": process.stdout[-3000:],
+      },
+    )
+  return results
+
+
+@pytest.fixture(scope="session")
+def shared_results(request, tmp_path_factory) -> dict[str, dict]:
+  """One interpreter for every selected file that does not need its own (saves JAX's start-up)."""
+  selected = [
+    item.callspec.params["path"]
+    for item in request.session.items
+    if getattr(item, "originalname", None) == "test_python_blocks_run"
+  ]
+  shared = []
+  for path in selected:
+    blocks, skip = plan(path)
+    if skip is None and not needs_own_interpreter(blocks):
+      shared.append(path)
+  if not shared:
+    return {}
+  return run_files(shared, tmp_path_factory.mktemp("docs_examples"))
+
+
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda p: p.relative_to(REPO).as_posix())
+def test_python_blocks_run(path: pathlib.Path, shared_results, tmp_path: pathlib.Path):
+  blocks, skip = plan(path)
+  if skip is not None:
+    pytest.skip(skip)
+  if needs_own_interpreter(blocks):
+    result = run_files([path], tmp_path)[str(path)]
+  else:
+    result = shared_results[str(path)]
+  assert result["error"] is None, (
+    f"a python block of {path.relative_to(REPO)} failed ({len(blocks)} blocks, run in "
+    f"order in one namespace):\n{result['stdout']}\n{result['error']}"
   )
 
 

@@ -78,8 +78,7 @@ class ImageDataset(NamedTuple):
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
   """The data directory: `data_dir` if given, else `$RDESCENT_DATA_DIR`.
 
-  Example:
-
+  Examples:
     >>> from rdescent.datasets.idx import resolve_data_dir
     >>> resolve_data_dir("/data/sets").as_posix()
     '/data/sets'
@@ -132,7 +131,8 @@ def _verify(path: pathlib.Path, expected_md5: str) -> None:
 def parse_idx(raw: bytes, *, expected_magic: int, source: str = "<bytes>") -> np.ndarray:
   """Parses uncompressed IDX bytes into a uint8 array shaped by the header.
 
-  Example (a labels file with three labels: magic 2049, size 3, the values):
+  Examples:
+    A labels file with three labels (magic 2049, size 3, the values):
 
     >>> from rdescent.datasets.idx import parse_idx
     >>> raw = (2049).to_bytes(4, "big") + (3).to_bytes(4, "big") + bytes([7, 0, 9])
@@ -196,9 +196,10 @@ def load_idx_dataset(
     ChecksumError: a file's MD5 differs from the official one.
     IdxFormatError: a file is not a valid IDX file.
 
-  Example: two 28 × 28 images written in the IDX layout to a temporary
-  directory and read back (`verify=False`: they are not the official files;
-  with the real files, pass their directory or set `$RDESCENT_DATA_DIR`):
+  Examples:
+    Two 28 × 28 images written in the IDX layout to a temporary directory
+    and read back (`verify=False`: they are not the official files; with the
+    real files, pass their directory or set `$RDESCENT_DATA_DIR`):
 
     >>> import gzip, pathlib, shutil, tempfile
     >>> from rdescent.datasets.idx import load_idx_dataset

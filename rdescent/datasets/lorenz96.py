@@ -33,7 +33,8 @@ class Lorenz96Data(NamedTuple):
 def lorenz96_tendency(state: jax.Array, forcing: float = 8.0) -> jax.Array:
   """dx/dt of Lorenz96 for states of shape (..., N).
 
-  The rest state x = F is a fixed point:
+  Examples:
+    The rest state x = F is a fixed point:
 
     >>> import jax.numpy as jnp
     >>> from rdescent.datasets import lorenz96_tendency
@@ -51,7 +52,8 @@ def lorenz96_tendency(state: jax.Array, forcing: float = 8.0) -> jax.Array:
 def rk4_step(state: jax.Array, dt: float, forcing: float = 8.0) -> jax.Array:
   """One classical Runge-Kutta step of size dt, for states of shape (..., N).
 
-  A perturbation of the rest state grows (the dynamics are chaotic):
+  Examples:
+    A perturbation of the rest state grows (the dynamics are chaotic):
 
     >>> import jax.numpy as jnp
     >>> from rdescent.datasets import rk4_step
@@ -92,7 +94,8 @@ def lorenz96_dataset(
     `Lorenz96Data`; with `standardize`, inputs and targets are shifted and
     scaled by the same scalar mean and standard deviation of the inputs.
 
-  Example (a tiny data set; the benchmarks use 8192 pairs of N = 40):
+  Examples:
+    A tiny data set (the benchmarks use 8192 pairs of N = 40):
 
     >>> import jax.numpy as jnp
     >>> from rdescent.datasets import lorenz96_dataset
