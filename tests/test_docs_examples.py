@@ -205,7 +205,13 @@ def run_files(paths: list[pathlib.Path], workdir: pathlib.Path) -> dict[str, dic
 
 @pytest.fixture(scope="session")
 def shared_results(request, tmp_path_factory) -> dict[str, dict]:
-  """One interpreter for every selected file that does not need its own (saves JAX's start-up)."""
+  """One interpreter for every selected file that does not need its own (saves JAX's start-up).
+
+  Under pytest-xdist every worker would see every selected item, so there each
+  file runs in its own interpreter instead, on the worker that runs its test.
+  """
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    return {}
   selected = [
     item.callspec.params["path"]
     for item in request.session.items
@@ -226,10 +232,7 @@ def test_python_blocks_run(path: pathlib.Path, shared_results, tmp_path: pathlib
   blocks, skip = plan(path)
   if skip is not None:
     pytest.skip(skip)
-  if needs_own_interpreter(blocks):
-    result = run_files([path], tmp_path)[str(path)]
-  else:
-    result = shared_results[str(path)]
+  result = shared_results.get(str(path)) or run_files([path], tmp_path)[str(path)]
   assert result["error"] is None, (
     f"a python block of {path.relative_to(REPO)} failed ({len(blocks)} blocks, run in "
     f"order in one namespace):\n{result['stdout']}\n{result['error']}"
