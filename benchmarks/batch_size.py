@@ -6,13 +6,16 @@ size; Adam (lr 1e-3, batch 32) sets the target (its median final loss).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from benchmarks import mnist
 from benchmarks import models
 from benchmarks import optimizers as opt
 from benchmarks import registry
-from benchmarks.runner import OptimizerSpec, StudyOptions, run_training_study
+from benchmarks.runner import OptimizerSpec
+from benchmarks.runner import StudyOptions
+from benchmarks.runner import run_training_study
 
 BATCH_SIZES = (16, 32, 64, 128, 256)
 
@@ -20,8 +23,7 @@ BATCH_SIZES = (16, 32, 64, 128, 256)
 def default_optimizers(quick: bool) -> list[OptimizerSpec]:
   sizes = (16, 32) if quick else BATCH_SIZES
   return opt.adam_grid([1e-3]) + [
-      opt.rd_spec(f"rd paper m={m}", damping=1e-5, outputs="per_output", batch_size=m)
-      for m in sizes
+    opt.rd_spec(f"rd paper m={m}", damping=1e-5, outputs="per_output", batch_size=m) for m in sizes
   ]
 
 
@@ -29,9 +31,14 @@ def run(options: StudyOptions, *, specs: Sequence[OptimizerSpec] | None = None) 
   sizes = mnist.QUICK if options.quick else mnist.FULL
   task = mnist.image_task("mnist", models.small_cnn(), "mse", sizes)
   return run_training_study(
-      "batch_size", task, specs if specs is not None else default_optimizers(options.quick),
-      options, seeds=options.seeds or sizes["seeds"], budget=options.budget or sizes["budget"],
-      batch_size=32, config={"target": "median final loss of Adam lr=1e-3, batch 32"},
+    "batch_size",
+    task,
+    specs if specs is not None else default_optimizers(options.quick),
+    options,
+    seeds=options.seeds or sizes["seeds"],
+    budget=options.budget or sizes["budget"],
+    batch_size=32,
+    config={"target": "median final loss of Adam lr=1e-3, batch 32"},
   )
 
 

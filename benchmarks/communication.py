@@ -52,16 +52,16 @@ class CommunicationBytes(NamedTuple):
 
 
 def communication_bytes(
-    num_examples: int,
-    layer_sizes: Sequence[int],
-    num_devices: int,
-    *,
-    num_outputs: int | None = None,
-    outputs: str = "full",
-    gram_layout: str = "replicated",
-    gathered: str = "inputs",
-    num_params: int | None = None,
-    bytes_per_number: int = 4,
+  num_examples: int,
+  layer_sizes: Sequence[int],
+  num_devices: int,
+  *,
+  num_outputs: int | None = None,
+  outputs: str = "full",
+  gram_layout: str = "replicated",
+  gathered: str = "inputs",
+  num_params: int | None = None,
+  bytes_per_number: int = 4,
 ) -> CommunicationBytes:
   """Bytes received per device in one data-parallel RD step of a dense network.
 
@@ -109,14 +109,12 @@ def communication_bytes(
     raise ValueError(f"layer_sizes needs at least two widths; got {list(layer_sizes)}.")
   if num_devices < 1 or num_examples % num_devices:
     raise ValueError(
-        f"num_examples={num_examples} must be divisible by num_devices={num_devices} >= 1."
+      f"num_examples={num_examples} must be divisible by num_devices={num_devices} >= 1."
     )
   m, n = num_examples, num_devices
   k = layer_sizes[-1] if num_outputs is None else num_outputs
   fan_in, fan_out = layer_sizes[:-1], layer_sizes[1:]
-  p = num_params if num_params is not None else sum(
-      i * o + o for i, o in zip(fan_in, fan_out)
-  )
+  p = num_params if num_params is not None else sum(i * o + o for i, o in zip(fan_in, fan_out))
   share = bytes_per_number * (n - 1) / n
   if gathered == "inputs":
     layer_inputs = share * m * layer_sizes[0]

@@ -38,7 +38,8 @@ import argparse  # noqa: E402
 import pathlib  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from typing import Any, Mapping, Sequence  # noqa: E402
+from collections.abc import Mapping, Sequence  # noqa: E402
+from typing import Any
 
 import numpy as np  # noqa: E402
 
@@ -50,33 +51,46 @@ from benchmarks import report  # noqa: E402
 from benchmarks import runner  # noqa: E402
 
 OUT_DIR = pathlib.Path("demo_output")
-FIT_BUDGET = 5.0        # seconds of training per method, full-batch fit
-LORENZ_BUDGET = 12.0    # seconds of training per method, Lorenz96
+FIT_BUDGET = 5.0  # seconds of training per method, full-batch fit
+LORENZ_BUDGET = 12.0  # seconds of training per method, Lorenz96
 QUICK_BUDGET = 0.3
 TASKS = {"fit_1d": "1D fit, full batch", "lorenz96": "Lorenz96, batch 32"}
-COLUMNS = (("task", "task"), ("method", "method"), ("final_loss", "final loss"),
-           ("time_to_target", "time to target s"), ("steps", "steps"),
-           ("ms_per_step", "ms/step"), ("compile_seconds", "compile s"))
+COLUMNS = (
+  ("task", "task"),
+  ("method", "method"),
+  ("final_loss", "final loss"),
+  ("time_to_target", "time to target s"),
+  ("steps", "steps"),
+  ("ms_per_step", "ms/step"),
+  ("compile_seconds", "compile s"),
+)
 
 
 def fit_specs() -> list[runner.OptimizerSpec]:
   """RD + Levenberg-Marquardt, Adam(3e-3), `optax.lbfgs()`."""
   return [
-      opt.rd_spec("rd + levenberg_marquardt", outputs="full",
-                  damping=("levenberg_marquardt", {}), describe="levenberg_marquardt()"),
-      *opt.adam_grid([3e-3]),
-      opt.lbfgs_spec("optax.lbfgs"),
+    opt.rd_spec(
+      "rd + levenberg_marquardt",
+      outputs="full",
+      damping=("levenberg_marquardt", {}),
+      describe="levenberg_marquardt()",
+    ),
+    *opt.adam_grid([3e-3]),
+    opt.lbfgs_spec("optax.lbfgs"),
   ]
 
 
 def lorenz_specs() -> list[runner.OptimizerSpec]:
   """RD in the paper's setting, RD full mode + Levenberg-Marquardt, Adam(1e-3)."""
   return [
-      opt.rd_spec("rd paper (per-output λ=1e-5)", damping=1e-5, outputs="per_output"),
-      opt.rd_spec("rd full + levenberg_marquardt", outputs="full",
-                  damping=("levenberg_marquardt", {"initial": 1e-3}),
-                  describe="levenberg_marquardt(initial=1e-3)"),
-      *opt.adam_grid([1e-3]),
+    opt.rd_spec("rd paper (per-output λ=1e-5)", damping=1e-5, outputs="per_output"),
+    opt.rd_spec(
+      "rd full + levenberg_marquardt",
+      outputs="full",
+      damping=("levenberg_marquardt", {"initial": 1e-3}),
+      describe="levenberg_marquardt(initial=1e-3)",
+    ),
+    *opt.adam_grid([1e-3]),
   ]
 
 
@@ -85,14 +99,22 @@ def table_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
   target, source = report.reference_target(result)
   rows = []
   for run in result["runs"]:
-    rows.append({
-        "task": TASKS.get(result["study"], result["study"]), "study": result["study"],
-        "method": run["label"], "family": run["family"],
-        "final_loss": run["final_loss"], "target": target, "target_source": source,
-        "time_to_target": report.time_to_target(run, target), "steps": run["steps"],
-        "ms_per_step": 1e3 * run["seconds_per_step"], "compile_seconds": run["compile_seconds"],
+    rows.append(
+      {
+        "task": TASKS.get(result["study"], result["study"]),
+        "study": result["study"],
+        "method": run["label"],
+        "family": run["family"],
+        "final_loss": run["final_loss"],
+        "target": target,
+        "target_source": source,
+        "time_to_target": report.time_to_target(run, target),
+        "steps": run["steps"],
+        "ms_per_step": 1e3 * run["seconds_per_step"],
+        "compile_seconds": run["compile_seconds"],
         "budget_seconds": result["config"]["budget_seconds"],
-    })
+      }
+    )
   return rows
 
 
@@ -113,33 +135,43 @@ def verdict(rows: Sequence[Mapping[str, Any]]) -> str:
   lines = []
   for study in dict.fromkeys(r["study"] for r in rows):
     task = [r for r in rows if r["study"] == study]
-    key = lambda r: (r["time_to_target"], r["final_loss"]
-                     if r["final_loss"] is not None and np.isfinite(r["final_loss"]) else np.inf)
+    key = lambda r: (
+      r["time_to_target"],
+      r["final_loss"] if r["final_loss"] is not None and np.isfinite(r["final_loss"]) else np.inf,
+    )
     rd = min((r for r in task if r["family"] == "rd"), key=key)
     other = min((r for r in task if r["family"] != "rd"), key=key)
     target, name = task[0]["target"], task[0]["task"]
     rd_loss, other_loss = rd["final_loss"] or np.inf, other["final_loss"] or np.inf
     if np.isfinite(rd["time_to_target"]) and np.isfinite(other["time_to_target"]):
-      when = (f"{rd['method']} reached the target {target:.3g} in {rd['time_to_target']:.3g} s, "
-              f"{other['time_to_target'] / max(rd['time_to_target'], 1e-9):.3g}x sooner than the "
-              f"best other method ({other['method']}, {other['time_to_target']:.3g} s)"
-              if rd["time_to_target"] <= other["time_to_target"] else
-              f"{rd['method']} reached the target {target:.3g} in {rd['time_to_target']:.3g} s, "
-              f"{rd['time_to_target'] / max(other['time_to_target'], 1e-9):.3g}x later than "
-              f"{other['method']} ({other['time_to_target']:.3g} s)")
+      when = (
+        f"{rd['method']} reached the target {target:.3g} in {rd['time_to_target']:.3g} s, "
+        f"{other['time_to_target'] / max(rd['time_to_target'], 1e-9):.3g}x sooner than the "
+        f"best other method ({other['method']}, {other['time_to_target']:.3g} s)"
+        if rd["time_to_target"] <= other["time_to_target"]
+        else f"{rd['method']} reached the target {target:.3g} in {rd['time_to_target']:.3g} s, "
+        f"{rd['time_to_target'] / max(other['time_to_target'], 1e-9):.3g}x later than "
+        f"{other['method']} ({other['time_to_target']:.3g} s)"
+      )
     elif np.isfinite(rd["time_to_target"]):
-      when = (f"{rd['method']} reached the target {target:.3g} in {rd['time_to_target']:.3g} s; "
-              f"no other method reached it in {rd['budget_seconds']:g} s")
+      when = (
+        f"{rd['method']} reached the target {target:.3g} in {rd['time_to_target']:.3g} s; "
+        f"no other method reached it in {rd['budget_seconds']:g} s"
+      )
     elif np.isfinite(other["time_to_target"]):
-      when = (f"RD did not reach the target {target:.3g} ({task[0]['target_source']}) in "
-              f"{rd['budget_seconds']:g} s; {other['method']} did in "
-              f"{other['time_to_target']:.3g} s")
+      when = (
+        f"RD did not reach the target {target:.3g} ({task[0]['target_source']}) in "
+        f"{rd['budget_seconds']:g} s; {other['method']} did in "
+        f"{other['time_to_target']:.3g} s"
+      )
     else:
       when = f"no method reached the target {target:.3g} in {rd['budget_seconds']:g} s"
     ratio = rd_loss / other_loss if other_loss > 0 else np.inf
-    compared = (f"{1 / ratio:.3g}x lower" if ratio < 1 else f"{ratio:.3g}x higher")
-    lines.append(f"{name}: {when}; best RD final loss {rd_loss:.3g}, {compared} than "
-                 f"{other['method']}'s {other_loss:.3g}.")
+    compared = f"{1 / ratio:.3g}x lower" if ratio < 1 else f"{ratio:.3g}x higher"
+    lines.append(
+      f"{name}: {when}; best RD final loss {rd_loss:.3g}, {compared} than "
+      f"{other['method']}'s {other_loss:.3g}."
+    )
   return "\n".join(lines)
 
 
@@ -148,21 +180,23 @@ def text_table(rows: Sequence[Mapping[str, Any]]) -> str:
   cells = [[header for _, header in COLUMNS]]
   cells += [[_cell(key, row[key]) for key, _ in COLUMNS] for row in rows]
   widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
-  fmt = lambda line: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(line, widths)))
+  fmt = lambda line: "  ".join(
+    c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))
+  )
   return "\n".join([fmt(cells[0]), "-" * len(fmt(cells[0])), *map(fmt, cells[1:])])
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
   """The table as markdown, then the target of each task."""
-  lines = ["| " + " | ".join(header for _, header in COLUMNS) + " |",
-           "|" + "---|" * len(COLUMNS)]
+  lines = ["| " + " | ".join(header for _, header in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
   lines += ["| " + " | ".join(_cell(key, row[key]) for key, _ in COLUMNS) + " |" for row in rows]
   lines.append("")
   for study in dict.fromkeys(r["study"] for r in rows):
     row = next(r for r in rows if r["study"] == study)
-    lines.append(f"- {row['task']}: target loss {row['target']:.4g} ({row['target_source']}), "
-                 f"{row['budget_seconds']:g} s of training per method.")
+    lines.append(
+      f"- {row['task']}: target loss {row['target']:.4g} ({row['target_source']}), "
+      f"{row['budget_seconds']:g} s of training per method."
+    )
   return "\n".join(lines)
 
 
@@ -178,8 +212,16 @@ def plot(results: Sequence[Mapping[str, Any]], path: pathlib.Path) -> pathlib.Pa
       seconds = np.asarray(run["curve"]["seconds"], float)
       loss = np.asarray([np.nan if v is None else v for v in run["curve"]["loss"]], float)
       keep = seconds > 0  # log time axis; the t = 0 loss is the same for every method
-      ax.plot(seconds[keep], loss[keep], styles.get(run["family"], "-"), color=colors[i],
-              lw=1.8, marker=".", ms=3, label=f"{run['label']} ({run['steps']} steps)")
+      ax.plot(
+        seconds[keep],
+        loss[keep],
+        styles.get(run["family"], "-"),
+        color=colors[i],
+        lw=1.8,
+        marker=".",
+        ms=3,
+        label=f"{run['label']} ({run['steps']} steps)",
+      )
     ax.axhline(target, color="gray", lw=0.9, ls=":", label=f"target {target:.3g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -187,28 +229,47 @@ def plot(results: Sequence[Mapping[str, Any]], path: pathlib.Path) -> pathlib.Pa
     ax.set_ylabel("training loss (MSE)")
     ax.grid(True, which="both", alpha=0.3)
     # Below the axes: inside, the legend hid the curves' steepest part.
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
-              frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     task = result["task"]
     face = "RD wins" if result["study"] == "fit_1d" else "RD does not win yet"
-    ax.set_title(f"({'ab'[panel]}) {TASKS.get(result['study'], result['study'])}: {face}\n"
-                 f"{task['model']}, {task['train_size']} examples, "
-                 f"{result['config']['budget_seconds']:g} s each", fontsize=9)
+    ax.set_title(
+      f"({'ab'[panel]}) {TASKS.get(result['study'], result['study'])}: {face}\n"
+      f"{task['model']}, {task['train_size']} examples, "
+      f"{result['config']['budget_seconds']:g} s each",
+      fontsize=9,
+    )
   machine = results[0]["machine"]
-  fig.suptitle(f"Regression Descent against Adam and L-BFGS — {machine['device']}, "
-               f"{machine['cpu_count']} CPUs, jax {machine['jax']}, one seed", fontsize=10)
+  fig.suptitle(
+    f"Regression Descent against Adam and L-BFGS — {machine['device']}, "
+    f"{machine['cpu_count']} CPUs, jax {machine['jax']}, one seed",
+    fontsize=10,
+  )
   return plotting.save_figure(fig, path, dpi=100)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.demo", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--fit-budget", type=float, default=None,
-                      help=f"seconds of training per method, 1D fit (default {FIT_BUDGET:g})")
-  parser.add_argument("--lorenz-budget", type=float, default=None,
-                      help=f"seconds of training per method, Lorenz96 (default {LORENZ_BUDGET:g})")
-  parser.add_argument("--quick", action="store_true",
-                      help=f"tiny sizes and {QUICK_BUDGET:g} s per method (a smoke test)")
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.demo",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    "--fit-budget",
+    type=float,
+    default=None,
+    help=f"seconds of training per method, 1D fit (default {FIT_BUDGET:g})",
+  )
+  parser.add_argument(
+    "--lorenz-budget",
+    type=float,
+    default=None,
+    help=f"seconds of training per method, Lorenz96 (default {LORENZ_BUDGET:g})",
+  )
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help=f"tiny sizes and {QUICK_BUDGET:g} s per method (a smoke test)",
+  )
   parser.add_argument("--out", type=pathlib.Path, default=OUT_DIR)
   args = parser.parse_args(argv)
   start = time.perf_counter()
@@ -216,14 +277,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   def options(budget: float | None, default: float) -> runner.StudyOptions:
     return runner.StudyOptions(
-        seeds=1, budget=budget or (QUICK_BUDGET if args.quick else default), quick=args.quick,
-        out_dir=args.out, progress=sys.stderr.isatty(), command=command.strip())
+      seeds=1,
+      budget=budget or (QUICK_BUDGET if args.quick else default),
+      quick=args.quick,
+      out_dir=args.out,
+      progress=sys.stderr.isatty(),
+      command=command.strip(),
+    )
 
-  print("(a) 1D fit, full batch: RD + Levenberg-Marquardt, Adam, optax.lbfgs "
-        "(compile not timed)...", flush=True)
+  print(
+    "(a) 1D fit, full batch: RD + Levenberg-Marquardt, Adam, optax.lbfgs (compile not timed)...",
+    flush=True,
+  )
   fit = full_batch_fit.run_fit_1d(options(args.fit_budget, FIT_BUDGET), specs=fit_specs())
-  print("(b) Lorenz96, batch 32: generating trajectories; RD (paper, full + LM), Adam...",
-        flush=True)
+  print(
+    "(b) Lorenz96, batch 32: generating trajectories; RD (paper, full + LM), Adam...", flush=True
+  )
   race = lorenz96.run(options(args.lorenz_budget, LORENZ_BUDGET), specs=lorenz_specs())
   results = [fit, race]
   rows = [row for result in results for row in table_rows(result)]
@@ -233,22 +302,35 @@ def main(argv: Sequence[str] | None = None) -> int:
   summary = verdict(rows)
   wall = time.perf_counter() - start
   machine = runner.machine_info()
-  heading = (f"Regression Descent demo — {machine['device']}, {machine['cpu_count']} CPUs, "
-             f"jax {machine['jax']}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}; "
-             f"one seed, same seconds of training per method, compile "
-             f"and evaluation excluded; {wall:.0f} s in all. Command: `{command.strip()}`.")
-  (args.out / "demo.md").write_text(f"{heading}\n\n{markdown_table(rows)}\n\n{summary}\n\n"
-                                    f"![demo](demo.png)\n")
+  heading = (
+    f"Regression Descent demo — {machine['device']}, {machine['cpu_count']} CPUs, "
+    f"jax {machine['jax']}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}; "
+    f"one seed, same seconds of training per method, compile "
+    f"and evaluation excluded; {wall:.0f} s in all. Command: `{command.strip()}`."
+  )
+  (args.out / "demo.md").write_text(
+    f"{heading}\n\n{markdown_table(rows)}\n\n{summary}\n\n![demo](demo.png)\n"
+  )
   machine["openblas_num_threads"] = os.environ.get("OPENBLAS_NUM_THREADS")
-  runner.save({"study": "demo", "command": command.strip(), "machine": machine,
-               "wall_seconds": round(wall, 2), "rows": rows, "verdict": summary.splitlines()},
-              args.out)
+  runner.save(
+    {
+      "study": "demo",
+      "command": command.strip(),
+      "machine": machine,
+      "wall_seconds": round(wall, 2),
+      "rows": rows,
+      "verdict": summary.splitlines(),
+    },
+    args.out,
+  )
   print()
   print(text_table(rows))
   print()
   for row in (next(r for r in rows if r["study"] == s) for s in TASKS):
-    print(f"{row['task']}: target loss {row['target']:.4g} ({row['target_source']}), "
-          f"{row['budget_seconds']:g} s of training per method.")
+    print(
+      f"{row['task']}: target loss {row['target']:.4g} ({row['target_source']}), "
+      f"{row['budget_seconds']:g} s of training per method."
+    )
   print()
   print(summary)
   print(f"\nWrote {figure}, {args.out / 'demo.md'}, {args.out / 'demo.json'} ({wall:.0f} s).")

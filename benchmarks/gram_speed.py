@@ -30,7 +30,8 @@ import pathlib
 import platform
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,16 +53,39 @@ def cases(quick: bool) -> list[dict[str, Any]]:
     mlp_sizes, mlp_ms, cnn = [784, 256, 256, 10], [32, 128, 256], dict(channels=8, side=28)
     lorenz, lorenz_m = [40, 256, 256, 40], 32
   name = lambda sizes: "MLP " + "-".join(map(str, sizes))
-  mlp, lorenz_mlp, cnn_model = (models.mlp(mlp_sizes, "tanh"), models.mlp(lorenz, "tanh"),
-                                models.small_cnn(**cnn))
-  found = [dict(name=name(mlp_sizes), apply=mlp.apply, params=mlp.init(jax.random.PRNGKey(0)),
-                input_shape=(mlp_sizes[0],), m=m) for m in mlp_ms]
-  found.append(dict(name=f"SmallCNN conv 1→{cnn['channels']} on {cnn['side']}²",
-                    apply=cnn_model.apply, params=cnn_model.init(jax.random.PRNGKey(0)),
-                    input_shape=(cnn["side"], cnn["side"], 1), m=32 if not quick else 4))
-  found.append(dict(name=name(lorenz), apply=lorenz_mlp.apply,
-                    params=lorenz_mlp.init(jax.random.PRNGKey(1)),
-                    input_shape=(lorenz[0],), m=lorenz_m))
+  mlp, lorenz_mlp, cnn_model = (
+    models.mlp(mlp_sizes, "tanh"),
+    models.mlp(lorenz, "tanh"),
+    models.small_cnn(**cnn),
+  )
+  found = [
+    dict(
+      name=name(mlp_sizes),
+      apply=mlp.apply,
+      params=mlp.init(jax.random.PRNGKey(0)),
+      input_shape=(mlp_sizes[0],),
+      m=m,
+    )
+    for m in mlp_ms
+  ]
+  found.append(
+    dict(
+      name=f"SmallCNN conv 1→{cnn['channels']} on {cnn['side']}²",
+      apply=cnn_model.apply,
+      params=cnn_model.init(jax.random.PRNGKey(0)),
+      input_shape=(cnn["side"], cnn["side"], 1),
+      m=32 if not quick else 4,
+    )
+  )
+  found.append(
+    dict(
+      name=name(lorenz),
+      apply=lorenz_mlp.apply,
+      params=lorenz_mlp.init(jax.random.PRNGKey(1)),
+      input_shape=(lorenz[0],),
+      m=lorenz_m,
+    )
+  )
   return found
 
 
@@ -136,15 +160,20 @@ def run_case(case: dict[str, Any], repeats: int, jacobian_max_m: int) -> dict[st
     return jax.tree_util.tree_map(lambda w, g: w - 0.01 * g, p, grads), value
 
   engines = {
-      "structured": lambda p, x: rd.gram_matrix(apply_fn, p, x, method="structured"),
-      "jacobian": lambda p, x: rd.gram_matrix(apply_fn, p, x, method="jacobian"),
+    "structured": lambda p, x: rd.gram_matrix(apply_fn, p, x, method="structured"),
+    "jacobian": lambda p, x: rd.gram_matrix(apply_fn, p, x, method="jacobian"),
   }
-  row: dict[str, Any] = {"case": case["name"], "m": m, "k": k,
-                         "params": int(sum(l.size for l in jax.tree_util.tree_leaves(params)))}
+  row: dict[str, Any] = {
+    "case": case["name"],
+    "m": m,
+    "k": k,
+    "params": int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))),
+  }
   for label, fn in engines.items():
     if label == "jacobian" and m > jacobian_max_m:
-      row.update(jacobian_compile_s=None, jacobian_ms=None, jacobian_calls=0,
-                 jacobian_xla_bytes=None)
+      row.update(
+        jacobian_compile_s=None, jacobian_ms=None, jacobian_calls=0, jacobian_xla_bytes=None
+      )
       continue
     compiled, row[f"{label}_compile_s"] = _compile(fn, params, x)
     row[f"{label}_ms"], row[f"{label}_calls"] = _median_ms(compiled, (params, x), repeats)
@@ -152,7 +181,8 @@ def run_case(case: dict[str, Any], repeats: int, jacobian_max_m: int) -> dict[st
   compiled, row["sgd_compile_s"] = _compile(sgd_step, params, x, y)
   row["sgd_ms"], row["sgd_calls"] = _median_ms(compiled, (params, x, y), repeats)
   row["ratio_jacobian_over_structured"] = (
-      None if row["jacobian_ms"] is None else row["jacobian_ms"] / row["structured_ms"])
+    None if row["jacobian_ms"] is None else row["jacobian_ms"] / row["structured_ms"]
+  )
 
   plan = structured_gram.describe(apply_fn, params, x)
   traced = structured_gram.trace_model(apply_fn, params, x)
@@ -178,58 +208,68 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def markdown(result: dict[str, Any]) -> str:
   lines = [
-      f"Machine: {result['machine']}; f32; median of {result['repeats']} calls, compile excluded; "
-      f"plain f32 matmul {result['matmul_size']}² reaches {result['matmul_gflops']:.1f} GFLOP/s; "
-      f"jacobian engine timed for m ≤ {result['jacobian_max_m']} only (\"not run\" above); "
-      "\"(3 calls)\": calls over 2 s, median of 3 with the first counted.",
-      "",
-      "| case | m | k | structured ms | jacobian ms | SGD step ms | jacobian / structured "
-      "| structured flops | structured GFLOP/s | compile s (struct / jac / sgd) "
-      "| peak MiB structured est. (XLA) | peak MiB jacobian est. (XLA) |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    f"Machine: {result['machine']}; f32; median of {result['repeats']} calls, compile excluded; "
+    f"plain f32 matmul {result['matmul_size']}² reaches {result['matmul_gflops']:.1f} GFLOP/s; "
+    f'jacobian engine timed for m ≤ {result["jacobian_max_m"]} only ("not run" above); '
+    '"(3 calls)": calls over 2 s, median of 3 with the first counted.',
+    "",
+    "| case | m | k | structured ms | jacobian ms | SGD step ms | jacobian / structured "
+    "| structured flops | structured GFLOP/s | compile s (struct / jac / sgd) "
+    "| peak MiB structured est. (XLA) | peak MiB jacobian est. (XLA) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in result["rows"]:
     lines.append(
-        f"| {r['case']} | {r['m']} | {r['k']} | {r['structured_ms']:.2f} "
-        f"| {_fmt(r['jacobian_ms'], '.1f')}{' (3 calls)' if r['jacobian_calls'] == 3 else ''} "
-        f"| {r['sgd_ms']:.2f} | {_fmt(r['ratio_jacobian_over_structured'], '.0f', '×')} "
-        f"| {r['structured_flops']:.3g} | {r['structured_gflops_per_s']:.1f} "
-        f"| {r['structured_compile_s']:.1f} / {_fmt(r['jacobian_compile_s'], '.1f')} / "
-        f"{r['sgd_compile_s']:.1f} "
-        f"| {_mib(r['structured_estimate_bytes'])} ({_mib(r['structured_xla_bytes'])}) "
-        f"| {_mib(r['jacobian_estimate_bytes'])} ({_mib(r['jacobian_xla_bytes'])}) |"
+      f"| {r['case']} | {r['m']} | {r['k']} | {r['structured_ms']:.2f} "
+      f"| {_fmt(r['jacobian_ms'], '.1f')}{' (3 calls)' if r['jacobian_calls'] == 3 else ''} "
+      f"| {r['sgd_ms']:.2f} | {_fmt(r['ratio_jacobian_over_structured'], '.0f', '×')} "
+      f"| {r['structured_flops']:.3g} | {r['structured_gflops_per_s']:.1f} "
+      f"| {r['structured_compile_s']:.1f} / {_fmt(r['jacobian_compile_s'], '.1f')} / "
+      f"{r['sgd_compile_s']:.1f} "
+      f"| {_mib(r['structured_estimate_bytes'])} ({_mib(r['structured_xla_bytes'])}) "
+      f"| {_mib(r['jacobian_estimate_bytes'])} ({_mib(r['jacobian_xla_bytes'])}) |"
     )
   return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.gram_speed", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.gram_speed",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, seconds)")
   parser.add_argument("--out", type=pathlib.Path, default=RESULTS_DIR, help="results directory")
   parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement")
-  parser.add_argument("--jacobian-max-m", type=int, default=128,
-                      help="largest batch for which the jacobian engine is timed (its cost "
-                           "grows as m²; about a minute per call at m = 128 on 2 CPU cores)")
+  parser.add_argument(
+    "--jacobian-max-m",
+    type=int,
+    default=128,
+    help="largest batch for which the jacobian engine is timed (its cost "
+    "grows as m²; about a minute per call at m = 128 on 2 CPU cores)",
+  )
   args = parser.parse_args(argv)
   repeats = args.repeats or (3 if args.quick else 7)
   matmul_size = 256 if args.quick else 1024
   result = {
-      "study": "gram_speed",
-      "quick": args.quick,
-      "machine": f"{platform.machine()}, {jax.devices()[0].device_kind}, "
-                 f"{jax.local_device_count()} device(s), jax {jax.__version__}",
-      "repeats": repeats,
-      "jacobian_max_m": args.jacobian_max_m,
-      "matmul_size": matmul_size,
-      "matmul_gflops": matmul_gflops(matmul_size, repeats),
-      "rows": [],
+    "study": "gram_speed",
+    "quick": args.quick,
+    "machine": f"{platform.machine()}, {jax.devices()[0].device_kind}, "
+    f"{jax.local_device_count()} device(s), jax {jax.__version__}",
+    "repeats": repeats,
+    "jacobian_max_m": args.jacobian_max_m,
+    "matmul_size": matmul_size,
+    "matmul_gflops": matmul_gflops(matmul_size, repeats),
+    "rows": [],
   }
   for case in cases(args.quick):
     row = run_case(case, repeats, args.jacobian_max_m)
     result["rows"].append(row)
-    print(f"{row['case']} m={row['m']}: structured {row['structured_ms']:.2f} ms, "
-          f"jacobian {_fmt(row['jacobian_ms'], '.1f')} ms", flush=True)
+    print(
+      f"{row['case']} m={row['m']}: structured {row['structured_ms']:.2f} ms, "
+      f"jacobian {_fmt(row['jacobian_ms'], '.1f')} ms",
+      flush=True,
+    )
   args.out.mkdir(parents=True, exist_ok=True)
   (args.out / "gram_speed.json").write_text(json.dumps(result, indent=1))
   print(markdown(result))

@@ -7,7 +7,8 @@ Training pairs and test pairs come from different random trajectories.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +16,10 @@ import rdescent as rd
 from benchmarks import models
 from benchmarks import optimizers as opt
 from benchmarks import registry
-from benchmarks.runner import OptimizerSpec, StudyOptions, Task, run_training_study
+from benchmarks.runner import OptimizerSpec
+from benchmarks.runner import StudyOptions
+from benchmarks.runner import Task
+from benchmarks.runner import run_training_study
 
 FULL = {"train": 8192, "test": 2048, "eval": 2048, "hidden": 128, "seeds": 3, "budget": 8.0}
 QUICK = {"train": 512, "test": 256, "eval": 256, "hidden": 16, "seeds": 1, "budget": 0.3}
@@ -29,34 +33,46 @@ def make_task(train: int, test: int, eval_size: int, hidden: int) -> Task:
   scale = lambda v: ((v * held_out.std + held_out.mean) - data.mean) / data.std
   eval_index = np.random.default_rng(0).choice(train, size=eval_size, replace=False)
   return Task(
-      name="Lorenz96 N=40 F=8, x(t) -> x(t+0.05)",
-      model=models.mlp([40, hidden, hidden, 40], "tanh"),
-      loss="mse",
-      train_inputs=data.inputs, train_targets=data.targets,
-      eval_inputs=data.inputs[eval_index], eval_targets=data.targets[eval_index],
-      test_inputs=scale(held_out.inputs), test_targets=scale(held_out.targets),
+    name="Lorenz96 N=40 F=8, x(t) -> x(t+0.05)",
+    model=models.mlp([40, hidden, hidden, 40], "tanh"),
+    loss="mse",
+    train_inputs=data.inputs,
+    train_targets=data.targets,
+    eval_inputs=data.inputs[eval_index],
+    eval_targets=data.targets[eval_index],
+    test_inputs=scale(held_out.inputs),
+    test_targets=scale(held_out.targets),
   )
 
 
 def default_optimizers(quick: bool) -> list[OptimizerSpec]:
   if quick:
-    return (opt.adam_grid([1e-3]) + opt.sgd_grid([1e-2])
-            + opt.rd_variants("mse", full_dampings=(1e-3,), per_output_dampings=(),
-                              controllers=False))
-  return (opt.adam_grid([3e-4, 1e-3, 3e-3, 1e-2])
-          + opt.sgd_grid([1e-2, 3e-2, 1e-1, 3e-1])
-          + opt.rd_variants("mse", full_dampings=(1e-3, 1e-1), per_output_dampings=(1e-3,)))
+    return (
+      opt.adam_grid([1e-3])
+      + opt.sgd_grid([1e-2])
+      + opt.rd_variants("mse", full_dampings=(1e-3,), per_output_dampings=(), controllers=False)
+    )
+  return (
+    opt.adam_grid([3e-4, 1e-3, 3e-3, 1e-2])
+    + opt.sgd_grid([1e-2, 3e-2, 1e-1, 3e-1])
+    + opt.rd_variants("mse", full_dampings=(1e-3, 1e-1), per_output_dampings=(1e-3,))
+  )
 
 
-def run(options: StudyOptions, *, specs: Sequence[OptimizerSpec] | None = None,
-        study: str = "lorenz96") -> dict[str, Any]:
+def run(
+  options: StudyOptions, *, specs: Sequence[OptimizerSpec] | None = None, study: str = "lorenz96"
+) -> dict[str, Any]:
   sizes = QUICK if options.quick else FULL
   task = make_task(sizes["train"], sizes["test"], sizes["eval"], sizes["hidden"])
   return run_training_study(
-      study, task, specs if specs is not None else default_optimizers(options.quick), options,
-      seeds=options.seeds or sizes["seeds"], budget=options.budget or sizes["budget"],
-      batch_size=32,
-      config={"target": "median final loss of the best Adam", "data": "generated, no files"},
+    study,
+    task,
+    specs if specs is not None else default_optimizers(options.quick),
+    options,
+    seeds=options.seeds or sizes["seeds"],
+    budget=options.budget or sizes["budget"],
+    batch_size=32,
+    config={"target": "median final loss of the best Adam", "data": "generated, no files"},
   )
 
 

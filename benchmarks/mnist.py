@@ -12,7 +12,8 @@ Studies: `mnist`, `fashion_mnist` (MSE on one-hot, as in the paper) and
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,10 @@ import rdescent as rd
 from benchmarks import models
 from benchmarks import optimizers as opt
 from benchmarks import registry
-from benchmarks.runner import OptimizerSpec, StudyOptions, Task, run_training_study
+from benchmarks.runner import OptimizerSpec
+from benchmarks.runner import StudyOptions
+from benchmarks.runner import Task
+from benchmarks.runner import run_training_study
 
 FULL = {"train": None, "test": None, "eval": 2048, "seeds": 3, "budget": 8.0}
 QUICK = {"train": 1024, "test": 256, "eval": 256, "seeds": 1, "budget": 0.3}
@@ -46,11 +50,16 @@ def image_task(dataset: str, model: models.Model, loss: str, sizes: dict) -> Tas
   test_x, test_y = load_arrays(dataset, "test", sizes["test"])
   eval_index = np.random.default_rng(0).choice(train_x.shape[0], size=sizes["eval"], replace=False)
   return Task(
-      name=f"{dataset} ({'MSE on one-hot' if loss == 'mse' else 'softmax cross-entropy'})",
-      model=model, loss=loss,
-      train_inputs=train_x, train_targets=train_y,
-      eval_inputs=train_x[eval_index], eval_targets=train_y[eval_index],
-      test_inputs=test_x, test_targets=test_y, classification=True,
+    name=f"{dataset} ({'MSE on one-hot' if loss == 'mse' else 'softmax cross-entropy'})",
+    model=model,
+    loss=loss,
+    train_inputs=train_x,
+    train_targets=train_y,
+    eval_inputs=train_x[eval_index],
+    eval_targets=train_y[eval_index],
+    test_inputs=test_x,
+    test_targets=test_y,
+    classification=True,
   )
 
 
@@ -59,8 +68,13 @@ def default_optimizers(loss: str, quick: bool) -> list[OptimizerSpec]:
   if quick:
     specs = opt.adam_grid([1e-3])
     if rd_ok:
-      specs += opt.rd_variants(loss, full_dampings=(1.0,), per_output_dampings=(),
-                               controllers=False, full_mode=loss != "mse")
+      specs += opt.rd_variants(
+        loss,
+        full_dampings=(1.0,),
+        per_output_dampings=(),
+        controllers=False,
+        full_mode=loss != "mse",
+      )
     return specs
   specs = opt.adam_grid([3e-4, 1e-3, 3e-3]) + opt.sgd_grid([1e-2, 3e-2, 1e-1])
   if rd_ok:
@@ -74,16 +88,27 @@ def make_run(dataset: str, loss: str):
     task = image_task(dataset, models.small_cnn(), loss, sizes)
     study = dataset if loss == "mse" else f"{dataset}_ce"
     return run_training_study(
-        study, task, specs if specs is not None else default_optimizers(loss, options.quick),
-        options, seeds=options.seeds or sizes["seeds"], budget=options.budget or sizes["budget"],
-        batch_size=32, config={"target": "median final loss of the best Adam"},
+      study,
+      task,
+      specs if specs is not None else default_optimizers(loss, options.quick),
+      options,
+      seeds=options.seeds or sizes["seeds"],
+      budget=options.budget or sizes["budget"],
+      batch_size=32,
+      config={"target": "median final loss of the best Adam"},
     )
 
   return run
 
 
 for _dataset in LOADERS:
-  registry.register(_dataset, make_run(_dataset, "mse"),
-                    f"SmallCNN on {_dataset}, MSE on one-hot targets (the paper's setting)")
-  registry.register(f"{_dataset}_ce", make_run(_dataset, "softmax_cross_entropy"),
-                    f"SmallCNN on {_dataset}, softmax cross-entropy")
+  registry.register(
+    _dataset,
+    make_run(_dataset, "mse"),
+    f"SmallCNN on {_dataset}, MSE on one-hot targets (the paper's setting)",
+  )
+  registry.register(
+    f"{_dataset}_ce",
+    make_run(_dataset, "softmax_cross_entropy"),
+    f"SmallCNN on {_dataset}, softmax cross-entropy",
+  )

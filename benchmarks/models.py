@@ -6,16 +6,17 @@ so that every Gram engine of `rdescent.gram` sees ordinary layers.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "tanh": jnp.tanh,
-    "relu": jax.nn.relu,
-    "sigmoid": jax.nn.sigmoid,
+  "tanh": jnp.tanh,
+  "relu": jax.nn.relu,
+  "sigmoid": jax.nn.sigmoid,
 }
 
 
@@ -70,24 +71,31 @@ def small_cnn(channels: int = 8, num_classes: int = 10, side: int = 28) -> Model
     kconv, kdense = jax.random.split(key)
     conv = jax.random.normal(kconv, (3, 3, 1, channels)) / 3.0
     return {
-        "conv": {"kernel": conv, "bias": jnp.zeros((channels,))},
-        "dense": _dense_init(kdense, features, num_classes),
+      "conv": {"kernel": conv, "bias": jnp.zeros((channels,))},
+      "dense": _dense_init(kdense, features, num_classes),
     }
 
   def apply(params, inputs):
     x = inputs.reshape(inputs.shape[0], side, side, 1)
-    x = jax.lax.conv_general_dilated(
-        x, params["conv"]["kernel"], window_strides=(1, 1), padding="VALID",
+    x = (
+      jax.lax.conv_general_dilated(
+        x,
+        params["conv"]["kernel"],
+        window_strides=(1, 1),
+        padding="VALID",
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    ) + params["conv"]["bias"]
+      )
+      + params["conv"]["bias"]
+    )
     x = jax.nn.relu(x)
     m = x.shape[0]
     x = x.reshape(m, pooled, 2, pooled, 2, channels).max(axis=(2, 4))
     x = x.reshape(m, features)
     return x @ params["dense"]["kernel"] + params["dense"]["bias"]
 
-  return Model(f"SmallCNN (conv 1→{channels} 3×3, ReLU, max-pool, dense {features}→{num_classes})",
-               init, apply)
+  return Model(
+    f"SmallCNN (conv 1→{channels} 3×3, ReLU, max-pool, dense {features}→{num_classes})", init, apply
+  )
 
 
 def num_params(params: Any) -> int:

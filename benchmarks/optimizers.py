@@ -9,12 +9,14 @@ that other parts of the package provide are included only when present.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import optax
 
 import rdescent as rd
-from benchmarks.runner import OptimizerSpec, Task
+from benchmarks.runner import OptimizerSpec
+from benchmarks.runner import Task
 
 
 def _fmt(value: float) -> str:
@@ -24,26 +26,31 @@ def _fmt(value: float) -> str:
 def adam_grid(learning_rates: Sequence[float]) -> list[OptimizerSpec]:
   """Adam (β = 0.9, 0.999) at each learning rate."""
   return [
-      OptimizerSpec(f"adam lr={_fmt(lr)}", "adam", lambda task, lr=lr: optax.adam(lr),
-                    {"learning_rate": lr})
-      for lr in learning_rates
+    OptimizerSpec(
+      f"adam lr={_fmt(lr)}", "adam", lambda task, lr=lr: optax.adam(lr), {"learning_rate": lr}
+    )
+    for lr in learning_rates
   ]
 
 
 def sgd_grid(learning_rates: Sequence[float], momentum: float = 0.9) -> list[OptimizerSpec]:
   """SGD with heavy-ball momentum at each learning rate."""
   return [
-      OptimizerSpec(f"sgd lr={_fmt(lr)}", "sgd",
-                    lambda task, lr=lr: optax.sgd(lr, momentum=momentum),
-                    {"learning_rate": lr, "momentum": momentum})
-      for lr in learning_rates
+    OptimizerSpec(
+      f"sgd lr={_fmt(lr)}",
+      "sgd",
+      lambda task, lr=lr: optax.sgd(lr, momentum=momentum),
+      {"learning_rate": lr, "momentum": momentum},
+    )
+    for lr in learning_rates
   ]
 
 
 def lbfgs_spec(label: str = "lbfgs", **kwargs: Any) -> OptimizerSpec:
   """`optax.lbfgs(**kwargs)` (memory 10, zoom line search by default) on the mean batch loss."""
-  return OptimizerSpec(label, "lbfgs", lambda task: optax.lbfgs(**kwargs), dict(kwargs),
-                       uses_value_fn=True)
+  return OptimizerSpec(
+    label, "lbfgs", lambda task: optax.lbfgs(**kwargs), dict(kwargs), uses_value_fn=True
+  )
 
 
 def has_loss(name: str) -> bool:
@@ -59,19 +66,36 @@ def has_structured_gram() -> bool:
   return "structured" in getattr(rd.gram, "METHODS", ())
 
 
-def rd_spec(label: str, *, damping: Any = 1e-5, learning_rate: float = 1.0,
-            outputs: str = "per_output", gram: str = "auto", batch_size: int | None = None,
-            describe: Any = None, max_logit_change: float | None = None) -> OptimizerSpec:
+def rd_spec(
+  label: str,
+  *,
+  damping: Any = 1e-5,
+  learning_rate: float = 1.0,
+  outputs: str = "per_output",
+  gram: str = "auto",
+  batch_size: int | None = None,
+  describe: Any = None,
+  max_logit_change: float | None = None,
+) -> OptimizerSpec:
   """A Regression Descent configuration; the loss comes from the task."""
 
   def build(task: Task):
     return rd.regression_descent(
-        task.model.apply, learning_rate=learning_rate, damping=_make_damping(damping),
-        loss=task.loss, outputs=outputs, gram=gram, max_logit_change=max_logit_change,
+      task.model.apply,
+      learning_rate=learning_rate,
+      damping=_make_damping(damping),
+      loss=task.loss,
+      outputs=outputs,
+      gram=gram,
+      max_logit_change=max_logit_change,
     )
 
-  hyperparams = {"learning_rate": learning_rate, "outputs": outputs, "gram": gram,
-                 "damping": describe if describe is not None else damping}
+  hyperparams = {
+    "learning_rate": learning_rate,
+    "outputs": outputs,
+    "gram": gram,
+    "damping": describe if describe is not None else damping,
+  }
   if max_logit_change is not None:
     hyperparams["max_logit_change"] = max_logit_change
   return OptimizerSpec(label, "rd", build, hyperparams, uses_batch=True, batch_size=batch_size)
@@ -83,18 +107,18 @@ def _make_damping(damping: Any) -> Any:
   if isinstance(damping, tuple):
     name, kwargs = damping
     if name.startswith("backtracking_"):
-      return rd.damping.backtracking(_make_damping((name[len("backtracking_"):], kwargs)))
+      return rd.damping.backtracking(_make_damping((name[len("backtracking_") :], kwargs)))
     return getattr(rd.damping, name)(**kwargs)
   return damping
 
 
 # Controllers tried when they exist, with the arguments DESIGN.md gives them.
 CONTROLLERS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("next_batch_ratio", {"initial": 1e-5}),
-    ("levenberg_marquardt", {"initial": 1e-3}),
-    ("residual_proportional", {"mu": 1.0, "delta": 1.0}),
-    ("gradient_proportional", {"mu": 1.0}),
-    ("gcv", {}),
+  ("next_batch_ratio", {"initial": 1e-5}),
+  ("levenberg_marquardt", {"initial": 1e-3}),
+  ("residual_proportional", {"mu": 1.0, "delta": 1.0}),
+  ("gradient_proportional", {"mu": 1.0}),
+  ("gcv", {}),
 )
 
 
@@ -103,9 +127,14 @@ def available_controllers() -> list[tuple[str, dict[str, Any]]]:
   return [(name, kwargs) for name, kwargs in CONTROLLERS if hasattr(rd.damping, name)]
 
 
-def rd_variants(loss: str, *, full_dampings: Sequence[float] = (1e-3, 1e-1),
-                per_output_dampings: Sequence[float] = (1e-3,),
-                controllers: bool = True, full_mode: bool = True) -> list[OptimizerSpec]:
+def rd_variants(
+  loss: str,
+  *,
+  full_dampings: Sequence[float] = (1e-3, 1e-1),
+  per_output_dampings: Sequence[float] = (1e-3,),
+  controllers: bool = True,
+  full_mode: bool = True,
+) -> list[OptimizerSpec]:
   """The RD grid of a study.
 
   * `rd paper`: the paper's setting, per-output, λ = 1e-5, step 1 (MSE only);
@@ -121,25 +150,41 @@ def rd_variants(loss: str, *, full_dampings: Sequence[float] = (1e-3, 1e-1),
   mse = loss == "mse"
   if mse:
     specs.append(rd_spec("rd paper (per-output λ=1e-5)", damping=1e-5, outputs="per_output"))
-    specs += [rd_spec(f"rd per-output λ={_fmt(lam)}", damping=lam, outputs="per_output")
-              for lam in per_output_dampings]
+    specs += [
+      rd_spec(f"rd per-output λ={_fmt(lam)}", damping=lam, outputs="per_output")
+      for lam in per_output_dampings
+    ]
   if full_mode:
-    specs += [rd_spec(f"rd full λ={_fmt(lam)}", damping=lam, outputs="full")
-              for lam in full_dampings]
+    specs += [
+      rd_spec(f"rd full λ={_fmt(lam)}", damping=lam, outputs="full") for lam in full_dampings
+    ]
   if controllers:
     for name, kwargs in available_controllers():
       outputs = "per_output" if (mse and name == "next_batch_ratio") else "full"
       if not full_mode and outputs == "full":
         continue
       args = ", ".join(f"{k}={_fmt(v)}" for k, v in kwargs.items())
-      specs.append(rd_spec(f"rd {outputs} {name}({args})", damping=(name, kwargs),
-                           outputs=outputs, describe=f"{name}({args})"))
+      specs.append(
+        rd_spec(
+          f"rd {outputs} {name}({args})",
+          damping=(name, kwargs),
+          outputs=outputs,
+          describe=f"{name}({args})",
+        )
+      )
   if loss == "softmax_cross_entropy" and full_mode and full_dampings:
     lam = full_dampings[len(full_dampings) // 2]
-    specs.append(rd_spec(f"rd full λ={_fmt(lam)} cap π", damping=lam, outputs="full",
-                         max_logit_change=math.pi))
+    specs.append(
+      rd_spec(f"rd full λ={_fmt(lam)} cap π", damping=lam, outputs="full", max_logit_change=math.pi)
+    )
     if controllers and hasattr(rd.damping, "gradient_proportional"):
-      specs.append(rd_spec("rd full gradient_proportional(mu=1) cap π",
-                           damping=("gradient_proportional", {"mu": 1.0}), outputs="full",
-                           describe="gradient_proportional(mu=1)", max_logit_change=math.pi))
+      specs.append(
+        rd_spec(
+          "rd full gradient_proportional(mu=1) cap π",
+          damping=("gradient_proportional", {"mu": 1.0}),
+          outputs="full",
+          describe="gradient_proportional(mu=1)",
+          max_logit_change=math.pi,
+        )
+      )
   return specs

@@ -13,14 +13,19 @@ from typing import Any
 def pyplot() -> Any:
   """`matplotlib.pyplot` on the Agg backend (imported on first use)."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   return plt
 
 
-def save_figure(fig: Any, path: str | pathlib.Path,
-                rect: tuple[float, float, float, float] = (0, 0, 1, 1),
-                dpi: int = 90) -> pathlib.Path:
+def save_figure(
+  fig: Any,
+  path: str | pathlib.Path,
+  rect: tuple[float, float, float, float] = (0, 0, 1, 1),
+  dpi: int = 90,
+) -> pathlib.Path:
   """Lays out `fig` within `rect` (figure fractions), writes it to `path` (PNG, parent
   folders created), closes it; returns the path."""
   plt = pyplot()

@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import importlib
 import pathlib
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 # Imported by `load_all`, in this order (`run all` runs the studies in this order).
 STUDY_MODULES = (
-    "benchmarks.lorenz96",
-    "benchmarks.full_batch_fit",
-    "benchmarks.mnist",
-    "benchmarks.saturation",
-    "benchmarks.batch_size",
-    "benchmarks.scaling",
-    "benchmarks.last_layer",
-    "benchmarks.sharding",
+  "benchmarks.lorenz96",
+  "benchmarks.full_batch_fit",
+  "benchmarks.mnist",
+  "benchmarks.saturation",
+  "benchmarks.batch_size",
+  "benchmarks.scaling",
+  "benchmarks.last_layer",
+  "benchmarks.sharding",
 )
 
 TableFn = Callable[[Mapping[str, Any]], str]
@@ -65,9 +66,15 @@ class Study(NamedTuple):
 STUDIES: dict[str, Study] = {}
 
 
-def register(name: str, run: Callable[..., dict[str, Any]], description: str = "",
-             *, in_all: bool = True, table: TableFn | None = None,
-             plot: PlotFn | None = None) -> Study:
+def register(
+  name: str,
+  run: Callable[..., dict[str, Any]],
+  description: str = "",
+  *,
+  in_all: bool = True,
+  table: TableFn | None = None,
+  plot: PlotFn | None = None,
+) -> Study:
   """Registers (or replaces) the study `name`; returns its record.
 
   Args:
@@ -82,8 +89,9 @@ def register(name: str, run: Callable[..., dict[str, Any]], description: str = "
     raise TypeError(f"register({name!r}): run must be callable, got {type(run).__name__}.")
   for argument, value in (("table", table), ("plot", plot)):
     if value is not None and not callable(value):
-      raise TypeError(f"register({name!r}): {argument} must be callable or None, "
-                      f"got {type(value).__name__}.")
+      raise TypeError(
+        f"register({name!r}): {argument} must be callable or None, got {type(value).__name__}."
+      )
   STUDIES[name] = Study(name, run, description, in_all, table, plot)
   return STUDIES[name]
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import pathlib
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,8 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
     ttts = [time_to_target(r, target) for r in runs]
     accs = [r.get("test_accuracy") for r in runs if r.get("test_accuracy") is not None]
     finite_finals = [f for f in finals if f is not None and np.isfinite(f)]
-    rows.append({
+    rows.append(
+      {
         "label": label,
         "family": runs[0]["family"],
         "batch_size": runs[0]["batch_size"],
@@ -97,7 +99,8 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
         "test_accuracy_min": min(accs) if accs else None,
         "test_accuracy_max": max(accs) if accs else None,
         "test_loss": _median([r.get("test_loss") for r in runs]),
-    })
+      }
+    )
   best: dict[str, dict] = {}
   for row in rows:
     key = (row["time_to_target"], row["final_loss"])
@@ -107,8 +110,13 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
   ratio = None
   if "rd" in best and "adam" in best and np.isfinite(best["adam"]["time_to_target"]):
     ratio = best["rd"]["time_to_target"] / best["adam"]["time_to_target"]
-  return {"target": target, "target_source": target_source, "rows": rows,
-          "best": {f: r["label"] for f, r in best.items()}, "rd_over_adam": ratio}
+  return {
+    "target": target,
+    "target_source": target_source,
+    "rows": rows,
+    "best": {f: r["label"] for f, r in best.items()},
+    "rd_over_adam": ratio,
+  }
 
 
 def _num(value: float | None, fmt: str = ".3g") -> str:
@@ -124,8 +132,10 @@ def _registered(result: Mapping[str, Any], what: str) -> Callable[..., Any] | No
   study = registry.find(result["study"])
   function = getattr(study, what) if study is not None else None
   if function is None and result.get("kind", "training") != "training":
-    raise ValueError(f"study {result['study']!r} has results of kind {result.get('kind')!r} "
-                     f"but registered no {what} function (registry.register(..., {what}=...)).")
+    raise ValueError(
+      f"study {result['study']!r} has results of kind {result.get('kind')!r} "
+      f"but registered no {what} function (registry.register(..., {what}=...))."
+    )
   return function
 
 
@@ -139,36 +149,61 @@ def training_table(result: Mapping[str, Any]) -> str:
   """A training study's table (one row per configuration) with its headline line."""
   summary = summarize(result)
   classification = any(r["test_accuracy"] is not None for r in summary["rows"])
-  head = ["optimizer", "batch", "steps", "ms/step", "compile s",
-          "final loss [min–max]", "time to target s [min–max] (reached)"]
+  head = [
+    "optimizer",
+    "batch",
+    "steps",
+    "ms/step",
+    "compile s",
+    "final loss [min–max]",
+    "time to target s [min–max] (reached)",
+  ]
   head.append("test acc. [min–max]" if classification else "test loss")
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   best_labels = set(summary["best"].values())
   for row in summary["rows"]:
     label = f"**{row['label']}**" if row["label"] in best_labels else row["label"]
-    ttt = (f"{_num(row['time_to_target'])} [{_num(row['time_to_target_min'])}–"
-           f"{_num(row['time_to_target_max'])}] ({row['reached']}/{row['seeds']})")
-    final = (f"{_num(row['final_loss'], '.4g')} [{_num(row['final_loss_min'], '.4g')}–"
-             f"{_num(row['final_loss_max'], '.4g')}]")
+    ttt = (
+      f"{_num(row['time_to_target'])} [{_num(row['time_to_target_min'])}–"
+      f"{_num(row['time_to_target_max'])}] ({row['reached']}/{row['seeds']})"
+    )
+    final = (
+      f"{_num(row['final_loss'], '.4g')} [{_num(row['final_loss_min'], '.4g')}–"
+      f"{_num(row['final_loss_max'], '.4g')}]"
+    )
     if row["diverged"]:
       final += f" ({row['diverged']} diverged)"
     if classification:
-      last = (f"{_num(row['test_accuracy'], '.4f')} [{_num(row['test_accuracy_min'], '.4f')}–"
-              f"{_num(row['test_accuracy_max'], '.4f')}]")
+      last = (
+        f"{_num(row['test_accuracy'], '.4f')} [{_num(row['test_accuracy_min'], '.4f')}–"
+        f"{_num(row['test_accuracy_max'], '.4f')}]"
+      )
     else:
       last = _num(row["test_loss"], ".4g")
-    cells = [label, str(row["batch_size"]), f"{row['steps']:.0f}", f"{row['ms_per_step']:.3g}",
-             f"{row['compile_seconds']:.2f}", final, ttt, last]
+    cells = [
+      label,
+      str(row["batch_size"]),
+      f"{row['steps']:.0f}",
+      f"{row['ms_per_step']:.3g}",
+      f"{row['compile_seconds']:.2f}",
+      final,
+      ttt,
+      last,
+    ]
     lines.append("| " + " | ".join(cells) + " |")
   ratio = summary["rd_over_adam"]
   verdict = ""
   if ratio is not None:
-    verdict = (f" Best RD / best Adam time-to-target: **{_num(ratio, '.2f')}** "
-               f"({'meets' if ratio <= 0.6 else 'misses'} the paper's ≤ 0.6).")
+    verdict = (
+      f" Best RD / best Adam time-to-target: **{_num(ratio, '.2f')}** "
+      f"({'meets' if ratio <= 0.6 else 'misses'} the paper's ≤ 0.6)."
+    )
   lines.append("")
-  lines.append(f"Target loss {summary['target']:.4g} ({summary['target_source']}). "
-               f"Best per family in bold ({', '.join(f'{k}: {v}' for k, v in summary['best'].items())})."
-               + verdict)
+  lines.append(
+    f"Target loss {summary['target']:.4g} ({summary['target_source']}). "
+    f"Best per family in bold ({', '.join(f'{k}: {v}' for k, v in summary['best'].items())})."
+    + verdict
+  )
   return "\n".join(lines)
 
 
@@ -179,15 +214,21 @@ def study_section(result: Mapping[str, Any], plot_prefix: str = "") -> str:
   machine = result.get("machine", {})
   lines = [f"### {result['study']}", ""]
   if task:
-    lines.append(f"{task.get('name', '')}; model {task.get('model', '')} "
-                 f"({task.get('num_params', '?')} parameters), loss {task.get('loss', '')}, "
-                 f"{task.get('train_size', '?')} training examples.")
+    lines.append(
+      f"{task.get('name', '')}; model {task.get('model', '')} "
+      f"({task.get('num_params', '?')} parameters), loss {task.get('loss', '')}, "
+      f"{task.get('train_size', '?')} training examples."
+    )
   if config:
-    lines.append(f"Budget {config.get('budget_seconds', '–')} s of training per run, "
-                 f"{config.get('seeds', '?')} seeds, medians [min–max] over seeds.")
-  lines.append(f"Machine: {machine.get('device', '?')} ({machine.get('backend', '?')}), "
-               f"{machine.get('cpu_count', '?')} CPUs, jax {machine.get('jax', '?')}. "
-               f"Command: `{result.get('command', '')}` ({result.get('created', '')}).")
+    lines.append(
+      f"Budget {config.get('budget_seconds', '–')} s of training per run, "
+      f"{config.get('seeds', '?')} seeds, medians [min–max] over seeds."
+    )
+  lines.append(
+    f"Machine: {machine.get('device', '?')} ({machine.get('backend', '?')}), "
+    f"{machine.get('cpu_count', '?')} CPUs, jax {machine.get('jax', '?')}. "
+    f"Command: `{result.get('command', '')}` ({result.get('created', '')})."
+  )
   lines += ["", markdown_table(result), ""]
   lines.append(f"![{result['study']}]({plot_prefix}{result['study']}.png)")
   lines.append("")
@@ -248,16 +289,25 @@ def training_plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path
     style = "-" if runs[0]["family"] == "rd" else "--"
     for ax, axis in zip(axes[:2], ("seconds", "step")):
       end = max(max(r["curve"][axis]) for r in runs)
-      grid = (np.linspace(0, end, 300) if axis == "seconds"
-              else np.unique(np.geomspace(1, max(end, 1), 300).round()))
+      grid = (
+        np.linspace(0, end, 300)
+        if axis == "seconds"
+        else np.unique(np.geomspace(1, max(end, 1), 300).round())
+      )
       med, low, high = _median_curve(runs, axis, grid)
       ax.plot(grid, med, style, color=color, label=label)
       if len(runs) > 1:
         ax.fill_between(grid, low, high, color=color, alpha=0.15)
     if classification:
       for run_index, run in enumerate(runs):
-        axes[2].plot(run["curve"]["seconds"], run["curve"]["accuracy"], style, color=color,
-                     alpha=0.8, label=label if run_index == 0 else None)
+        axes[2].plot(
+          run["curve"]["seconds"],
+          run["curve"]["accuracy"],
+          style,
+          color=color,
+          alpha=0.8,
+          label=label if run_index == 0 else None,
+        )
   for ax in axes[:2]:
     ax.set_yscale("log")
     ax.axhline(target, color="gray", lw=0.8, ls=":", label="target")
@@ -273,9 +323,12 @@ def training_plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path
   handles, names = axes[0].get_legend_handles_labels()
   fig.legend(handles, names, loc="lower center", ncol=3, fontsize=7, frameon=False)
   machine = result.get("machine", {})
-  fig.suptitle(f"{result['study']}: {result.get('task', {}).get('model', '')} — "
-               f"{machine.get('device', '')}, median over {result['config']['seeds']} seed(s), "
-               "band = min–max", fontsize=9)
+  fig.suptitle(
+    f"{result['study']}: {result.get('task', {}).get('model', '')} — "
+    f"{machine.get('device', '')}, median over {result['config']['seeds']} seed(s), "
+    "band = min–max",
+    fontsize=9,
+  )
   return plotting.save_figure(fig, path, rect=(0, legend_height / height, 1, 1))
 
 

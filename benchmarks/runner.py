@@ -25,7 +25,8 @@ import pathlib
 import platform
 import sys
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -145,11 +146,12 @@ class BatchOrder:
       self._perm = rng.permutation(self.num_examples).astype(np.int32)
       self._epoch = epoch
     start = position * self.batch_size
-    return self._perm[start:start + self.batch_size]
+    return self._perm[start : start + self.batch_size]
 
 
-def _make_step(task: Task, spec: OptimizerSpec, tx: optax.GradientTransformation,
-               full_batch: bool = False):
+def _make_step(
+  task: Task, spec: OptimizerSpec, tx: optax.GradientTransformation, full_batch: bool = False
+):
   apply_fn = task.model.apply
 
   def loss_fn(params, x, y):
@@ -166,8 +168,9 @@ def _make_step(task: Task, spec: OptimizerSpec, tx: optax.GradientTransformation
         value, grads = optax.value_and_grad_from_state(value_fn)(params, state=opt_state)
       else:
         value, grads = jax.value_and_grad(value_fn)(params)
-      updates, opt_state = tx.update(grads, opt_state, params, value=value, grad=grads,
-                                     value_fn=value_fn)
+      updates, opt_state = tx.update(
+        grads, opt_state, params, value=value, grad=grads, value_fn=value_fn
+      )
     else:
       grads = jax.grad(loss_fn)(params, x, y)
       updates, opt_state = tx.update(grads, opt_state, params)
@@ -184,7 +187,7 @@ class Evaluator:
     apply_fn = task.model.apply
     self._loss = jax.jit(lambda p, x, y: mean_loss(task.loss, apply_fn(p, x), y))
     self._correct = jax.jit(
-        lambda p, x, y: jnp.sum(jnp.argmax(apply_fn(p, x), -1) == jnp.argmax(y, -1))
+      lambda p, x, y: jnp.sum(jnp.argmax(apply_fn(p, x), -1) == jnp.argmax(y, -1))
     )
 
   def curve_loss(self, params) -> float:
@@ -197,7 +200,7 @@ class Evaluator:
     size = chunk if n >= chunk else n
     loss = correct = count = 0.0
     for start in starts:
-      xs, ys = x[start:start + size], y[start:start + size]
+      xs, ys = x[start : start + size], y[start : start + size]
       loss += float(self._loss(params, xs, ys)) * xs.shape[0]
       if self.task.classification:
         correct += float(self._correct(params, xs, ys))
@@ -233,17 +236,17 @@ def _round(values: Sequence[float | None], digits: int = 5) -> list[float | None
 
 
 def train_run(
-    task: Task,
-    spec: OptimizerSpec,
-    seed: int,
-    *,
-    budget: float,
-    batch_size: int,
-    max_steps: int | None = None,
-    eval_points: int = 60,
-    evaluator: Evaluator | None = None,
-    compiled_cache: dict | None = None,
-    progress: bool = True,
+  task: Task,
+  spec: OptimizerSpec,
+  seed: int,
+  *,
+  budget: float,
+  batch_size: int,
+  max_steps: int | None = None,
+  eval_points: int = 60,
+  evaluator: Evaluator | None = None,
+  compiled_cache: dict | None = None,
+  progress: bool = True,
 ) -> dict[str, Any]:
   """Trains `task.model` with `spec` from the seed's initialisation; returns the run record."""
   from tqdm.auto import tqdm
@@ -261,8 +264,9 @@ def train_run(
   if key not in cache:
     start = time.perf_counter()
     step = _make_step(task, spec, tx, full_batch=batch_size == task.train_inputs.shape[0])
-    compiled = step.lower(params, opt_state, task.train_inputs, task.train_targets,
-                          order(0)).compile()
+    compiled = step.lower(
+      params, opt_state, task.train_inputs, task.train_targets, order(0)
+    ).compile()
     cache[key] = (compiled, time.perf_counter() - start)
   compiled, compile_seconds = cache[key]
 
@@ -285,8 +289,15 @@ def train_run(
   train_seconds, steps, diverged = 0.0, 0, False
   next_power, interval = 1, budget / eval_points
   next_time = interval
-  bar = tqdm(total=round(budget, 2), desc=f"{spec.label} seed={seed}", unit="s",
-             disable=not progress, leave=False, mininterval=1.0, bar_format="{l_bar}{bar}| {n:.1f}/{total}s {postfix}")
+  bar = tqdm(
+    total=round(budget, 2),
+    desc=f"{spec.label} seed={seed}",
+    unit="s",
+    disable=not progress,
+    leave=False,
+    mininterval=1.0,
+    bar_format="{l_bar}{bar}| {n:.1f}/{total}s {postfix}",
+  )
   while train_seconds < budget and (max_steps is None or steps < max_steps):
     indices = order(steps)
     start = time.perf_counter()
@@ -310,23 +321,23 @@ def train_run(
   bar.close()
 
   record = {
-      "label": spec.label,
-      "family": spec.family,
-      "hyperparams": dict(spec.hyperparams),
-      "seed": seed,
-      "batch_size": batch_size,
-      "compile_seconds": round(compile_seconds, 4),
-      "steps": steps,
-      "train_seconds": round(train_seconds, 4),
-      "eval_seconds": round(eval_seconds, 4),
-      "seconds_per_step": train_seconds / max(steps, 1),
-      "final_loss": _round(curve["loss"][-1:])[0] if not diverged else float("nan"),
-      "diverged": diverged,
-      "curve": {
-          "step": curve["step"],
-          "seconds": _round(curve["seconds"]),
-          "loss": _round(curve["loss"]),
-      },
+    "label": spec.label,
+    "family": spec.family,
+    "hyperparams": dict(spec.hyperparams),
+    "seed": seed,
+    "batch_size": batch_size,
+    "compile_seconds": round(compile_seconds, 4),
+    "steps": steps,
+    "train_seconds": round(train_seconds, 4),
+    "eval_seconds": round(eval_seconds, 4),
+    "seconds_per_step": train_seconds / max(steps, 1),
+    "final_loss": _round(curve["loss"][-1:])[0] if not diverged else float("nan"),
+    "diverged": diverged,
+    "curve": {
+      "step": curve["step"],
+      "seconds": _round(curve["seconds"]),
+      "loss": _round(curve["loss"]),
+    },
   }
   if task.classification:
     record["curve"]["accuracy"] = _round(curve["accuracy"], 4)
@@ -340,27 +351,27 @@ def machine_info() -> dict[str, Any]:
   """The machine and software the results were measured on."""
   device = jax.devices()[0]
   return {
-      "platform": platform.platform(),
-      "python": platform.python_version(),
-      "cpu_count": os.cpu_count(),
-      "jax": jax.__version__,
-      "optax": optax.__version__,
-      "backend": jax.default_backend(),
-      "device": getattr(device, "device_kind", str(device)),
+    "platform": platform.platform(),
+    "python": platform.python_version(),
+    "cpu_count": os.cpu_count(),
+    "jax": jax.__version__,
+    "optax": optax.__version__,
+    "backend": jax.default_backend(),
+    "device": getattr(device, "device_kind", str(device)),
   }
 
 
 def run_training_study(
-    study: str,
-    task: Task,
-    specs: Sequence[OptimizerSpec],
-    options: StudyOptions,
-    *,
-    seeds: int,
-    budget: float,
-    batch_size: int,
-    max_steps: int | None = None,
-    config: Mapping[str, Any] | None = None,
+  study: str,
+  task: Task,
+  specs: Sequence[OptimizerSpec],
+  options: StudyOptions,
+  *,
+  seeds: int,
+  budget: float,
+  batch_size: int,
+  max_steps: int | None = None,
+  config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
   """Runs every spec on every seed (seed-major, so that machine load affects all alike)."""
   specs = select(specs, options.optimizers)
@@ -371,30 +382,47 @@ def run_training_study(
   runs = []
   for seed in range(seeds):
     for spec in specs:
-      runs.append(train_run(task, spec, seed, budget=budget, batch_size=batch_size,
-                            max_steps=max_steps, evaluator=evaluator, compiled_cache=cache,
-                            progress=options.progress))
+      runs.append(
+        train_run(
+          task,
+          spec,
+          seed,
+          budget=budget,
+          batch_size=batch_size,
+          max_steps=max_steps,
+          evaluator=evaluator,
+          compiled_cache=cache,
+          progress=options.progress,
+        )
+      )
   params = task.model.init(jax.random.PRNGKey(0))
   result = {
-      "study": study,
-      "kind": "training",
-      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "command": options.command,
-      "machine": machine_info(),
-      "task": {
-          "name": task.name,
-          "model": task.model.name,
-          "num_params": models_lib.num_params(params),
-          "loss": task.loss,
-          "train_size": int(task.train_inputs.shape[0]),
-          "eval_size": int(task.eval_inputs.shape[0]),
-          "test_size": int(task.test_inputs.shape[0]),
-      },
-      "config": {"seeds": seeds, "budget_seconds": budget, "batch_size": batch_size,
-                 "max_steps": max_steps, "quick": options.quick, **(config or {})},
-      "optimizers": [{"label": s.label, "family": s.family, "hyperparams": dict(s.hyperparams)}
-                     for s in specs],
-      "runs": runs,
+    "study": study,
+    "kind": "training",
+    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "command": options.command,
+    "machine": machine_info(),
+    "task": {
+      "name": task.name,
+      "model": task.model.name,
+      "num_params": models_lib.num_params(params),
+      "loss": task.loss,
+      "train_size": int(task.train_inputs.shape[0]),
+      "eval_size": int(task.eval_inputs.shape[0]),
+      "test_size": int(task.test_inputs.shape[0]),
+    },
+    "config": {
+      "seeds": seeds,
+      "budget_seconds": budget,
+      "batch_size": batch_size,
+      "max_steps": max_steps,
+      "quick": options.quick,
+      **(config or {}),
+    },
+    "optimizers": [
+      {"label": s.label, "family": s.family, "hyperparams": dict(s.hyperparams)} for s in specs
+    ],
+    "runs": runs,
   }
   return result
 

@@ -59,7 +59,7 @@ def _run(tx, params, apply_fn, x, y, steps, batch, needs_batch, rng):
 
   step = jax.jit(step)
   order = rng.permutation(x.shape[0])
-  batches = [order[(t * batch) % len(order):][:batch] for t in range(steps)]
+  batches = [order[(t * batch) % len(order) :][:batch] for t in range(steps)]
   jax.block_until_ready(step(params, state, x[batches[0]], y[batches[0]]))  # compile
   times, capped = [], 0
   for idx in batches:
@@ -84,17 +84,23 @@ def main(argv=None):
 
   x, y, xe, ye, xt, yt = _data()
   model = models.mlp([784, args.hidden, 10])
-  loss = jax.jit(lambda p: optax.softmax_cross_entropy_with_integer_labels(
-      model.apply(p, xe), ye).mean())
+  loss = jax.jit(
+    lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xe), ye).mean()
+  )
   accuracy = jax.jit(lambda p: jnp.mean(jnp.argmax(model.apply(p, xt), axis=1) == yt))
 
   configs = []
   for damping in map(float, args.dampings.split(",")):
     for cap in (None, float(np.pi)):
-      configs.append((f"RD λ={damping:g} cap={'π' if cap else 'off'}", True,
-                      rd.regression_descent(model.apply, 1.0, damping=damping,
-                                            loss="softmax_cross_entropy",
-                                            max_logit_change=cap)))
+      configs.append(
+        (
+          f"RD λ={damping:g} cap={'π' if cap else 'off'}",
+          True,
+          rd.regression_descent(
+            model.apply, 1.0, damping=damping, loss="softmax_cross_entropy", max_logit_change=cap
+          ),
+        )
+      )
   configs.append(("Adam lr=1e-3", False, optax.adam(1e-3)))
 
   rows = []
@@ -102,20 +108,35 @@ def main(argv=None):
     losses, accs, secs, fracs = [], [], [], []
     for seed in range(args.seeds):
       params = model.init(jax.random.PRNGKey(seed))
-      params, sec, frac = _run(tx, params, model.apply, x, y, args.steps, args.batch,
-                               needs_batch, np.random.default_rng(seed))
+      params, sec, frac = _run(
+        tx,
+        params,
+        model.apply,
+        x,
+        y,
+        args.steps,
+        args.batch,
+        needs_batch,
+        np.random.default_rng(seed),
+      )
       losses.append(float(loss(params)))
       accs.append(float(accuracy(params)))
       secs.append(sec)
       fracs.append(frac)
-    row = {"optimizer": name, "train_loss": float(np.median(losses)),
-           "test_accuracy": float(np.median(accs)), "seconds_per_step": float(np.median(secs)),
-           "capped_fraction": float(np.median(fracs)) if needs_batch else None,
-           "train_loss_per_seed": losses}
+    row = {
+      "optimizer": name,
+      "train_loss": float(np.median(losses)),
+      "test_accuracy": float(np.median(accs)),
+      "seconds_per_step": float(np.median(secs)),
+      "capped_fraction": float(np.median(fracs)) if needs_batch else None,
+      "train_loss_per_seed": losses,
+    }
     rows.append(row)
-    print(f"{name:28s} loss {row['train_loss']:.4f}  acc {row['test_accuracy']:.4f}  "
-          f"{1e3 * row['seconds_per_step']:.1f} ms/step  capped {row['capped_fraction']}",
-          flush=True)
+    print(
+      f"{name:28s} loss {row['train_loss']:.4f}  acc {row['test_accuracy']:.4f}  "
+      f"{1e3 * row['seconds_per_step']:.1f} ms/step  capped {row['capped_fraction']}",
+      flush=True,
+    )
   if args.out:
     with open(args.out, "w") as f:
       json.dump({"args": vars(args), "rows": rows, "device": str(jax.devices()[0])}, f, indent=1)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pathlib
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -20,7 +21,8 @@ import rdescent as rd
 from benchmarks import models
 from benchmarks import plotting
 from benchmarks import registry
-from benchmarks.runner import StudyOptions, machine_info
+from benchmarks.runner import StudyOptions
+from benchmarks.runner import machine_info
 
 INPUT_DIM = 64
 BASE = {"m": 32, "k": 10, "width": 64}
@@ -40,12 +42,16 @@ def step_seconds(engine: str, m: int, k: int, width: int, repeats: int) -> tuple
   params = model.init(key)
   x = jax.random.normal(jax.random.fold_in(key, 1), (m, INPUT_DIM))
   y = jax.random.normal(jax.random.fold_in(key, 2), (m, k))
-  tx = rd.scale_by_regression_descent(model.apply, damping=1e-3, outputs="full", gram=engine,
-                                      system="dual")
+  tx = rd.scale_by_regression_descent(
+    model.apply, damping=1e-3, outputs="full", gram=engine, system="dual"
+  )
   state = tx.init(params)
   start = time.perf_counter()
-  step = jax.jit(lambda p, s, x, y: tx.update(None, s, p, batch=(x, y))).lower(
-      params, state, x, y).compile()
+  step = (
+    jax.jit(lambda p, s, x, y: tx.update(None, s, p, batch=(x, y)))
+    .lower(params, state, x, y)
+    .compile()
+  )
   compile_seconds = time.perf_counter() - start
   times = []
   for _ in range(repeats):
@@ -63,20 +69,38 @@ def run(options: StudyOptions) -> dict[str, Any]:
     for axis, values in sweeps.items():
       for value in values:
         point = dict(BASE if not options.quick else {"m": 4, "k": 2, "width": 8}, **{axis: value})
-        seconds, compile_seconds = step_seconds(engine, point["m"], point["k"], point["width"],
-                                                repeats)
-        measurements.append({"engine": engine, "sweep": axis, **point, "seconds": seconds,
-                             "compile_seconds": compile_seconds})
+        seconds, compile_seconds = step_seconds(
+          engine, point["m"], point["k"], point["width"], repeats
+        )
+        measurements.append(
+          {
+            "engine": engine,
+            "sweep": axis,
+            **point,
+            "seconds": seconds,
+            "compile_seconds": compile_seconds,
+          }
+        )
         if options.progress:
           print(f"scaling {engine:10s} {axis}={value:<4d} {1e3 * seconds:9.2f} ms/step", flush=True)
   return {
-      "study": "scaling", "kind": "scaling", "command": options.command,
-      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
-      "config": {"model": f"MLP {INPUT_DIM}-w-w-k (tanh)", "base": BASE, "repeats": repeats,
-                 "outputs": "full", "system": "dual", "damping": 1e-3, "seeds": repeats,
-                 "quick": options.quick},
-      "measurements": measurements,
-      "slopes": slopes(measurements),
+    "study": "scaling",
+    "kind": "scaling",
+    "command": options.command,
+    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    "machine": machine_info(),
+    "config": {
+      "model": f"MLP {INPUT_DIM}-w-w-k (tanh)",
+      "base": BASE,
+      "repeats": repeats,
+      "outputs": "full",
+      "system": "dual",
+      "damping": 1e-3,
+      "seeds": repeats,
+      "quick": options.quick,
+    },
+    "measurements": measurements,
+    "slopes": slopes(measurements),
   }
 
 
@@ -97,15 +121,24 @@ def slopes(measurements) -> dict[str, dict[str, float]]:
 def markdown_table(result: Mapping[str, Any]) -> str:
   """One row per measured configuration, then the fitted cost exponents."""
   rows = result["measurements"]
-  lines = ["| engine | sweep | m | k | width | ms/step | compile s |", "|---|---|---|---|---|---|---|"]
+  lines = [
+    "| engine | sweep | m | k | width | ms/step | compile s |",
+    "|---|---|---|---|---|---|---|",
+  ]
   for r in rows:
-    lines.append(f"| {r['engine']} | {r['sweep']} | {r['m']} | {r['k']} | {r['width']} | "
-                 f"{1e3 * r['seconds']:.3g} | {r['compile_seconds']:.2f} |")
+    lines.append(
+      f"| {r['engine']} | {r['sweep']} | {r['m']} | {r['k']} | {r['width']} | "
+      f"{1e3 * r['seconds']:.3g} | {r['compile_seconds']:.2f} |"
+    )
   lines.append("")
-  fitted = "; ".join(f"{engine}: " + ", ".join(f"∝ {axis}^{slope:.2f}" for axis, slope in s.items())
-                     for engine, s in result["slopes"].items())
-  lines.append(f"Log-log slopes (cost exponents) — {fitted}. Base point {result['config']['base']}, "
-               f"full mode, dual system, median of {result['config']['repeats']} repeats.")
+  fitted = "; ".join(
+    f"{engine}: " + ", ".join(f"∝ {axis}^{slope:.2f}" for axis, slope in s.items())
+    for engine, s in result["slopes"].items()
+  )
+  lines.append(
+    f"Log-log slopes (cost exponents) — {fitted}. Base point {result['config']['base']}, "
+    f"full mode, dual system, median of {result['config']['repeats']} repeats."
+  )
   return "\n".join(lines)
 
 
@@ -119,16 +152,28 @@ def plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
     for engine in dict.fromkeys(r["engine"] for r in rows):
       sel = [r for r in rows if r["sweep"] == axis and r["engine"] == engine]
       slope = result["slopes"][engine][axis]
-      ax.loglog([r[axis] for r in sel], [1e3 * r["seconds"] for r in sel], "o-",
-                label=f"{engine} (slope {slope:.2f})")
+      ax.loglog(
+        [r[axis] for r in sel],
+        [1e3 * r["seconds"] for r in sel],
+        "o-",
+        label=f"{engine} (slope {slope:.2f})",
+      )
     ax.set_xlabel(axis)
     ax.set_ylabel("ms per RD step (full mode)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-  fig.suptitle(f"RD step cost, {result['config']['model']}, base {result['config']['base']} — "
-               f"{result['machine']['device']}", fontsize=9)
+  fig.suptitle(
+    f"RD step cost, {result['config']['model']}, base {result['config']['base']} — "
+    f"{result['machine']['device']}",
+    fontsize=9,
+  )
   return plotting.save_figure(fig, path)
 
 
-registry.register("scaling", run, "RD step time against m, k and width, per Gram engine",
-                  table=markdown_table, plot=plot)
+registry.register(
+  "scaling",
+  run,
+  "RD step time against m, k and width, per Gram engine",
+  table=markdown_table,
+  plot=plot,
+)

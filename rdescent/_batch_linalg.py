@@ -21,7 +21,8 @@ batched call (`lax.platform_dependent` chooses at lowering time).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 from jax import lax
@@ -35,9 +36,7 @@ def several_cpu_devices() -> bool:
     return False
 
 
-def map_over_batch(
-    fn: Callable[..., Any], *arrays: jax.Array, core_ndims: Sequence[int]
-) -> Any:
+def map_over_batch(fn: Callable[..., Any], *arrays: jax.Array, core_ndims: Sequence[int]) -> Any:
   """`fn` over the leading (batch) axes of `arrays`; see the module docstring.
 
   Args:
@@ -52,19 +51,20 @@ def map_over_batch(
   """
   if len(core_ndims) != len(arrays):
     raise ValueError(
-        f"map_over_batch: core_ndims has {len(core_ndims)} entries for {len(arrays)} arrays."
+      f"map_over_batch: core_ndims has {len(core_ndims)} entries for {len(arrays)} arrays."
     )
   first = arrays[0]
   batch_shape = first.shape[: first.ndim - core_ndims[0]]
   if not batch_shape:
     return fn(*arrays)
   size = math.prod(batch_shape)
-  flat = [a.reshape((size,) + a.shape[a.ndim - n:]) for a, n in zip(arrays, core_ndims)]
+  flat = [a.reshape((size,) + a.shape[a.ndim - n :]) for a, n in zip(arrays, core_ndims)]
 
   def batched(*items):
     return jax.vmap(fn)(*items)
 
   if several_cpu_devices():
+
     def looped(*items):
       return lax.map(lambda item: fn(*item), items)
 

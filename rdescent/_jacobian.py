@@ -41,13 +41,13 @@ def map_examples(fn: Callable[[Any], Any], inputs: Any, chunk_size: int | None) 
 
 
 def leaf_jacobians(
-    apply_fn: ApplyFn,
-    params: Params,
-    inputs: Any,
-    leaves: Sequence[int],
-    *,
-    num_outputs: int,
-    chunk_size: int | None = None,
+  apply_fn: ApplyFn,
+  params: Params,
+  inputs: Any,
+  leaves: Sequence[int],
+  *,
+  num_outputs: int,
+  chunk_size: int | None = None,
 ) -> list[jax.Array]:
   """Per-example Jacobians of the chosen parameter leaves, one (m, k, *θ_ℓ.shape) array each.
 
@@ -81,12 +81,12 @@ def leaf_jacobians(
 
 
 def per_example_jacobian(
-    apply_fn: ApplyFn,
-    params: Params,
-    inputs: Any,
-    *,
-    num_outputs: int,
-    chunk_size: int | None = None,
+  apply_fn: ApplyFn,
+  params: Params,
+  inputs: Any,
+  *,
+  num_outputs: int,
+  chunk_size: int | None = None,
 ) -> Params:
   """Per-example Jacobians ∂f_{i,c}/∂θ as a pytree shaped like `params`.
 
@@ -116,8 +116,12 @@ def per_example_jacobian(
   """
   leaves, treedef = jax.tree_util.tree_flatten(params)
   per_leaf = leaf_jacobians(
-      apply_fn, params, inputs, range(len(leaves)),
-      num_outputs=num_outputs, chunk_size=chunk_size,
+    apply_fn,
+    params,
+    inputs,
+    range(len(leaves)),
+    num_outputs=num_outputs,
+    chunk_size=chunk_size,
   )
   return jax.tree_util.tree_unflatten(treedef, per_leaf)
 
@@ -135,6 +139,4 @@ def flat_jacobian(jacobian: Params, num_examples: int, num_outputs: int) -> jax.
     (4, 2, 8)
   """
   leaves = jax.tree_util.tree_leaves(jacobian)
-  return jnp.concatenate(
-      [leaf.reshape(num_examples, num_outputs, -1) for leaf in leaves], axis=-1
-  )
+  return jnp.concatenate([leaf.reshape(num_examples, num_outputs, -1) for leaf in leaves], axis=-1)

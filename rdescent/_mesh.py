@@ -69,12 +69,9 @@ def auto_axes_update(update_fn: Callable[..., tuple[Any, Any]]) -> Callable[...,
       merged = [next(it) if array else leaf for leaf, array in zip(leaves, is_array)]
       return update_fn(updates, state, params, **jax.tree_util.tree_unflatten(treedef, merged))
 
-    out_sharding = (jax.tree_util.tree_map(_spec, params),
-                    jax.tree_util.tree_map(_spec, state))
+    out_sharding = (jax.tree_util.tree_map(_spec, params), jax.tree_util.tree_map(_spec, state))
     with jax.sharding.use_abstract_mesh(mesh):
-      return jax.sharding.auto_axes(call, out_sharding=out_sharding)(
-          updates, state, params, arrays
-      )
+      return jax.sharding.auto_axes(call, out_sharding=out_sharding)(updates, state, params, arrays)
 
   return wrapped
 
@@ -110,7 +107,8 @@ def replicated_call(fn: Callable[..., Any]) -> Callable[..., Any]:
       call_args, call_kwargs = jax.tree_util.tree_unflatten(treedef, merged)
       return fn(*call_args, **call_kwargs)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(),),
-                         out_specs=PartitionSpec(), check_vma=False)(arrays)
+    return jax.shard_map(
+      local, mesh=mesh, in_specs=(PartitionSpec(),), out_specs=PartitionSpec(), check_vma=False
+    )(arrays)
 
   return wrapped

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from jax.extend import core as jex_core
 
 _VIEW_PRIMITIVES = frozenset(
-    {"reshape", "transpose", "squeeze", "expand_dims", "copy", "copy_p", "broadcast_in_dim"}
+  {"reshape", "transpose", "squeeze", "expand_dims", "copy", "copy_p", "broadcast_in_dim"}
 )
 _INLINED_CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr"}
 
@@ -172,7 +172,7 @@ class _Walker:
     values: dict[Any, Any] = {}
     tags: dict[Any, _ParamView | None] = {}
     uses = collections.Counter(
-        v for eqn in jaxpr.eqns for v in eqn.invars if not isinstance(v, jex_core.Literal)
+      v for eqn in jaxpr.eqns for v in eqn.invars if not isinstance(v, jex_core.Literal)
     )
     uses.update(v for v in jaxpr.outvars if not isinstance(v, jex_core.Literal))
     dot_outputs: dict[Any, int] = {}
@@ -206,9 +206,14 @@ class _Walker:
         position = next(i for i, tag in enumerate(in_tags) if tag is not None)
         tag = in_tags[position]
         site = Site(
-            index=len(self.sites), kind=kind, leaf=tag.leaf, chain=tag.chain,
-            param_position=position, eqn=eqn,
-            input_aval=eqn.invars[1 - position].aval, output_aval=eqn.outvars[0].aval,
+          index=len(self.sites),
+          kind=kind,
+          leaf=tag.leaf,
+          chain=tag.chain,
+          param_position=position,
+          eqn=eqn,
+          input_aval=eqn.invars[1 - position].aval,
+          output_aval=eqn.outvars[0].aval,
         )
         self.sites.append(site)
         other = eqn.invars[1 - position]
@@ -243,8 +248,10 @@ def analyse(closed_jaxpr, num_params: int) -> Structure:
   walker = _Walker(hook=None)
   jaxpr = closed_jaxpr.jaxpr
   _, out_tags = walker.run(
-      jaxpr, closed_jaxpr.consts, [None] * len(jaxpr.invars),
-      _param_tags(num_params, len(jaxpr.invars)),
+    jaxpr,
+    closed_jaxpr.consts,
+    [None] * len(jaxpr.invars),
+    _param_tags(num_params, len(jaxpr.invars)),
   )
   fallback = walker.fallback | {tag.leaf for tag in out_tags if tag is not None}
   active = lambda index: walker.sites[index].leaf not in fallback
@@ -253,11 +260,11 @@ def analyse(closed_jaxpr, num_params: int) -> Structure:
 
 
 def evaluate(
-    closed_jaxpr,
-    structure: Structure,
-    num_params: int,
-    args: list[Any],
-    perturbations: dict[int, jax.Array],
+  closed_jaxpr,
+  structure: Structure,
+  num_params: int,
+  args: list[Any],
+  perturbations: dict[int, jax.Array],
 ) -> tuple[list[Any], dict[int, Any]]:
   """Evaluates the jaxpr with z_s + e_s at the perturbed sites.
 
@@ -286,6 +293,6 @@ def evaluate(
 
   jaxpr = closed_jaxpr.jaxpr
   outs, _ = _Walker(hook).run(
-      jaxpr, closed_jaxpr.consts, args, _param_tags(num_params, len(jaxpr.invars))
+    jaxpr, closed_jaxpr.consts, args, _param_tags(num_params, len(jaxpr.invars))
   )
   return outs, layer_inputs

@@ -18,8 +18,8 @@ def check_option(name: str, value: Any, valid: Sequence[str]) -> str:
   """Returns `value` if it is one of `valid`, else raises a ValueError listing them."""
   if not isinstance(value, str) or value not in valid:
     raise ValueError(
-        f"{name}={value!r} is not a valid option; expected one of "
-        f"{', '.join(repr(v) for v in valid)}."
+      f"{name}={value!r} is not a valid option; expected one of "
+      f"{', '.join(repr(v) for v in valid)}."
     )
   return value
 
@@ -28,9 +28,9 @@ def check_params(params: Any, transform: str) -> None:
   """Raises a ValueError when `params` was not given to `update`."""
   if params is None:
     raise ValueError(
-        f"{transform}.update needs the current parameters: call "
-        "`tx.update(grads, state, params, batch=(inputs, targets))`; "
-        "`params` was None."
+      f"{transform}.update needs the current parameters: call "
+      "`tx.update(grads, state, params, batch=(inputs, targets))`; "
+      "`params` was None."
     )
   leaves = jax.tree_util.tree_leaves(params)
   if not leaves:
@@ -38,8 +38,8 @@ def check_params(params: Any, transform: str) -> None:
   for leaf in leaves:
     if not jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact):
       raise TypeError(
-          f"{transform}: every leaf of `params` must be a floating-point "
-          f"array; found dtype {jnp.asarray(leaf).dtype}."
+        f"{transform}: every leaf of `params` must be a floating-point "
+        f"array; found dtype {jnp.asarray(leaf).dtype}."
       )
 
 
@@ -52,16 +52,15 @@ def check_batch(batch: Any, transform: str) -> tuple[Any, Any]:
   """
   if batch is None:
     raise ValueError(
-        f"{transform}.update needs the batch: call "
-        "`tx.update(grads, state, params, batch=(inputs, targets))`; "
-        "`batch` was missing."
+      f"{transform}.update needs the batch: call "
+      "`tx.update(grads, state, params, batch=(inputs, targets))`; "
+      "`batch` was missing."
     )
   if not isinstance(batch, (tuple, list)) or len(batch) != 2:
     kind = type(batch).__name__
     length = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
     raise ValueError(
-        f"{transform}: `batch` must be a pair (inputs, targets); got a "
-        f"{kind}{length}."
+      f"{transform}: `batch` must be a pair (inputs, targets); got a {kind}{length}."
     )
   inputs, targets = batch
   input_leaves = jax.tree_util.tree_leaves(inputs)
@@ -70,16 +69,16 @@ def check_batch(batch: Any, transform: str) -> tuple[Any, Any]:
   sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in input_leaves}
   if None in sizes or len(sizes) != 1:
     raise ValueError(
-        f"{transform}: every array in the batch inputs must have the same "
-        f"leading (example) axis; got leading sizes {sorted(map(str, sizes))}."
+      f"{transform}: every array in the batch inputs must have the same "
+      f"leading (example) axis; got leading sizes {sorted(map(str, sizes))}."
     )
   (num_examples,) = sizes
   if num_examples == 0:
     raise ValueError(f"{transform}: the batch is empty (m = 0 examples).")
   if np.ndim(targets) == 0 or np.shape(targets)[0] != num_examples:
     raise ValueError(
-        f"{transform}: targets must have the batch's {num_examples} examples "
-        f"on their leading axis; got targets of shape {np.shape(targets)}."
+      f"{transform}: targets must have the batch's {num_examples} examples "
+      f"on their leading axis; got targets of shape {np.shape(targets)}."
     )
   return inputs, targets
 
@@ -88,13 +87,12 @@ def check_outputs(outputs: jax.Array, num_examples: int, transform: str) -> None
   """Checks that `apply_fn` returned one row of outputs per example."""
   if outputs.ndim == 0 or outputs.shape[0] != num_examples:
     raise ValueError(
-        f"{transform}: apply_fn(params, inputs) must return shape (m,) or "
-        f"(m, k) with m = {num_examples}; got {outputs.shape}."
+      f"{transform}: apply_fn(params, inputs) must return shape (m,) or "
+      f"(m, k) with m = {num_examples}; got {outputs.shape}."
     )
   if not jnp.issubdtype(outputs.dtype, jnp.inexact):
     raise TypeError(
-        f"{transform}: apply_fn must return floating-point outputs; got "
-        f"dtype {outputs.dtype}."
+      f"{transform}: apply_fn must return floating-point outputs; got dtype {outputs.dtype}."
     )
 
 
@@ -104,13 +102,13 @@ def check_floating(name: str, tree: Any, transform: str) -> None:
     dtype = jnp.asarray(leaf).dtype if not hasattr(leaf, "dtype") else leaf.dtype
     if not jnp.issubdtype(dtype, jnp.inexact):
       raise TypeError(
-          f"{transform}: `{name}` must be floating point for this loss; got "
-          f"dtype {dtype}. Cast it, e.g. `{name}.astype(jnp.float32)`."
+        f"{transform}: `{name}` must be floating point for this loss; got "
+        f"dtype {dtype}. Cast it, e.g. `{name}.astype(jnp.float32)`."
       )
 
 
 def check_input_dtypes(
-    inputs: Any, params_dtype: Any, transform: str, *, integer_inputs: bool = False
+  inputs: Any, params_dtype: Any, transform: str, *, integer_inputs: bool = False
 ) -> None:
   """Inputs must be floating with the parameters' (compute) dtype.
 
@@ -128,28 +126,25 @@ def check_input_dtypes(
       if integer_inputs:
         continue
       raise TypeError(
-          f"{transform}: batch inputs have dtype {dtype}; expected floating "
-          f"point ({params_dtype}, the parameters' dtype). Cast the inputs, or "
-          "pass `integer_inputs=True` if apply_fn takes integer ids."
+        f"{transform}: batch inputs have dtype {dtype}; expected floating "
+        f"point ({params_dtype}, the parameters' dtype). Cast the inputs, or "
+        "pass `integer_inputs=True` if apply_fn takes integer ids."
       )
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(
-          f"{transform}: batch inputs have dtype {dtype}; expected floating "
-          f"point ({params_dtype})."
+        f"{transform}: batch inputs have dtype {dtype}; expected floating point ({params_dtype})."
       )
     if jnp.finfo(dtype).bits > jnp.finfo(params_dtype).bits:
       raise TypeError(
-          f"{transform}: batch inputs have dtype {dtype} but the parameters "
-          f"compute in {params_dtype}; cast the inputs to {params_dtype} (or "
-          "the parameters to the inputs' dtype) so that both agree."
+        f"{transform}: batch inputs have dtype {dtype} but the parameters "
+        f"compute in {params_dtype}; cast the inputs to {params_dtype} (or "
+        "the parameters to the inputs' dtype) so that both agree."
       )
 
 
 def is_concrete(value: Any) -> bool:
   """True when `value` is a Python or NumPy number (not a tracer)."""
-  return isinstance(value, (int, float, np.number, np.ndarray)) and not isinstance(
-      value, bool
-  )
+  return isinstance(value, (int, float, np.number, np.ndarray)) and not isinstance(value, bool)
 
 
 def check_nonnegative_finite(name: str, value: Any) -> None:

@@ -58,16 +58,16 @@ from rdescent._jacobian import flat_jacobian as flat_jacobian
 from rdescent._jacobian import per_example_jacobian as per_example_jacobian
 
 __all__ = (
-    "METHODS",
-    "OUTPUT_MODES",
-    "GramFactors",
-    "cross_gram",
-    "flat_jacobian",
-    "gram_factors",
-    "gram_from_jacobian",
-    "gram_matrix",
-    "jacobian_factors",
-    "per_example_jacobian",
+  "METHODS",
+  "OUTPUT_MODES",
+  "GramFactors",
+  "cross_gram",
+  "flat_jacobian",
+  "gram_factors",
+  "gram_from_jacobian",
+  "gram_matrix",
+  "jacobian_factors",
+  "per_example_jacobian",
 )
 
 Params = Any
@@ -171,13 +171,13 @@ def gram_from_jacobian(jacobian: Params, *, outputs: str = "full") -> jax.Array:
 
 
 def gram_factors(
-    apply_fn: ApplyFn,
-    params: Params,
-    inputs: Any,
-    *,
-    method: str = "auto",
-    outputs: str = "full",
-    chunk_size: int | None = None,
+  apply_fn: ApplyFn,
+  params: Params,
+  inputs: Any,
+  *,
+  method: str = "auto",
+  outputs: str = "full",
+  chunk_size: int | None = None,
 ) -> GramFactors:
   """Per-example factors of K, a `GramFactors`.
 
@@ -193,7 +193,7 @@ def gram_factors(
     traced = structured_lib.trace_model(apply_fn, params, inputs)
     if method == "structured" or traced.covered:
       terms = structured_lib.factors_from_trace(
-          traced, apply_fn, params, inputs, outputs=outputs, chunk_size=chunk_size
+        traced, apply_fn, params, inputs, outputs=outputs, chunk_size=chunk_size
       )
       num_examples = jax.tree_util.tree_leaves(inputs)[0].shape[0]
       dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
@@ -201,20 +201,23 @@ def gram_factors(
       return GramFactors(*terms, reference=reference)
   out_shape = jax.eval_shape(apply_fn, params, inputs).shape
   jacobian = per_example_jacobian(
-      apply_fn, params, inputs, num_outputs=math.prod(out_shape[1:]),
-      chunk_size=chunk_size,
+    apply_fn,
+    params,
+    inputs,
+    num_outputs=math.prod(out_shape[1:]),
+    chunk_size=chunk_size,
   )
   return jacobian_factors(jacobian)
 
 
 def gram_matrix(
-    apply_fn: ApplyFn,
-    params: Params,
-    inputs: Any,
-    *,
-    method: str = "auto",
-    outputs: str = "full",
-    chunk_size: int | None = None,
+  apply_fn: ApplyFn,
+  params: Params,
+  inputs: Any,
+  *,
+  method: str = "auto",
+  outputs: str = "full",
+  chunk_size: int | None = None,
 ) -> jax.Array:
   """The empirical neural tangent kernel K = J Jᵀ of a batch.
 
@@ -232,6 +235,6 @@ def gram_matrix(
     K as described by `outputs`.
   """
   factors = gram_factors(
-      apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
+    apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
   )
   return cross_gram(factors, factors, outputs=outputs)

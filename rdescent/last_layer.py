@@ -41,8 +41,8 @@ has since moved away from. Two options weight the current batch more:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,9 +62,9 @@ STATUS_OK = 0
 STATUS_NONFINITE = 1
 STATUS_SOLVE_FAILED = 2
 STATUS_MESSAGES = {
-    STATUS_OK: "ok",
-    STATUS_NONFINITE: "non-finite features, targets or statistics; step skipped",
-    STATUS_SOLVE_FAILED: "Cholesky factorisation of the head's system failed; step skipped",
+  STATUS_OK: "ok",
+  STATUS_NONFINITE: "non-finite features, targets or statistics; step skipped",
+  STATUS_SOLVE_FAILED: "Cholesky factorisation of the head's system failed; step skipped",
 }
 
 
@@ -82,7 +82,7 @@ class ClosedFormLastLayerState(NamedTuple):
     status: code of the last step, see `STATUS_MESSAGES`.
   """
 
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # the optax name; shadows tuple.count
   gram: jax.Array
   cross: jax.Array
   backbone_state: Any
@@ -106,15 +106,18 @@ def _check_params(params: Any) -> tuple[int, int]:
   kernel_shape, bias_shape = jnp.shape(head["kernel"]), jnp.shape(head["bias"])
   if len(kernel_shape) != 2 or bias_shape != kernel_shape[1:]:
     raise ValueError(
-        f"{_NAME}: params['head'] must hold kernel (h, k) and bias (k,); got kernel "
-        f"{kernel_shape} and bias {bias_shape}."
+      f"{_NAME}: params['head'] must hold kernel (h, k) and bias (k,); got kernel "
+      f"{kernel_shape} and bias {bias_shape}."
     )
   return kernel_shape
 
 
 def prepare_targets(
-    targets: Any, num_examples: int, num_outputs: int, dtype: Any,
-    num_classes: int | None = None,
+  targets: Any,
+  num_examples: int,
+  num_outputs: int,
+  dtype: Any,
+  num_classes: int | None = None,
 ) -> jax.Array:
   """Targets as (m, k) floats: integer labels (m,) become one-hot rows.
 
@@ -123,14 +126,14 @@ def prepare_targets(
   targets = jnp.asarray(targets)
   if num_classes is not None and num_classes != num_outputs:
     raise ValueError(
-        f"{_NAME}: num_classes={num_classes} but params['head']['kernel'] has "
-        f"k = {num_outputs} columns."
+      f"{_NAME}: num_classes={num_classes} but params['head']['kernel'] has "
+      f"k = {num_outputs} columns."
     )
   if jnp.issubdtype(targets.dtype, jnp.integer):
     if targets.shape != (num_examples,):
       raise ValueError(
-          f"{_NAME}: integer targets are class labels and must have shape (m,) = "
-          f"({num_examples},); got {targets.shape}."
+        f"{_NAME}: integer targets are class labels and must have shape (m,) = "
+        f"({num_examples},); got {targets.shape}."
       )
     return jax.nn.one_hot(targets, num_outputs, dtype=dtype)
   if not jnp.issubdtype(targets.dtype, jnp.floating):
@@ -139,9 +142,9 @@ def prepare_targets(
     targets = targets[:, None]
   if targets.shape != (num_examples, num_outputs):
     raise ValueError(
-        f"{_NAME}: targets must have shape (m, k) = ({num_examples}, {num_outputs}) "
-        f"(k from params['head']['kernel']), or integer labels of shape (m,); got "
-        f"{targets.shape}."
+      f"{_NAME}: targets must have shape (m, k) = ({num_examples}, {num_outputs}) "
+      f"(k from params['head']['kernel']), or integer labels of shape (m,); got "
+      f"{targets.shape}."
     )
   return targets.astype(dtype)
 
@@ -152,12 +155,12 @@ def augment(features: jax.Array) -> jax.Array:
 
 
 def solve_head(
-    gram: jax.Array,
-    cross: jax.Array,
-    *,
-    ridge: float | jax.Array,
-    proximal: float | jax.Array = 0.0,
-    previous: jax.Array | None = None,
+  gram: jax.Array,
+  cross: jax.Array,
+  *,
+  ridge: float | jax.Array,
+  proximal: float | jax.Array = 0.0,
+  previous: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """H* = (S + ρP + μI)⁻¹ (B + μ H_prev) by Cholesky; returns (H*, ok).
 
@@ -201,14 +204,14 @@ def _check_hyperparameters(ridge, decay, current_weight, proximal, num_classes) 
 
 
 def closed_form_last_layer(
-    features_fn: FeaturesFn,
-    *,
-    backbone: optax.GradientTransformation,
-    ridge: float = 1e-3,
-    decay: float = 0.99,
-    current_weight: float = 1.0,
-    proximal: float = 0.0,
-    num_classes: int | None = None,
+  features_fn: FeaturesFn,
+  *,
+  backbone: optax.GradientTransformation,
+  ridge: float = 1e-3,
+  decay: float = 0.99,
+  current_weight: float = 1.0,
+  proximal: float = 0.0,
+  num_classes: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Ridge-regression head in closed form + the backbone's own transform.
 
@@ -270,14 +273,14 @@ def closed_form_last_layer(
     dtype = dtypes_lib.compute_dtype(params["head"])
     size = num_features + 1
     return ClosedFormLastLayerState(
-        count=jnp.zeros([], jnp.int32),
-        gram=jnp.zeros((size, size), dtype),
-        cross=jnp.zeros((size, num_outputs), dtype),
-        backbone_state=backbone_tx.init(params["backbone"]),
-        loss=jnp.zeros([], dtype),
-        solve_ok=jnp.asarray(True),
-        num_failed=jnp.zeros([], jnp.int32),
-        status=jnp.asarray(STATUS_OK, jnp.int32),
+      count=jnp.zeros([], jnp.int32),
+      gram=jnp.zeros((size, size), dtype),
+      cross=jnp.zeros((size, num_outputs), dtype),
+      backbone_state=backbone_tx.init(params["backbone"]),
+      loss=jnp.zeros([], dtype),
+      solve_ok=jnp.asarray(True),
+      num_failed=jnp.zeros([], jnp.int32),
+      status=jnp.asarray(STATUS_OK, jnp.int32),
     )
 
   def update_fn(updates, state, params=None, *, batch=None, **extra_args):
@@ -290,9 +293,9 @@ def closed_form_last_layer(
     num_examples = jax.tree_util.tree_leaves(inputs)[0].shape[0]
     if features.shape != (num_examples, num_features):
       raise ValueError(
-          f"{_NAME}: features_fn(params['backbone'], inputs) must return (m, h) = "
-          f"({num_examples}, {num_features}) (h from params['head']['kernel']); got "
-          f"{features.shape}."
+        f"{_NAME}: features_fn(params['backbone'], inputs) must return (m, h) = "
+        f"({num_examples}, {num_features}) (h from params['head']['kernel']); got "
+        f"{features.shape}."
       )
     targets = prepare_targets(targets, num_examples, num_outputs, dtype, num_classes)
 
@@ -301,13 +304,15 @@ def closed_form_last_layer(
     batch_gram, batch_cross = design.T @ design, design.T @ targets
     previous = jnp.concatenate([head["kernel"], head["bias"][None]], axis=0).astype(dtype)
     solution, solve_ok = solve_head(
-        decay * state.gram + current_weight * batch_gram,
-        decay * state.cross + current_weight * batch_cross,
-        ridge=ridge, proximal=proximal, previous=previous,
+      decay * state.gram + current_weight * batch_gram,
+      decay * state.cross + current_weight * batch_cross,
+      ridge=ridge,
+      proximal=proximal,
+      previous=previous,
     )
     finite = jnp.all(jnp.isfinite(design)) & jnp.all(jnp.isfinite(targets))
     status = jnp.select(
-        [~finite, ~solve_ok], [STATUS_NONFINITE, STATUS_SOLVE_FAILED], STATUS_OK
+      [~finite, ~solve_ok], [STATUS_NONFINITE, STATUS_SOLVE_FAILED], STATUS_OK
     ).astype(jnp.int32)
     apply = status == STATUS_OK
     solution = jnp.where(apply, solution, previous)
@@ -318,29 +323,31 @@ def closed_form_last_layer(
     cotangent = (residual @ new_head["kernel"].T).astype(features.dtype)
     (backbone_grads,) = features_vjp(cotangent)
     backbone_updates, backbone_state = backbone_tx.update(
-        backbone_grads, state.backbone_state, backbone_params,
-        batch=(inputs, targets), head=new_head, **extra_args,
+      backbone_grads,
+      state.backbone_state,
+      backbone_params,
+      batch=(inputs, targets),
+      head=new_head,
+      **extra_args,
     )
-    keep = lambda new, old: jax.tree_util.tree_map(
-        lambda a, b: jnp.where(apply, a, b), new, old
-    )
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(apply, a, b), new, old)
     backbone_updates = jax.tree_util.tree_map(
-        lambda u: jnp.where(apply, u, jnp.zeros_like(u)), backbone_updates
+      lambda u: jnp.where(apply, u, jnp.zeros_like(u)), backbone_updates
     )
     loss = 0.5 * jnp.sum(jnp.square(residual))
     head_updates = type(head)(
-        kernel=(new_head["kernel"] - previous[:-1]).astype(jnp.result_type(head["kernel"])),
-        bias=(new_head["bias"] - previous[-1]).astype(jnp.result_type(head["bias"])),
+      kernel=(new_head["kernel"] - previous[:-1]).astype(jnp.result_type(head["kernel"])),
+      bias=(new_head["bias"] - previous[-1]).astype(jnp.result_type(head["bias"])),
     )
     new_state = ClosedFormLastLayerState(
-        count=optax.safe_increment(state.count),
-        gram=keep(decay * state.gram + batch_gram, state.gram),
-        cross=keep(decay * state.cross + batch_cross, state.cross),
-        backbone_state=keep(backbone_state, state.backbone_state),
-        loss=jnp.where(apply, loss, state.loss),
-        solve_ok=solve_ok,
-        num_failed=state.num_failed + (~apply).astype(jnp.int32),
-        status=status,
+      count=optax.safe_increment(state.count),
+      gram=keep(decay * state.gram + batch_gram, state.gram),
+      cross=keep(decay * state.cross + batch_cross, state.cross),
+      backbone_state=keep(backbone_state, state.backbone_state),
+      loss=jnp.where(apply, loss, state.loss),
+      solve_ok=solve_ok,
+      num_failed=state.num_failed + (~apply).astype(jnp.int32),
+      status=status,
     )
     return type(params)(backbone=backbone_updates, head=head_updates), new_state
 
@@ -348,8 +355,8 @@ def closed_form_last_layer(
 
 
 def with_fixed_head(
-    features_fn: FeaturesFn,
-    build: Callable[[Callable[[Any, Any], jax.Array]], optax.GradientTransformation],
+  features_fn: FeaturesFn,
+  build: Callable[[Callable[[Any, Any], jax.Array]], optax.GradientTransformation],
 ) -> optax.GradientTransformationExtraArgs:
   """A backbone transform that sees the whole model with the head held fixed.
 
@@ -373,9 +380,9 @@ def with_fixed_head(
   def update_fn(updates, state, params=None, *, head=None, **extra_args):
     if head is None:
       raise ValueError(
-          "with_fixed_head.update needs the head as the extra argument `head=` "
-          "({'kernel': (h, k), 'bias': (k,)}); use it as the `backbone` of "
-          "closed_form_last_layer, which passes it."
+        "with_fixed_head.update needs the head as the extra argument `head=` "
+        "({'kernel': (h, k), 'bias': (k,)}); use it as the `backbone` of "
+        "closed_form_last_layer, which passes it."
       )
     return make(head).update(updates, state, params, **extra_args)
 
@@ -383,9 +390,9 @@ def with_fixed_head(
 
 
 def rd_backbone(
-    features_fn: FeaturesFn,
-    learning_rate: optax.ScalarOrSchedule = 1.0,
-    **kwargs: Any,
+  features_fn: FeaturesFn,
+  learning_rate: optax.ScalarOrSchedule = 1.0,
+  **kwargs: Any,
 ) -> optax.GradientTransformationExtraArgs:
   """Regression Descent on the backbone with the closed-form head held fixed.
 
@@ -424,6 +431,6 @@ def rd_backbone(
     True
   """
   return with_fixed_head(
-      features_fn,
-      lambda apply_fn: transform_lib.regression_descent(apply_fn, learning_rate, **kwargs),
+    features_fn,
+    lambda apply_fn: transform_lib.regression_descent(apply_fn, learning_rate, **kwargs),
   )

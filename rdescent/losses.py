@@ -48,7 +48,8 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -94,9 +95,9 @@ def _same_shape_targets(name: str) -> Callable[[jax.Array, jax.Array], jax.Array
     targets = jnp.asarray(targets)
     if targets.size != outputs.size:
       raise ValueError(
-          f"loss={name!r}: targets must have the same shape as the outputs of "
-          f"apply_fn; got targets {targets.shape} and outputs "
-          f"{outputs.shape} (as (m, k))."
+        f"loss={name!r}: targets must have the same shape as the outputs of "
+        f"apply_fn; got targets {targets.shape} and outputs "
+        f"{outputs.shape} (as (m, k))."
       )
     return targets.reshape(outputs.shape).astype(outputs.dtype)
 
@@ -121,11 +122,11 @@ def mean_squared_error() -> Loss:
     return GaussNewtonFactors(rhs=outputs - targets, factor=None)
 
   return Loss(
-      name="mse",
-      value=value,
-      factors=factors,
-      prepare_targets=_same_shape_targets("mse"),
-      squared_error=True,
+    name="mse",
+    value=value,
+    factors=factors,
+    prepare_targets=_same_shape_targets("mse"),
+    squared_error=True,
   )
 
 
@@ -144,9 +145,9 @@ def _class_targets(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
     num_examples, num_classes = outputs.shape
     if num_classes < 2:
       raise ValueError(
-          f"loss={name!r} needs apply_fn to return k >= 2 logits per example "
-          f"(shape (m, k)); got outputs {outputs.shape}. For one logit use "
-          "'sigmoid_binary_cross_entropy'."
+        f"loss={name!r} needs apply_fn to return k >= 2 logits per example "
+        f"(shape (m, k)); got outputs {outputs.shape}. For one logit use "
+        "'sigmoid_binary_cross_entropy'."
       )
     concrete = not isinstance(targets, jax.core.Tracer)
     targets = jnp.asarray(targets)
@@ -155,8 +156,8 @@ def _class_targets(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
         return targets.astype(outputs.dtype)  # one-hot stored as integers
       if targets.shape not in ((num_examples,), (num_examples, 1)):
         raise ValueError(
-            f"loss={name!r}: integer labels must have shape ({num_examples},); "
-            f"got targets {targets.shape} for outputs {outputs.shape}."
+          f"loss={name!r}: integer labels must have shape ({num_examples},); "
+          f"got targets {targets.shape} for outputs {outputs.shape}."
         )
       labels = targets.reshape(num_examples)
       if concrete:
@@ -164,22 +165,22 @@ def _class_targets(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
         bad = bad[(bad < 0) | (bad >= num_classes)]
         if bad.size:
           raise ValueError(
-              f"loss={name!r}: labels must lie in [0, {num_classes}) for "
-              f"{num_classes} logits; got {bad[:5].tolist()}."
+            f"loss={name!r}: labels must lie in [0, {num_classes}) for "
+            f"{num_classes} logits; got {bad[:5].tolist()}."
           )
       valid = (labels >= 0) & (labels < num_classes)
       one_hot = jax.nn.one_hot(labels, num_classes, dtype=outputs.dtype)
       return jnp.where(valid[:, None], one_hot, jnp.nan)
     if not jnp.issubdtype(targets.dtype, jnp.floating):
       raise TypeError(
-          f"loss={name!r}: targets must be integer labels (m,) or float "
-          f"one-hot / probability rows (m, k); got dtype {targets.dtype}."
+        f"loss={name!r}: targets must be integer labels (m,) or float "
+        f"one-hot / probability rows (m, k); got dtype {targets.dtype}."
       )
     if targets.shape != (num_examples, num_classes):
       raise ValueError(
-          f"loss={name!r}: float targets must be one-hot or probability rows "
-          f"of shape {(num_examples, num_classes)} like the outputs; got "
-          f"targets {targets.shape}. Integer labels need an integer dtype."
+        f"loss={name!r}: float targets must be one-hot or probability rows "
+        f"of shape {(num_examples, num_classes)} like the outputs; got "
+        f"targets {targets.shape}. Integer labels need an integer dtype."
       )
     return targets.astype(outputs.dtype)
 
@@ -230,7 +231,9 @@ def _binary_targets(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
   def prepare(targets: jax.Array, outputs: jax.Array) -> jax.Array:
     targets = jnp.asarray(targets)
     if not (jnp.issubdtype(targets.dtype, jnp.number) or targets.dtype == jnp.bool_):
-      raise TypeError(f"loss={name!r}: targets must be numbers in [0, 1]; got dtype {targets.dtype}.")
+      raise TypeError(
+        f"loss={name!r}: targets must be numbers in [0, 1]; got dtype {targets.dtype}."
+      )
     return same_shape(targets, outputs)
 
   return prepare
@@ -325,12 +328,12 @@ def hessian_factor(hessian: jax.Array) -> jax.Array:
 
 
 def from_gradient_and_factor(
-    name: str,
-    value_fn: Callable[[jax.Array, jax.Array], jax.Array],
-    *,
-    gradient_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-    factor_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-    prepare_targets: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+  name: str,
+  value_fn: Callable[[jax.Array, jax.Array], jax.Array],
+  *,
+  gradient_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+  factor_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+  prepare_targets: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
 ) -> Loss:
   """A `Loss` from a per-example loss, its gradient and a factor of its Hessian.
 
@@ -381,17 +384,17 @@ def from_gradient_and_factor(
     factor = jax.vmap(factor_fn)(outputs, targets)
     if factor.ndim != 3 or factor.shape[1] != outputs.shape[1]:
       raise ValueError(
-          f"loss={name!r}: factor_fn must return L of shape (k, q) with "
-          f"k = {outputs.shape[1]}; got {factor.shape[1:]} per example."
+        f"loss={name!r}: factor_fn must return L of shape (k, q) with "
+        f"k = {outputs.shape[1]}; got {factor.shape[1:]} per example."
       )
     rhs = jnp.einsum("iqk,ik->iq", jnp.linalg.pinv(factor), gradient)
     return GaussNewtonFactors(rhs=rhs, factor=factor)
 
   return Loss(
-      name=name,
-      value=value,
-      factors=factors,
-      prepare_targets=prepare_targets or _same_shape_targets(name),
+    name=name,
+    value=value,
+    factors=factors,
+    prepare_targets=prepare_targets or _same_shape_targets(name),
   )
 
 
@@ -399,10 +402,10 @@ def from_gradient_and_factor(
 
 
 _BUILTIN: dict[str, Callable[[], Loss]] = {
-    "mse": mean_squared_error,
-    "softmax_cross_entropy": softmax_cross_entropy,
-    "sigmoid_binary_cross_entropy": sigmoid_binary_cross_entropy,
-    "huber": huber,
+  "mse": mean_squared_error,
+  "softmax_cross_entropy": softmax_cross_entropy,
+  "sigmoid_binary_cross_entropy": sigmoid_binary_cross_entropy,
+  "huber": huber,
 }
 
 
@@ -418,6 +421,6 @@ def get(loss: Any) -> Loss:
   if isinstance(loss, str) and loss in _BUILTIN:
     return _BUILTIN[loss]()
   raise ValueError(
-      f"loss={loss!r} is not a valid option; expected one of "
-      f"{', '.join(repr(n) for n in _BUILTIN)} or an rdescent.losses.Loss."
+    f"loss={loss!r} is not a valid option; expected one of "
+    f"{', '.join(repr(n) for n in _BUILTIN)} or an rdescent.losses.Loss."
   )

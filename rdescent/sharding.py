@@ -113,8 +113,7 @@ def shard_batch(batch: Any, mesh: Mesh, axis: str | Sequence[str] = "data") -> A
   for name in axes:
     if name not in mesh.axis_names:
       raise ValueError(
-          f"shard_batch: axis={name!r} is not an axis of the mesh; mesh axes are "
-          f"{mesh.axis_names}."
+        f"shard_batch: axis={name!r} is not an axis of the mesh; mesh axes are {mesh.axis_names}."
       )
   num_shards = math.prod(mesh.shape[name] for name in axes)
   leaves = jax.tree_util.tree_leaves(batch)
@@ -124,8 +123,8 @@ def shard_batch(batch: Any, mesh: Mesh, axis: str | Sequence[str] = "data") -> A
     shape = jax.numpy.shape(leaf)
     if not shape or shape[0] % num_shards:
       raise ValueError(
-          f"shard_batch: every leaf needs a leading example axis divisible by the "
-          f"{num_shards} shards of mesh axis {axis!r}; got a leaf of shape {shape}."
+        f"shard_batch: every leaf needs a leading example axis divisible by the "
+        f"{num_shards} shards of mesh axis {axis!r}; got a leaf of shape {shape}."
       )
   spec = PartitionSpec(axes[0] if len(axes) == 1 else axes)
   return jax.device_put(batch, NamedSharding(mesh, spec))
@@ -137,14 +136,14 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def row_block_gram(
-    apply_fn: Callable[[Any, Any], jax.Array],
-    params: Any,
-    inputs: Any,
-    *,
-    axis: str,
-    method: str = "auto",
-    outputs: str = "full",
-    chunk_size: int | None = None,
+  apply_fn: Callable[[Any, Any], jax.Array],
+  params: Any,
+  inputs: Any,
+  *,
+  axis: str,
+  method: str = "auto",
+  outputs: str = "full",
+  chunk_size: int | None = None,
 ) -> jax.Array:
   """K = J Jᵀ built in block rows, one block per device along mesh axis `axis`.
 
@@ -183,28 +182,32 @@ def row_block_gram(
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.manual_axes:
     return gram_lib.gram_matrix(
-        apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
+      apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
     )
   if axis not in mesh.axis_names:
     raise ValueError(
-        f"data_axis={axis!r} is not an axis of the current mesh; its axes are "
-        f"{mesh.axis_names}."
+      f"data_axis={axis!r} is not an axis of the current mesh; its axes are {mesh.axis_names}."
     )
   num_devices = mesh.shape[axis]
   num_examples = jax.tree_util.tree_leaves(inputs)[0].shape[0]
   if num_examples % num_devices:
     raise ValueError(
-        f"data_axis={axis!r}: the batch of {num_examples} examples must split evenly "
-        f"over the {num_devices} devices of that mesh axis."
+      f"data_axis={axis!r}: the batch of {num_examples} examples must split evenly "
+      f"over the {num_devices} devices of that mesh axis."
     )
 
   def block_row(params, inputs):
     own = gram_lib.gram_factors(
-        apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
+      apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
     )
     every = jax.lax.all_gather(own, axis, tiled=True)
     return gram_lib.cross_gram(own, every, outputs=outputs)
 
   rows = PartitionSpec(axis) if outputs == "full" else PartitionSpec(None, axis)
-  return jax.shard_map(block_row, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(axis)),
-                       out_specs=rows, check_vma=False)(params, inputs)
+  return jax.shard_map(
+    block_row,
+    mesh=mesh,
+    in_specs=(PartitionSpec(), PartitionSpec(axis)),
+    out_specs=rows,
+    check_vma=False,
+  )(params, inputs)

@@ -134,14 +134,16 @@ def trace_model(apply_fn: ApplyFn, params: Params, inputs: Any) -> TracedModel:
   structure = trace_lib.analyse(closed, num_params)
   (out_aval,) = closed.out_avals
   return TracedModel(
-      jaxpr=closed, structure=structure, num_params=num_params,
-      leaf_sizes=tuple(int(math.prod(jnp.shape(v))) for v in param_leaves),
-      num_outputs=int(out_aval.shape[0]),
+    jaxpr=closed,
+    structure=structure,
+    num_params=num_params,
+    leaf_sizes=tuple(int(math.prod(jnp.shape(v))) for v in param_leaves),
+    num_outputs=int(out_aval.shape[0]),
   )
 
 
 def cotangents(
-    traced: TracedModel, param_leaves: list[jax.Array], inputs: Any, chunk_size: int | None
+  traced: TracedModel, param_leaves: list[jax.Array], inputs: Any, chunk_size: int | None
 ) -> tuple[dict[int, jax.Array], dict[int, jax.Array]]:
   """Layer inputs x_s, shape (m, *x), and cotangents δ_src, shape (m, k, *z).
 
@@ -153,14 +155,14 @@ def cotangents(
 
   def per_example(example):
     zeros = {
-        s: jnp.zeros(sites[s].output_aval.shape, sites[s].output_aval.dtype)
-        for s in structure.perturbed
+      s: jnp.zeros(sites[s].output_aval.shape, sites[s].output_aval.dtype)
+      for s in structure.perturbed
     }
 
     def forward(perturbations):
       args = [*param_leaves, *jax.tree_util.tree_leaves(example)]
       outs, layer_inputs = trace_lib.evaluate(
-          traced.jaxpr, structure, traced.num_params, args, perturbations
+        traced.jaxpr, structure, traced.num_params, args, perturbations
       )
       return outs[0], layer_inputs
 
@@ -205,12 +207,12 @@ def _dot_layout(site: trace_lib.Site) -> _DotLayout:
     z_x = list(range(num_batch + v_free_count, z_ndim))
   size = lambda axes, shape: int(math.prod(shape[a] for a in axes))
   return _DotLayout(
-      x_perm=tuple(list(x_b) + x_free + list(x_c)),
-      z_perm=tuple(batch_axes + z_x + z_v),
-      batch=size(x_b, x_shape),
-      positions=size(x_free, x_shape),
-      contracting=size(x_c, x_shape),
-      features=size(z_v, site.output_aval.shape),
+    x_perm=tuple(list(x_b) + x_free + list(x_c)),
+    z_perm=tuple(batch_axes + z_x + z_v),
+    batch=size(x_b, x_shape),
+    positions=size(x_free, x_shape),
+    contracting=size(x_c, x_shape),
+    features=size(z_v, site.output_aval.shape),
   )
 
 
@@ -311,7 +313,7 @@ class StructuredFactors(NamedTuple):
 
 
 def _site_gradients(
-    site: trace_lib.Site, leaf: jax.Array, x: jax.Array | None, delta: jax.Array
+  site: trace_lib.Site, leaf: jax.Array, x: jax.Array | None, delta: jax.Array
 ) -> jax.Array:
   """Per-example gradients of the leaf through one site, shape (m, k, |θ|)."""
   if x is None:  # bias: the VJP does not depend on the other operand's value
@@ -333,13 +335,13 @@ def _site_gradients(
 
 
 def factors_from_trace(
-    traced: TracedModel,
-    apply_fn: ApplyFn,
-    params: Params,
-    inputs: Any,
-    *,
-    outputs: str = "full",
-    chunk_size: int | None = None,
+  traced: TracedModel,
+  apply_fn: ApplyFn,
+  params: Params,
+  inputs: Any,
+  *,
+  outputs: str = "full",
+  chunk_size: int | None = None,
 ) -> StructuredFactors:
   """The factors of a batch's K, leaf by leaf in the forms chosen by `plan`.
 
@@ -373,33 +375,37 @@ def factors_from_trace(
       features.setdefault(structure.source(site), []).append(x)
     elif leaf_plan.form == "position_pair":
       layout = _dot_layout(site)
-      position_pairs.append((
+      position_pairs.append(
+        (
           _canonical_inputs(layout, layer_inputs[site.index]),
           _canonical_cotangents(layout, deltas[structure.source(site)]),
-      ))
+        )
+      )
     else:
       through_sites = [
-          _site_gradients(
-              s, param_leaves[s.leaf], layer_inputs.get(s.index), deltas[structure.source(s)]
-          )
-          for s in leaf_plan.sites
+        _site_gradients(
+          s, param_leaves[s.leaf], layer_inputs.get(s.index), deltas[structure.source(s)]
+        )
+        for s in leaf_plan.sites
       ]
       gradients.append(sum(through_sites[1:], through_sites[0]))
   if fallback:
     jacobians = _jacobian.leaf_jacobians(
-        apply_fn, params, inputs, fallback, num_outputs=k, chunk_size=chunk_size
+      apply_fn, params, inputs, fallback, num_outputs=k, chunk_size=chunk_size
     )
     gradients.append(_jacobian.flat_jacobian(jacobians, m, k))
   sources = tuple(
-      (jnp.concatenate(columns, axis=1) if len(columns) > 1 else columns[0],
-       deltas[source].reshape(m, k, -1))
-      for source, columns in features.items()
+    (
+      jnp.concatenate(columns, axis=1) if len(columns) > 1 else columns[0],
+      deltas[source].reshape(m, k, -1),
+    )
+    for source, columns in features.items()
   )
   return StructuredFactors(sources, tuple(position_pairs), tuple(gradients))
 
 
 def describe(
-    apply_fn: ApplyFn, params: Params, inputs: Any, *, outputs: str = "full"
+  apply_fn: ApplyFn, params: Params, inputs: Any, *, outputs: str = "full"
 ) -> dict[str, Any]:
   """The engine's plan for a model and batch: forms, flop count, memory estimate.
 
@@ -416,14 +422,15 @@ def describe(
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
   structure = traced.structure
   sites = {s.index: s for s in structure.sites}
-  stored = sum(m * math.prod(s.input_aval.shape) for s in structure.active_sites
-               if s.kind in ("dot", "conv"))
+  stored = sum(
+    m * math.prod(s.input_aval.shape) for s in structure.active_sites if s.kind in ("dot", "conv")
+  )
   stored += sum(m * k * math.prod(sites[s].output_aval.shape) for s in structure.perturbed)
   gram_size = k * m * m if per_output else (m * k) ** 2
   fallback = sum(p.memory for p in plans if p.form == "fallback")
   transient = max([p.memory for p in plans if p.form != "fallback"] + [fallback, 0])
   return {
-      "leaves": [(paths[p.leaf], p.form, p.flops) for p in plans],
-      "flops": sum(p.flops for p in plans),
-      "peak_numbers": stored + 2 * gram_size + transient,
+    "leaves": [(paths[p.leaf], p.form, p.flops) for p in plans],
+    "flops": sum(p.flops for p in plans),
+    "peak_numbers": stored + 2 * gram_size + transient,
   }

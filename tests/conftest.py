@@ -12,8 +12,9 @@ os.environ.setdefault("RDESCENT_DATA_DIR", str(_REPO.parent / "shared" / "data")
 
 
 def pytest_addoption(parser):
-  parser.addoption("--run-slow", action="store_true", default=False,
-                   help="run tests marked slow (long benchmarks)")
+  parser.addoption(
+    "--run-slow", action="store_true", default=False, help="run tests marked slow (long benchmarks)"
+  )
 
 
 def pytest_collection_modifyitems(config, items):

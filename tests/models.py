@@ -17,10 +17,12 @@ def mlp_init(key, sizes, dtype=jnp.float32):
   params = []
   for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
     key, wkey, bkey = jax.random.split(key, 3)
-    params.append({
+    params.append(
+      {
         "w": (jax.random.normal(wkey, (fan_in, fan_out)) / np.sqrt(fan_in)).astype(dtype),
         "b": (0.1 * jax.random.normal(bkey, (fan_out,))).astype(dtype),
-    })
+      }
+    )
   return params
 
 
@@ -88,9 +90,13 @@ def normal(seed, shape, dtype=jnp.float64):
 
 def numpy_mlp_init(seed, sizes, dtype=jnp.float64):
   """`mlp_init`-shaped parameters, drawn with NumPy (`normal`)."""
-  return [{"w": normal(seed + 2 * i, (n, o), dtype) / float(np.sqrt(n)),
-           "b": 0.1 * normal(seed + 2 * i + 1, (o,), dtype)}
-          for i, (n, o) in enumerate(zip(sizes[:-1], sizes[1:]))]
+  return [
+    {
+      "w": normal(seed + 2 * i, (n, o), dtype) / float(np.sqrt(n)),
+      "b": 0.1 * normal(seed + 2 * i + 1, (o,), dtype),
+    }
+    for i, (n, o) in enumerate(zip(sizes[:-1], sizes[1:]))
+  ]
 
 
 def jacobian_reference(apply_fn, params, x):
@@ -104,39 +110,51 @@ GRAM_RTOL = 1e-10
 GRAM_OUTPUT_MODES = ("full", "per_output")
 
 
-def assert_gram_equals_reference(apply_fn, params, x, outputs=GRAM_OUTPUT_MODES,
-                                 method="structured"):
+def assert_gram_equals_reference(
+  apply_fn, params, x, outputs=GRAM_OUTPUT_MODES, method="structured"
+):
   """K of `rd.gram_matrix` (jitted, each mode in `outputs`) is J Jᵀ of `jacobian_reference`."""
   outputs = (outputs,) if isinstance(outputs, str) else tuple(outputs)
   jacobian = jacobian_reference(apply_fn, params, x)
   m, k, _ = jacobian.shape
-  expected = {"full": jacobian.reshape(m * k, -1) @ jacobian.reshape(m * k, -1).T,
-              "per_output": np.einsum("icp,jcp->cij", jacobian, jacobian)}
-  run = jax.jit(lambda p, x: [rd.gram_matrix(apply_fn, p, x, method=method, outputs=mode)
-                              for mode in outputs])
+  expected = {
+    "full": jacobian.reshape(m * k, -1) @ jacobian.reshape(m * k, -1).T,
+    "per_output": np.einsum("icp,jcp->cij", jacobian, jacobian),
+  }
+  run = jax.jit(
+    lambda p, x: [rd.gram_matrix(apply_fn, p, x, method=method, outputs=mode) for mode in outputs]
+  )
   for mode, gram in zip(outputs, run(params, x)):
     gram = np.asarray(gram)
     assert gram.shape == expected[mode].shape, mode
     scale = np.max(np.abs(expected[mode]))
-    np.testing.assert_allclose(gram, expected[mode], rtol=GRAM_RTOL, atol=GRAM_RTOL * scale,
-                               err_msg=mode)
+    np.testing.assert_allclose(
+      gram, expected[mode], rtol=GRAM_RTOL, atol=GRAM_RTOL * scale, err_msg=mode
+    )
 
 
 def small_cnn_init(seed, channels=8):
   """Parameters of `small_cnn_apply` in float64, drawn with NumPy."""
   return {
-      "conv": {"kernel": normal(seed, (3, 3, 1, channels)) / 3,
-               "bias": 0.1 * jnp.ones((channels,), jnp.float64)},
-      "dense": {"kernel": normal(seed + 1, (13 * 13 * channels, 10)) / 30,
-                "bias": jnp.zeros((10,), jnp.float64)},
+    "conv": {
+      "kernel": normal(seed, (3, 3, 1, channels)) / 3,
+      "bias": 0.1 * jnp.ones((channels,), jnp.float64),
+    },
+    "dense": {
+      "kernel": normal(seed + 1, (13 * 13 * channels, 10)) / 30,
+      "bias": jnp.zeros((10,), jnp.float64),
+    },
   }
 
 
 def small_cnn_apply(params, x):
   """The paper's SmallCNN: conv 1→8 3×3 VALID, ReLU, 2×2 max-pool, dense 1352→10."""
-  x = jax.lax.conv_general_dilated(
+  x = (
+    jax.lax.conv_general_dilated(
       x, params["conv"]["kernel"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-  ) + params["conv"]["bias"]
+    )
+    + params["conv"]["bias"]
+  )
   x = jax.nn.relu(x)
   m, channels = x.shape[0], x.shape[-1]
   x = x.reshape(m, 13, 2, 13, 2, channels).max(axis=(2, 4)).reshape(m, -1)

@@ -37,21 +37,21 @@ def _dense(apply_fn, params, x, y):
 
 
 @pytest.mark.parametrize(
-    "damping, ratio, coefficient, expected, accept",
-    [
-        (1.0, 1.2, 0.9, 1.8, False),        # ratio > 1.1: reject, λ × 1.8
-        (1.0, 1.1, 0.9, 1.0, True),         # 1.1 itself is accepted, no change
-        (1.0, 0.5, 0.95, 1 / 2.7, True),    # big decrease that was predicted: ÷ 2.7
-        (1.0, 0.5, 0.85, 1.0, True),        # big decrease, poorly predicted: kept
-        (1.0, 0.8, 0.95, 1.0, True),        # 0.8 is not < 0.8
-        (1.0, 0.95, 0.3, 1.8, True),        # little decrease, poorly predicted: × 1.8
-        (1.0, 0.85, 0.3, 1.0, True),        # in between: kept
-        (1.0, 0.95, 0.5, 1.0, True),        # 0.5 is not < 0.5
-        (9.0, 1.5, 0.0, 10.0, False),       # clamped at the top
-        (1e-8, 0.1, 1.0, 1e-8, True),       # clamped at the bottom
-        (1.0, np.nan, 1.0, 1.8, False),     # NaN rejects
-        (1.0, np.inf, 1.0, 1.8, False),
-    ],
+  "damping, ratio, coefficient, expected, accept",
+  [
+    (1.0, 1.2, 0.9, 1.8, False),  # ratio > 1.1: reject, λ × 1.8
+    (1.0, 1.1, 0.9, 1.0, True),  # 1.1 itself is accepted, no change
+    (1.0, 0.5, 0.95, 1 / 2.7, True),  # big decrease that was predicted: ÷ 2.7
+    (1.0, 0.5, 0.85, 1.0, True),  # big decrease, poorly predicted: kept
+    (1.0, 0.8, 0.95, 1.0, True),  # 0.8 is not < 0.8
+    (1.0, 0.95, 0.3, 1.8, True),  # little decrease, poorly predicted: × 1.8
+    (1.0, 0.85, 0.3, 1.0, True),  # in between: kept
+    (1.0, 0.95, 0.5, 1.0, True),  # 0.5 is not < 0.5
+    (9.0, 1.5, 0.0, 10.0, False),  # clamped at the top
+    (1e-8, 0.1, 1.0, 1e-8, True),  # clamped at the bottom
+    (1.0, np.nan, 1.0, 1.8, False),  # NaN rejects
+    (1.0, np.inf, 1.0, 1.8, False),
+  ],
 )
 def test_ratio_rule_on_hand_made_ratios(damping, ratio, coefficient, expected, accept):
   rule = jax.jit(rd.damping.ratio_rule)
@@ -61,12 +61,10 @@ def test_ratio_rule_on_hand_made_ratios(damping, ratio, coefficient, expected, a
 
 
 @FEW
-@hypothesis.given(
-    st.floats(1e-8, 10.0), st.floats(0.0, 3.0), st.floats(-3.0, 3.0)
-)
+@hypothesis.given(st.floats(1e-8, 10.0), st.floats(0.0, 3.0), st.floats(-3.0, 3.0))
 def test_ratio_rule_matches_its_definition(damping, ratio, coefficient):
   new, accepted = jax.jit(rd.damping.ratio_rule)(
-      jnp.float32(damping), jnp.float32(ratio), jnp.float32(coefficient)
+    jnp.float32(damping), jnp.float32(ratio), jnp.float32(coefficient)
   )
   # The rule compares in the state's dtype: thresholds are float32 too.
   ratio32, coef32 = np.float32(ratio), np.float32(coefficient)
@@ -98,21 +96,21 @@ def test_ratio_and_coefficient_on_hand_made_losses():
 
 
 @pytest.mark.parametrize(
-    "ratio, accepted, expected_damping, expected_growth",
-    [
-        (1.0, True, 1 / 3, 2.0),            # perfect model: λ / 3
-        (0.9, True, 1 - 0.8**3, 2.0),       # 0.488
-            (1.5, True, 1 / 3, 2.0),            # ρ > 1: floor 1/3
-        (0.75, True, 1 - 0.5**3, 2.0),      # 0.875
-        (0.5, True, 1.0, 2.0),              # ρ = ½: λ kept
-        (0.25, True, 1 + 0.5**3, 2.0),      # poor model: λ grows
-        (0.1, False, 4.0, 8.0),             # rejected: λ × ν, ν × 2
-    ],
+  "ratio, accepted, expected_damping, expected_growth",
+  [
+    (1.0, True, 1 / 3, 2.0),  # perfect model: λ / 3
+    (0.9, True, 1 - 0.8**3, 2.0),  # 0.488
+    (1.5, True, 1 / 3, 2.0),  # ρ > 1: floor 1/3
+    (0.75, True, 1 - 0.5**3, 2.0),  # 0.875
+    (0.5, True, 1.0, 2.0),  # ρ = ½: λ kept
+    (0.25, True, 1 + 0.5**3, 2.0),  # poor model: λ grows
+    (0.1, False, 4.0, 8.0),  # rejected: λ × ν, ν × 2
+  ],
 )
 def test_nielsen_update_on_hand_made_ratios(ratio, accepted, expected_damping, expected_growth):
   growth = 2.0 if accepted else 4.0
   damping, new_growth = jax.jit(rd.damping.nielsen_update, static_argnums=(4, 5))(
-      1.0, growth, ratio, accepted, 1e-12, 1e12
+    1.0, growth, ratio, accepted, 1e-12, 1e12
   )
   np.testing.assert_allclose(damping, expected_damping, rtol=1e-6)
   np.testing.assert_allclose(new_growth, expected_growth)
@@ -131,12 +129,12 @@ def test_nielsen_update_clamps_and_caps_growth():
 def test_fail_grows_every_adaptive_controller():
   params = {"w": jnp.ones(3)}
   cases = [
-      (rd.damping.levenberg_marquardt(1e-2), lambda s: s.damping, 2e-2),
-      (rd.damping.next_batch_ratio(1e-2), lambda s: s.damping, 1.8e-2),
-      (rd.damping.residual_proportional(mu=1e-2), lambda s: s.boost, 10.0),
-      (rd.damping.gradient_proportional(mu=1e-2), lambda s: s.boost, 10.0),
-      (rd.damping.gcv(), lambda s: s.floor, 10.0),
-      (rd.damping.constant(1e-2), lambda s: 1.0, 1.0),
+    (rd.damping.levenberg_marquardt(1e-2), lambda s: s.damping, 2e-2),
+    (rd.damping.next_batch_ratio(1e-2), lambda s: s.damping, 1.8e-2),
+    (rd.damping.residual_proportional(mu=1e-2), lambda s: s.boost, 10.0),
+    (rd.damping.gradient_proportional(mu=1e-2), lambda s: s.boost, 10.0),
+    (rd.damping.gcv(), lambda s: s.floor, 10.0),
+    (rd.damping.constant(1e-2), lambda s: 1.0, 1.0),
   ]
   for controller, read, expected in cases:
     state = jax.jit(controller.fail)(controller.init(params))
@@ -175,8 +173,8 @@ def test_gcv_controller_picks_the_dense_gcv_minimiser(system):
 
 
 @pytest.mark.parametrize(
-    "outputs, system",
-    [("full", "dual"), ("full", "primal"), ("per_output", "dual"), ("per_output", "primal")],
+  "outputs, system",
+  [("full", "dual"), ("full", "primal"), ("per_output", "dual"), ("per_output", "primal")],
 )
 def test_proportional_controllers_equal_their_formulas(outputs, system):
   with jax.enable_x64(True):
@@ -184,14 +182,19 @@ def test_proportional_controllers_equal_their_formulas(outputs, system):
     jacobian, residual = _dense(models.mlp_apply, params, x, y)
     m = x.shape[0]
     # ‖Jᵀr‖ has one code path per (outputs, system); ‖r‖ has one in all.
-    cases = [(rd.damping.gradient_proportional(mu=0.2),
-              0.2 * np.linalg.norm(jacobian.T @ residual) ** 0.5)]
+    cases = [
+      (rd.damping.gradient_proportional(mu=0.2), 0.2 * np.linalg.norm(jacobian.T @ residual) ** 0.5)
+    ]
     if (outputs, system) == ("full", "dual"):
-      cases.append((rd.damping.residual_proportional(mu=0.3, delta=1.5),
-                    0.3 * (residual @ residual / m) ** 0.75))
+      cases.append(
+        (
+          rd.damping.residual_proportional(mu=0.3, delta=1.5),
+          0.3 * (residual @ residual / m) ** 0.75,
+        )
+      )
     for controller, expected_damping in cases:
       tx = rd.scale_by_regression_descent(
-          models.mlp_apply, damping=controller, outputs=outputs, system=system
+        models.mlp_apply, damping=controller, outputs=outputs, system=system
       )
       direction, state = _jit_update(tx)(params, tx.init(params), x, y)
       np.testing.assert_allclose(state.damping, expected_damping, rtol=1e-10)
@@ -216,14 +219,14 @@ def test_proportional_damping_is_clamped():
 
 def _exact_fit_controllers():
   return {
-      "constant": (rd.damping.constant(1e-3), (1e-3, 1e-3)),
-      "schedule": (rd.damping.schedule(optax.exponential_decay(1e-2, 50, 0.5)), (0.0, 1e-2)),
-      "next_batch_ratio": (rd.damping.next_batch_ratio(), (1e-8, 10.0)),
-      "levenberg_marquardt": (rd.damping.levenberg_marquardt(), (1e-12, 1e12)),
-      "residual_proportional": (rd.damping.residual_proportional(), (1e-10, 1e10)),
-      "gradient_proportional": (rd.damping.gradient_proportional(), (1e-10, 1e10)),
-      "gcv": (rd.damping.gcv(), None),
-      "backtracking": (rd.damping.backtracking(rd.damping.constant(1e-3)), (1e-3, 1e-3)),
+    "constant": (rd.damping.constant(1e-3), (1e-3, 1e-3)),
+    "schedule": (rd.damping.schedule(optax.exponential_decay(1e-2, 50, 0.5)), (0.0, 1e-2)),
+    "next_batch_ratio": (rd.damping.next_batch_ratio(), (1e-8, 10.0)),
+    "levenberg_marquardt": (rd.damping.levenberg_marquardt(), (1e-12, 1e12)),
+    "residual_proportional": (rd.damping.residual_proportional(), (1e-10, 1e10)),
+    "gradient_proportional": (rd.damping.gradient_proportional(), (1e-10, 1e10)),
+    "gcv": (rd.damping.gcv(), None),
+    "backtracking": (rd.damping.backtracking(rd.damping.constant(1e-3)), (1e-3, 1e-3)),
   }
 
 
@@ -267,7 +270,7 @@ def test_next_batch_ratio_accepts_rejects_and_undoes_the_previous_step_exactly()
     _, x3, y3 = models.mlp_problem(jax.random.PRNGKey(12), [2, 5, 1], m=6)
     eta, initial = 0.5, 1e-2
     tx = rd.regression_descent(
-        models.mlp_apply, learning_rate=eta, damping=rd.damping.next_batch_ratio(initial)
+      models.mlp_apply, learning_rate=eta, damping=rd.damping.next_batch_ratio(initial)
     )
     update = _jit_update(tx)
     state = tx.init(params)
@@ -350,13 +353,17 @@ def test_lm_rejects_an_overshooting_step_and_resolves_with_the_same_gram(monkeyp
     inputs, targets = jnp.arange(2.0)[:, None], jnp.zeros(2)
     initial = 1e-3
     tx = rd.regression_descent(
-        _rosenbrock, 1.0, damping=rd.damping.levenberg_marquardt(initial), system="dual"
+      _rosenbrock, 1.0, damping=rd.damping.levenberg_marquardt(initial), system="dual"
     )
     updates, state = _jit_update(tx)(x0, tx.init(x0), inputs, targets)
     assert calls == {"gram": 1, "jacobian": 1}  # one Jacobian: the re-solves reuse K
 
     # The same loop in float64 NumPy: Gauss-Newton (λ ≈ 0) over-shoots here.
-    x, r, jac = np.array([-1.2, 1.0]), _rosenbrock_numpy([-1.2, 1.0]), _rosenbrock_jacobian([-1.2, 1.0])
+    x, r, jac = (
+      np.array([-1.2, 1.0]),
+      _rosenbrock_numpy([-1.2, 1.0]),
+      _rosenbrock_jacobian([-1.2, 1.0]),
+    )
     cost = lambda v: 0.5 * np.sum(_rosenbrock_numpy(v) ** 2)
     damping, growth, solves = initial, 2.0, 0
     while True:
@@ -381,7 +388,7 @@ def test_lm_skips_the_step_when_every_resolve_is_rejected():
     x0 = jnp.array([-1.2, 1.0])
     inputs, targets = jnp.arange(2.0)[:, None], jnp.zeros(2)
     tx = rd.regression_descent(
-        _rosenbrock, 1.0, damping=rd.damping.levenberg_marquardt(1e-6, max_solves=2)
+      _rosenbrock, 1.0, damping=rd.damping.levenberg_marquardt(1e-6, max_solves=2)
     )
     updates, state = _jit_update(tx)(x0, tx.init(x0), inputs, targets)
     np.testing.assert_allclose(updates, 0.0)
@@ -395,10 +402,14 @@ def test_lm_skips_the_step_when_every_resolve_is_rejected():
 
 def _powell_singular(x, i):
   del i
-  return jnp.stack([
-      x[0] + 10 * x[1], jnp.sqrt(5.0) * (x[2] - x[3]),
-      (x[1] - 2 * x[2]) ** 2, jnp.sqrt(10.0) * (x[0] - x[3]) ** 2,
-  ])
+  return jnp.stack(
+    [
+      x[0] + 10 * x[1],
+      jnp.sqrt(5.0) * (x[2] - x[3]),
+      (x[1] - 2 * x[2]) ** 2,
+      jnp.sqrt(10.0) * (x[0] - x[3]) ** 2,
+    ]
+  )
 
 
 def _beale(x, i):
@@ -429,12 +440,12 @@ def _extended_rosenbrock(x, i):
 # name: (residuals(x, i) for all i, number of residuals m, standard start,
 #        what to compare with scipy: "solution" or "cost" (non-unique optimum))
 _MGH = {
-    "rosenbrock": (lambda x, i: _rosenbrock(x, i[:, None]), 2, [-1.2, 1.0], "solution"),
-    "powell_singular": (_powell_singular, 4, [3.0, -1.0, 0.0, 1.0], "cost"),
-    "beale": (_beale, 3, [1.0, 1.0], "solution"),
-    "box_3d": (_box_3d, 10, [0.0, 10.0, 20.0], "cost"),
-    "bard": (_bard, 15, [1.0, 1.0, 1.0], "solution"),
-    "extended_rosenbrock": (_extended_rosenbrock, 10, [-1.2, 1.0] * 5, "solution"),
+  "rosenbrock": (lambda x, i: _rosenbrock(x, i[:, None]), 2, [-1.2, 1.0], "solution"),
+  "powell_singular": (_powell_singular, 4, [3.0, -1.0, 0.0, 1.0], "cost"),
+  "beale": (_beale, 3, [1.0, 1.0], "solution"),
+  "box_3d": (_box_3d, 10, [0.0, 10.0, 20.0], "cost"),
+  "bard": (_bard, 15, [1.0, 1.0, 1.0], "solution"),
+  "extended_rosenbrock": (_extended_rosenbrock, 10, [-1.2, 1.0] * 5, "solution"),
 }
 
 
@@ -463,8 +474,12 @@ def test_lm_solves_more_garbow_hillstrom_problems_like_scipy(name):
     x, state = solve(x0)
     cost = 0.5 * float(jnp.sum(apply_fn(x, inputs) ** 2))
     reference = scipy.optimize.least_squares(
-        lambda v: np.asarray(apply_fn(jnp.asarray(v), inputs)), np.asarray(x0),
-        method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15,
+      lambda v: np.asarray(apply_fn(jnp.asarray(v), inputs)),
+      np.asarray(x0),
+      method="lm",
+      xtol=1e-15,
+      ftol=1e-15,
+      gtol=1e-15,
     )
     assert np.all(np.isfinite(np.asarray(x)))
     assert 1e-12 <= float(state[0].damping_state.damping) <= 1e12
@@ -484,10 +499,10 @@ def test_momentum_and_weight_decay_chain_like_the_hand_computation():
     params, x, y = models.mlp_problem(jax.random.PRNGKey(14), [2, 4, 1], m=5)
     damping, decay, momentum, eta = 0.1, 1e-4, 0.9, 0.5
     tx = optax.chain(
-        rd.scale_by_regression_descent(models.mlp_apply, damping=damping),
-        optax.add_decayed_weights(decay),
-        optax.trace(momentum),
-        optax.scale_by_learning_rate(eta),
+      rd.scale_by_regression_descent(models.mlp_apply, damping=damping),
+      optax.add_decayed_weights(decay),
+      optax.trace(momentum),
+      optax.scale_by_learning_rate(eta),
     )
     update = _jit_update(tx)
     state = tx.init(params)

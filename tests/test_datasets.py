@@ -15,8 +15,9 @@ from rdescent.datasets import idx
 
 DATA_DIR = pathlib.Path(os.environ["RDESCENT_DATA_DIR"])
 HAVE_DATA = all(
-    (DATA_DIR / name / filename).is_file()
-    for name, files in idx.CHECKSUMS.items() for filename in files
+  (DATA_DIR / name / filename).is_file()
+  for name, files in idx.CHECKSUMS.items()
+  for filename in files
 )
 needs_data = pytest.mark.skipif(not HAVE_DATA, reason=f"IDX files not found under {DATA_DIR}")
 
@@ -95,12 +96,17 @@ def test_wrong_magic_and_truncated_body_are_format_errors():
 
 
 @needs_data
-@pytest.mark.parametrize("loader, train_counts, test_counts", [
-    (rd.datasets.load_mnist,
-     [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
-     [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]),
+@pytest.mark.parametrize(
+  "loader, train_counts, test_counts",
+  [
+    (
+      rd.datasets.load_mnist,
+      [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
+      [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009],
+    ),
     (rd.datasets.load_fashion_mnist, [6000] * 10, [1000] * 10),
-])
+  ],
+)
 def test_real_files_shapes_and_label_counts(loader, train_counts, test_counts):
   train = loader("train")
   test = loader("test")

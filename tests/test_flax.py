@@ -46,7 +46,6 @@ class LinenBatchNormDropout(linen.Module):
 
 
 class NNXMLP(nnx.Module):
-
   def __init__(self, rngs: nnx.Rngs, hidden: int = 16, dtype=jnp.float32):
     self.hidden = nnx.Linear(1, hidden, param_dtype=dtype, rngs=rngs)
     self.out = nnx.Linear(hidden, 1, param_dtype=dtype, rngs=rngs)
@@ -56,7 +55,6 @@ class NNXMLP(nnx.Module):
 
 
 class NNXBatchNormDropout(nnx.Module):
-
   def __init__(self, rngs: nnx.Rngs):
     self.hidden = nnx.Linear(1, 8, rngs=rngs)
     self.norm = nnx.BatchNorm(8, rngs=rngs)
@@ -83,9 +81,7 @@ def test_linen_apply_fn_matches_model_apply():
   model = LinenMLP()
   params = model.init(jax.random.PRNGKey(0), inputs)["params"]
   apply_fn = rdf.linen_apply_fn(model)
-  np.testing.assert_array_equal(
-      apply_fn(params, inputs), model.apply({"params": params}, inputs)
-  )
+  np.testing.assert_array_equal(apply_fn(params, inputs), model.apply({"params": params}, inputs))
 
 
 def test_linen_train_state_loss_falls_tenfold():
@@ -117,7 +113,7 @@ def test_apply_gradients_forwards_batch_and_grads():
   new_state = rdf.apply_gradients(state, batch=(inputs, targets))
   updates, _ = tx.update(None, tx.init(params), params, batch=(inputs, targets))
   jax.tree_util.tree_map(
-      np.testing.assert_allclose, new_state.params, optax.apply_updates(params, updates)
+    np.testing.assert_allclose, new_state.params, optax.apply_updates(params, updates)
   )
   # With Adam chained after the RD direction, grads are ignored too.
   with pytest.raises(ValueError, match="batch"):
@@ -128,25 +124,21 @@ def test_linen_batch_stats_and_dropout_in_training_mode_raise():
   inputs, targets = _regression_data()
   model = LinenBatchNormDropout(train=True)
   variables = model.init(
-      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, inputs
+    {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, inputs
   )
-  tx = rd.regression_descent(
-      rdf.linen_apply_fn(model, variables), damping=1e-2
-  )
+  tx = rd.regression_descent(rdf.linen_apply_fn(model, variables), damping=1e-2)
   with pytest.raises(rdf.MutableStateError, match="(?s)batch_stats.*deterministic"):
-    tx.update(None, tx.init(variables["params"]), variables["params"],
-              batch=(inputs, targets))
+    tx.update(None, tx.init(variables["params"]), variables["params"], batch=(inputs, targets))
   # Without the batch statistics: the missing collection is reported too.
   tx = rd.regression_descent(rdf.linen_apply_fn(model), damping=1e-2)
   with pytest.raises(rdf.MutableStateError, match="batch_stats"):
-    tx.update(None, tx.init(variables["params"]), variables["params"],
-              batch=(inputs, targets))
+    tx.update(None, tx.init(variables["params"]), variables["params"], batch=(inputs, targets))
 
 
 def test_linen_batch_norm_in_eval_mode_trains():
   inputs, targets = _regression_data()
   variables = LinenBatchNormDropout(train=True).init(
-      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, inputs
+    {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, inputs
   )
   model = LinenBatchNormDropout(train=False)
   apply_fn = rdf.linen_apply_fn(model, variables)
@@ -156,7 +148,7 @@ def test_linen_batch_norm_in_eval_mode_trains():
   updates, state = jax.jit(tx.update)(None, state, params, batch=(inputs, targets))
   new_params = optax.apply_updates(params, updates)
   assert _sum_squares(apply_fn(new_params, inputs), targets) < _sum_squares(
-      apply_fn(params, inputs), targets
+    apply_fn(params, inputs), targets
   )
 
 
@@ -200,17 +192,17 @@ def test_nnx_step_equals_plain_function_step():
     inputs, targets = _regression_data(jnp.float64)
     model = NNXMLP(nnx.Rngs(3), hidden=4, dtype=jnp.float64)
     weights = {
-        "w1": model.hidden.kernel[...], "b1": model.hidden.bias[...],
-        "w2": model.out.kernel[...], "b2": model.out.bias[...],
+      "w1": model.hidden.kernel[...],
+      "b1": model.hidden.bias[...],
+      "w2": model.out.kernel[...],
+      "b2": model.out.bias[...],
     }
 
     def plain_apply(p, x):
       return jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
 
     reference = rd.regression_descent(plain_apply, learning_rate=0.7, damping=1e-2)
-    updates, _ = reference.update(
-        None, reference.init(weights), weights, batch=(inputs, targets)
-    )
+    updates, _ = reference.update(None, reference.init(weights), weights, batch=(inputs, targets))
     expected = optax.apply_updates(weights, updates)
 
     tx = rd.regression_descent(rdf.nnx_apply_fn(model), learning_rate=0.7, damping=1e-2)
@@ -219,8 +211,10 @@ def test_nnx_step_equals_plain_function_step():
 
     assert np.abs(expected["w2"] - weights["w2"]).max() > 1e-3  # a real step
     for got, key in [
-        (model.hidden.kernel, "w1"), (model.hidden.bias, "b1"),
-        (model.out.kernel, "w2"), (model.out.bias, "b2"),
+      (model.hidden.kernel, "w1"),
+      (model.hidden.bias, "b1"),
+      (model.out.kernel, "w2"),
+      (model.out.bias, "b2"),
     ]:
       np.testing.assert_allclose(got[...], expected[key], rtol=1e-10, atol=1e-12)
 
@@ -248,7 +242,7 @@ def test_nnx_eval_mode_trains_with_constant_batch_stats():
   model.eval()
   stats = np.asarray(model.norm.mean[...])
   optimizer = nnx.Optimizer(
-      model, rd.regression_descent(rdf.nnx_apply_fn(model), damping=1.0), wrt=nnx.Param
+    model, rd.regression_descent(rdf.nnx_apply_fn(model), damping=1.0), wrt=nnx.Param
   )
   initial = _sum_squares(model(inputs), targets)
   nnx.jit(lambda m, o: o.update(m, None, batch=(inputs, targets)))(model, optimizer)
@@ -268,11 +262,11 @@ def test_nnx_apply_fn_argument_checks():
 
 def test_module_name_does_not_shadow_flax():
   code = (
-      "import sys, rdescent\n"
-      "assert 'flax' not in sys.modules, 'import rdescent must not import flax'\n"
-      "import rdescent.flax, flax, flax.nnx\n"
-      "assert flax.__file__ != rdescent.flax.__file__\n"
-      "assert rdescent.flax.nnx is flax.nnx\n"
+    "import sys, rdescent\n"
+    "assert 'flax' not in sys.modules, 'import rdescent must not import flax'\n"
+    "import rdescent.flax, flax, flax.nnx\n"
+    "assert flax.__file__ != rdescent.flax.__file__\n"
+    "assert rdescent.flax.nnx is flax.nnx\n"
   )
   subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -23,8 +23,10 @@ def features_fn(backbone, x):
 
 def _params(key, sizes, num_outputs, dtype=jnp.float64):
   kb, kh = jax.random.split(key)
-  head = {"kernel": 0.1 * jax.random.normal(kh, (sizes[-1], num_outputs), dtype),
-          "bias": jnp.zeros((num_outputs,), dtype)}
+  head = {
+    "kernel": 0.1 * jax.random.normal(kh, (sizes[-1], num_outputs), dtype),
+    "bias": jnp.zeros((num_outputs,), dtype),
+  }
   return {"backbone": models.mlp_init(kb, sizes, dtype), "head": head}
 
 
@@ -45,8 +47,9 @@ def _penalty(size, ridge):
 
 
 def _head(params):
-  return np.concatenate([np.asarray(params["head"]["kernel"]),
-                         np.asarray(params["head"]["bias"])[None]], axis=0)
+  return np.concatenate(
+    [np.asarray(params["head"]["kernel"]), np.asarray(params["head"]["bias"])[None]], axis=0
+  )
 
 
 def _stream(tx, params, x, y, batch_size):
@@ -54,28 +57,35 @@ def _stream(tx, params, x, y, batch_size):
   step = jax.jit(lambda p, s, xb, yb: tx.update(None, s, p, batch=(xb, yb)))
   state = tx.init(params)
   for start in range(0, x.shape[0], batch_size):
-    updates, state = step(params, state, x[start:start + batch_size], y[start:start + batch_size])
+    updates, state = step(
+      params, state, x[start : start + batch_size], y[start : start + batch_size]
+    )
     params = optax.apply_updates(params, updates)
   return params, state
 
 
 @hypothesis.settings(max_examples=6, deadline=None)
 @hypothesis.given(
-    batch_size=st.integers(1, 6), num_batches=st.integers(1, 4), width=st.integers(1, 5),
-    num_outputs=st.integers(1, 3), ridge=st.sampled_from([1e-3, 0.5, 3.0]),
+  batch_size=st.integers(1, 6),
+  num_batches=st.integers(1, 4),
+  width=st.integers(1, 5),
+  num_outputs=st.integers(1, 3),
+  ridge=st.sampled_from([1e-3, 0.5, 3.0]),
 )
 def test_frozen_backbone_streaming_equals_ridge_on_all_data(
-    batch_size, num_batches, width, num_outputs, ridge
+  batch_size, num_batches, width, num_outputs, ridge
 ):
   with jax.enable_x64(True):
     params = _params(jax.random.PRNGKey(0), [2, 4, width], num_outputs)
     x, y = _data(jax.random.PRNGKey(1), batch_size * num_batches, 2, num_outputs)
-    tx = rd.closed_form_last_layer(features_fn, backbone=optax.set_to_zero(), ridge=ridge,
-                                   decay=1.0)
+    tx = rd.closed_form_last_layer(
+      features_fn, backbone=optax.set_to_zero(), ridge=ridge, decay=1.0
+    )
     final, state = _stream(tx, params, x, y, batch_size)
     design = _augment(features_fn(params["backbone"], x))
-    expected = np.linalg.solve(design.T @ design + _penalty(width + 1, ridge),
-                               design.T @ np.asarray(y))
+    expected = np.linalg.solve(
+      design.T @ design + _penalty(width + 1, ridge), design.T @ np.asarray(y)
+    )
     np.testing.assert_allclose(_head(final), expected, rtol=1e-10, atol=1e-12)
     chex.assert_trees_all_equal(final["backbone"], params["backbone"])
     assert int(state.status) == 0 and int(state.num_failed) == 0
@@ -87,8 +97,7 @@ def test_bias_is_not_penalised():
     params = _params(jax.random.PRNGKey(2), [2, 3], 1)
     x, y = _data(jax.random.PRNGKey(3), 12, 2, 1)
     y = y + 100.0  # a large offset: only an unpenalised bias absorbs it
-    tx = rd.closed_form_last_layer(features_fn, backbone=optax.set_to_zero(), ridge=1e6,
-                                   decay=1.0)
+    tx = rd.closed_form_last_layer(features_fn, backbone=optax.set_to_zero(), ridge=1e6, decay=1.0)
     final, _ = _stream(tx, params, x, y, 4)
     np.testing.assert_allclose(final["head"]["bias"], [np.mean(y)], rtol=1e-4)
     assert np.max(np.abs(final["head"]["kernel"])) < 1e-3
@@ -99,8 +108,14 @@ def test_decay_current_weight_and_proximal_match_their_formula():
     params = _params(jax.random.PRNGKey(4), [3, 5], 2)
     x, y = _data(jax.random.PRNGKey(5), 12, 3, 2)
     decay, weight, proximal, ridge = 0.7, 3.0, 0.4, 0.2
-    tx = rd.closed_form_last_layer(features_fn, backbone=optax.set_to_zero(), ridge=ridge,
-                                   decay=decay, current_weight=weight, proximal=proximal)
+    tx = rd.closed_form_last_layer(
+      features_fn,
+      backbone=optax.set_to_zero(),
+      ridge=ridge,
+      decay=decay,
+      current_weight=weight,
+      proximal=proximal,
+    )
     step = jax.jit(lambda p, s, xb, yb: tx.update(None, s, p, batch=(xb, yb)))
     updates, state = step(params, tx.init(params), x[:6], y[:6])
     first = optax.apply_updates(params, updates)
@@ -110,10 +125,11 @@ def test_decay_current_weight_and_proximal_match_their_formula():
     a1, a2 = (_augment(features_fn(params["backbone"], xb)) for xb in (x[:6], x[6:]))
     y1, y2 = np.asarray(y[:6]), np.asarray(y[6:])
     system = lambda gram: gram + _penalty(6, ridge) + proximal * np.eye(6)
-    h1 = np.linalg.solve(system(weight * a1.T @ a1),
-                         weight * a1.T @ y1 + proximal * _head(params))
-    h2 = np.linalg.solve(system(decay * a1.T @ a1 + weight * a2.T @ a2),
-                         decay * a1.T @ y1 + weight * a2.T @ y2 + proximal * h1)
+    h1 = np.linalg.solve(system(weight * a1.T @ a1), weight * a1.T @ y1 + proximal * _head(params))
+    h2 = np.linalg.solve(
+      system(decay * a1.T @ a1 + weight * a2.T @ a2),
+      decay * a1.T @ y1 + weight * a2.T @ y2 + proximal * h1,
+    )
     np.testing.assert_allclose(_head(first), h1, rtol=1e-10)
     np.testing.assert_allclose(_head(final), h2, rtol=1e-10)
     # Stored statistics are unweighted.
@@ -129,8 +145,14 @@ def test_backbone_gradient_is_the_total_derivative_of_the_profiled_objective(wei
     params = _params(jax.random.PRNGKey(6), [3, 4, 5], 2)
     x, y = _data(jax.random.PRNGKey(7), 14, 3, 2)
     decay, ridge, proximal = 0.8, 0.3, 0.2
-    tx = rd.closed_form_last_layer(features_fn, backbone=optax.identity(), ridge=ridge,
-                                   decay=decay, current_weight=weight, proximal=proximal)
+    tx = rd.closed_form_last_layer(
+      features_fn,
+      backbone=optax.identity(),
+      ridge=ridge,
+      decay=decay,
+      current_weight=weight,
+      proximal=proximal,
+    )
     step = jax.jit(lambda p, s, xb, yb: tx.update(None, s, p, batch=(xb, yb)))
     updates, state = step(params, tx.init(params), x[:6], y[:6])  # earlier statistics
     params = optax.apply_updates(params, updates)
@@ -148,8 +170,9 @@ def test_backbone_gradient_is_the_total_derivative_of_the_profiled_objective(wei
       return quadratic - jnp.trace(head.T @ (cross + proximal * previous))
 
     expected = jax.jit(jax.grad(profiled))(params["backbone"])
-    np.testing.assert_allclose(models.flat(updates["backbone"]), models.flat(expected) / weight,
-                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+      models.flat(updates["backbone"]), models.flat(expected) / weight, rtol=1e-9, atol=1e-12
+    )
 
 
 def test_rd_backbone_is_the_ridge_direction_of_the_model_with_the_new_head():
@@ -158,12 +181,16 @@ def test_rd_backbone_is_the_ridge_direction_of_the_model_with_the_new_head():
     x, y = _data(jax.random.PRNGKey(9), 7, 2, 2)
     damping, learning_rate = 0.3, 0.5
     tx = rd.closed_form_last_layer(
-        features_fn, backbone=last_layer.rd_backbone(features_fn, learning_rate, damping=damping),
-        ridge=0.1, decay=0.9,
+      features_fn,
+      backbone=last_layer.rd_backbone(features_fn, learning_rate, damping=damping),
+      ridge=0.1,
+      decay=0.9,
     )
     updates, state = models.first_update(tx, params, (x, y))
     head = optax.apply_updates(params, updates)["head"]
-    apply_fn = lambda backbone, inputs: features_fn(backbone, inputs) @ head["kernel"] + head["bias"]
+    apply_fn = lambda backbone, inputs: (
+      features_fn(backbone, inputs) @ head["kernel"] + head["bias"]
+    )
     jacobian = models.dense_jacobian(apply_fn, params["backbone"], x)
     residual = np.asarray(apply_fn(params["backbone"], x) - y).reshape(-1)
     expected = -learning_rate * models.dense_ridge_direction(jacobian, residual, damping)
@@ -179,13 +206,14 @@ def test_trainable_backbone_beats_joint_gradient_training():
   x = jnp.linspace(-2.0, 2.0, 256)[:, None]
   y = jnp.sin(3.0 * x) + 0.3 * x**2
   params = _params(key, [1, 16, 16], 1, jnp.float32)
-  apply_fn = lambda p, inputs: features_fn(p["backbone"], inputs) @ p["head"]["kernel"] + p["head"]["bias"]
+  apply_fn = lambda p, inputs: (
+    features_fn(p["backbone"], inputs) @ p["head"]["kernel"] + p["head"]["bias"]
+  )
   full_loss = jax.jit(lambda p: jnp.mean(jnp.square(apply_fn(p, x) - y)))
   order = np.random.default_rng(0).permutation(256 * 4) % 256
   batches = order.reshape(-1, 32)[:24]
 
-  closed = rd.closed_form_last_layer(features_fn, backbone=optax.adam(1e-2), ridge=1e-3,
-                                     decay=0.9)
+  closed = rd.closed_form_last_layer(features_fn, backbone=optax.adam(1e-2), ridge=1e-3, decay=0.9)
   adam = optax.adam(1e-2)
   closed_step = jax.jit(lambda p, s, i: closed.update(None, s, p, batch=(x[i], y[i])))
 
@@ -232,8 +260,10 @@ def test_jit_traces_once_and_nonfinite_features_skip_the_step():
   updates, bad = step(params, state, x.at[0, 0].set(jnp.nan))
   assert int(bad.status) == last_layer.STATUS_NONFINITE and int(bad.num_failed) == 1
   assert all(np.all(np.asarray(u) == 0) for u in jax.tree_util.tree_leaves(updates))
-  chex.assert_trees_all_equal((bad.gram, bad.cross, bad.backbone_state, bad.loss),
-                              (state.gram, state.cross, state.backbone_state, state.loss))
+  chex.assert_trees_all_equal(
+    (bad.gram, bad.cross, bad.backbone_state, bad.loss),
+    (state.gram, state.cross, state.backbone_state, state.loss),
+  )
   assert last_layer.STATUS_MESSAGES[int(bad.status)].startswith("non-finite")
 
 
@@ -243,17 +273,27 @@ def test_clear_errors():
   tx = rd.closed_form_last_layer(features_fn, backbone=optax.adam(1e-2))
   state = tx.init(params)
   cases = [
-      (dict(params=None, batch=(x, y)), "needs the current parameters"),
-      (dict(params=params, batch=None), "needs the batch"),
-      (dict(params={"backbone": params["backbone"]}, batch=(x, y)), "'head'"),
-      (dict(params={**params, "head": {"kernel": params["head"]["kernel"]}}, batch=(x, y)),
-       "params['head']"),
-      (dict(params={**params, "head": {"kernel": jnp.zeros((3, 2)), "bias": jnp.zeros(3)}},
-            batch=(x, y)), "kernel (h, k) and bias (k,); got kernel (3, 2) and bias (3,)"),
-      (dict(params={**params, "head": {"kernel": jnp.zeros((4, 2)), "bias": jnp.zeros(2)}},
-            batch=(x, y)), "(m, h) = (5, 4)"),
-      (dict(params=params, batch=(x, y[:, :1])), "(m, k) = (5, 2)"),
-      (dict(params=params, batch=(x, jnp.zeros((5, 2), jnp.int32))), "shape (m,) = (5,)"),
+    (dict(params=None, batch=(x, y)), "needs the current parameters"),
+    (dict(params=params, batch=None), "needs the batch"),
+    (dict(params={"backbone": params["backbone"]}, batch=(x, y)), "'head'"),
+    (
+      dict(params={**params, "head": {"kernel": params["head"]["kernel"]}}, batch=(x, y)),
+      "params['head']",
+    ),
+    (
+      dict(
+        params={**params, "head": {"kernel": jnp.zeros((3, 2)), "bias": jnp.zeros(3)}}, batch=(x, y)
+      ),
+      "kernel (h, k) and bias (k,); got kernel (3, 2) and bias (3,)",
+    ),
+    (
+      dict(
+        params={**params, "head": {"kernel": jnp.zeros((4, 2)), "bias": jnp.zeros(2)}}, batch=(x, y)
+      ),
+      "(m, h) = (5, 4)",
+    ),
+    (dict(params=params, batch=(x, y[:, :1])), "(m, k) = (5, 2)"),
+    (dict(params=params, batch=(x, jnp.zeros((5, 2), jnp.int32))), "shape (m,) = (5,)"),
   ]
   for kwargs, message in cases:
     with pytest.raises(ValueError) as error:
@@ -261,7 +301,8 @@ def test_clear_errors():
     assert message in str(error.value), (message, str(error.value))
   with pytest.raises(ValueError, match="num_classes=3"):
     rd.closed_form_last_layer(features_fn, backbone=optax.sgd(0.1), num_classes=3).update(
-        None, state, params, batch=(x, jnp.zeros(5, jnp.int32)))
+      None, state, params, batch=(x, jnp.zeros(5, jnp.int32))
+    )
   for bad in (dict(ridge=-1.0), dict(decay=1.5), dict(current_weight=0.0), dict(proximal=-1.0)):
     name = next(iter(bad))
     with pytest.raises(ValueError, match=name):

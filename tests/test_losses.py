@@ -64,8 +64,8 @@ def test_softmax_cross_entropy_equals_dense_ggn(system, labels_as):
     params, x, labels = _setup(0, logit_scale=3.0)
     targets = labels if labels_as == "integer" else jax.nn.one_hot(labels, 4, dtype=jnp.float64)
     direction, state = _direction(
-        models.mlp_apply, params, x, targets, damping=0.1, loss="softmax_cross_entropy",
-        system=system)
+      models.mlp_apply, params, x, targets, damping=0.1, loss="softmax_cross_entropy", system=system
+    )
     one_hot = jax.nn.one_hot(labels, 4, dtype=jnp.float64)
     loss = rd.losses.softmax_cross_entropy()
     expected = _dense_ggn_direction(models.mlp_apply, params, x, one_hot, loss, 0.1)
@@ -93,7 +93,8 @@ def test_binary_cross_entropy_and_huber_equal_dense_ggn(system, loss_name):
       targets = jax.random.uniform(key, outputs.shape, jnp.float64)
       loss, kwargs, hessian = rd.losses.get(loss_name), {"loss": loss_name}, None
     direction, state = _direction(
-        models.mlp_apply, params, x, targets, damping=0.2, system=system, **kwargs)
+      models.mlp_apply, params, x, targets, damping=0.2, system=system, **kwargs
+    )
     expected = _dense_ggn_direction(models.mlp_apply, params, x, targets, loss, 0.2, hessian)
     np.testing.assert_allclose(models.flat(direction), expected, rtol=1e-9, atol=1e-12)
     assert int(state.status) == 0
@@ -132,9 +133,11 @@ def test_custom_loss_from_gradient_and_factor():
     one_hot = jax.nn.one_hot(labels, 4, dtype=jnp.float64)
     # Cross-entropy from its per-example value only: autodiff g and H.
     custom_ce = rd.losses.from_gradient_and_factor(
-        "my_ce", lambda z, y: -jnp.sum(y * jax.nn.log_softmax(z)))
-    built_in, _ = _direction(models.mlp_apply, params, x, one_hot, damping=0.1,
-                             loss="softmax_cross_entropy")
+      "my_ce", lambda z, y: -jnp.sum(y * jax.nn.log_softmax(z))
+    )
+    built_in, _ = _direction(
+      models.mlp_apply, params, x, one_hot, damping=0.1, loss="softmax_cross_entropy"
+    )
     custom, _ = _direction(models.mlp_apply, params, x, one_hot, damping=0.1, loss=custom_ce)
     np.testing.assert_allclose(models.flat(custom), models.flat(built_in), rtol=1e-8, atol=1e-12)
 
@@ -142,12 +145,15 @@ def test_custom_loss_from_gradient_and_factor():
     weights = jnp.array([1.0, 4.0, 0.25, 9.0], jnp.float64)
     root = jnp.diag(jnp.sqrt(weights / 2))
     weighted = rd.losses.from_gradient_and_factor(
-        "weighted_mse", lambda z, y: 0.5 * jnp.sum(weights * (z - y) ** 2),
-        gradient_fn=lambda z, y: weights * (z - y),
-        factor_fn=lambda z, y: jnp.concatenate([root, root], axis=1))
+      "weighted_mse",
+      lambda z, y: 0.5 * jnp.sum(weights * (z - y) ** 2),
+      gradient_fn=lambda z, y: weights * (z - y),
+      factor_fn=lambda z, y: jnp.concatenate([root, root], axis=1),
+    )
     y = jax.random.normal(jax.random.PRNGKey(8), (M, 4), jnp.float64)
-    direction, _ = _direction(models.mlp_apply, params, x, y, damping=0.1, loss=weighted,
-                              system="dual")
+    direction, _ = _direction(
+      models.mlp_apply, params, x, y, damping=0.1, loss=weighted, system="dual"
+    )
     hessian = np.kron(np.eye(M), np.diag(np.asarray(weights)))
     expected = _dense_ggn_direction(models.mlp_apply, params, x, y, weighted, 0.1, hessian)
     np.testing.assert_allclose(models.flat(direction), expected, rtol=1e-9, atol=1e-12)
@@ -158,10 +164,10 @@ def test_loss_built_directly_and_registered():
     return rd.losses.GaussNewtonFactors(rhs=2.0 * (outputs - targets), factor=None)
 
   double_mse = rd.losses.Loss(
-      name="double_mse",
-      value=lambda z, y: jnp.sum((z - y) ** 2),  # g = 2r = I (2r); H = 2I replaced by I
-      factors=factors,
-      prepare_targets=lambda y, z: jnp.asarray(y, z.dtype).reshape(z.shape),
+    name="double_mse",
+    value=lambda z, y: jnp.sum((z - y) ** 2),  # g = 2r = I (2r); H = 2I replaced by I
+    factors=factors,
+    prepare_targets=lambda y, z: jnp.asarray(y, z.dtype).reshape(z.shape),
   )
   rd.losses.register("double_mse_test", lambda: double_mse)
   assert rd.losses.get("double_mse_test") is double_mse
@@ -178,11 +184,11 @@ def test_loss_built_directly_and_registered():
 
 @hypothesis.settings(max_examples=15, deadline=None)
 @hypothesis.given(
-    m=st.integers(1, 4),
-    k=st.integers(2, 5),
-    spread=st.sampled_from([0.1, 3.0, 30.0]),
-    loss_name=st.sampled_from(["softmax_cross_entropy", "sigmoid_binary_cross_entropy", "huber"]),
-    seed=st.integers(0, 1000),
+  m=st.integers(1, 4),
+  k=st.integers(2, 5),
+  spread=st.sampled_from([0.1, 3.0, 30.0]),
+  loss_name=st.sampled_from(["softmax_cross_entropy", "sigmoid_binary_cross_entropy", "huber"]),
+  seed=st.integers(0, 1000),
 )
 def test_factors_reproduce_gradient_and_hessian(m, k, spread, loss_name, seed):
   """L u = g and L Lᵀ = H per example, against NumPy formulas of g and H.
@@ -208,8 +214,9 @@ def test_factors_reproduce_gradient_and_hessian(m, k, spread, loss_name, seed):
   with jax.enable_x64(True):
     rhs, factor = rd.losses.get(loss_name).factors(jnp.asarray(z), jnp.asarray(y))
   np.testing.assert_allclose(np.einsum("ikq,iq->ik", factor, rhs), g, rtol=1e-8, atol=1e-10)
-  np.testing.assert_allclose(np.einsum("ikq,ilq->ikl", factor, factor), hessian,
-                             rtol=1e-8, atol=1e-12)
+  np.testing.assert_allclose(
+    np.einsum("ikq,ilq->ikl", factor, factor), hessian, rtol=1e-8, atol=1e-12
+  )
 
 
 def test_extreme_logits_keep_float32_factors_finite():
@@ -231,8 +238,9 @@ def test_max_logit_change_caps_the_predicted_spread():
     eta = 0.8
     common = dict(damping=1e-4, loss="softmax_cross_entropy", system="dual", step_size=eta)
     free, free_state = _direction(models.mlp_apply, params, x, labels, **common)
-    capped, state = _direction(models.mlp_apply, params, x, labels, max_logit_change=np.pi,
-                               **common)
+    capped, state = _direction(
+      models.mlp_apply, params, x, labels, max_logit_change=np.pi, **common
+    )
     jacobian = models.dense_jacobian(models.mlp_apply, params, x)
 
     def spread(direction):
@@ -249,11 +257,14 @@ def test_max_logit_change_caps_the_predicted_spread():
     assert free_state.damping_state == ()  # no cap: no wrapper and no cap state
 
     # A step already within the bound is left alone (and its spread reported).
-    small, small_state = _direction(models.mlp_apply, params, x, labels, max_logit_change=1e6,
-                                    **common)
+    small, small_state = _direction(
+      models.mlp_apply, params, x, labels, max_logit_change=1e6, **common
+    )
     assert float(small_state.damping_state.step_scale) == 1.0
     np.testing.assert_allclose(models.flat(small), models.flat(free), rtol=1e-12)
-    np.testing.assert_allclose(small_state.damping_state.logit_change_spread, spread(free), rtol=1e-9)
+    np.testing.assert_allclose(
+      small_state.damping_state.logit_change_spread, spread(free), rtol=1e-9
+    )
 
 
 def test_max_logit_change_refuses_next_batch_ratio_and_bad_values():
@@ -261,8 +272,11 @@ def test_max_logit_change_refuses_next_batch_ratio_and_bad_values():
   del params  # refused where the wrapper is built, before any state exists
   with pytest.raises(ValueError, match="next_batch_ratio"):
     rd.scale_by_regression_descent(
-        models.mlp_apply, loss="softmax_cross_entropy", max_logit_change=np.pi,
-        damping=rd.damping.next_batch_ratio())
+      models.mlp_apply,
+      loss="softmax_cross_entropy",
+      max_logit_change=np.pi,
+      damping=rd.damping.next_batch_ratio(),
+    )
   for bad in (0.0, -1.0, float("inf")):
     with pytest.raises(ValueError, match="max_logit_change"):
       rd.regression_descent(models.mlp_apply, max_logit_change=bad)
@@ -278,8 +292,9 @@ def test_cross_entropy_training_lowers_the_loss_under_jit():
   centres = jnp.array([[2.0, 0.0], [-1.0, 1.7], [-1.0, -1.7]])
   x = centres[labels] + 0.6 * jax.random.normal(kx, (96, 2))
   params = models.mlp_init(kp, [2, 8, 3])
-  tx = rd.regression_descent(models.mlp_apply, 1.0, damping=1e-2,
-                             loss="softmax_cross_entropy", max_logit_change=np.pi)
+  tx = rd.regression_descent(
+    models.mlp_apply, 1.0, damping=1e-2, loss="softmax_cross_entropy", max_logit_change=np.pi
+  )
   loss = rd.losses.softmax_cross_entropy()
 
   @jax.jit
@@ -292,7 +307,7 @@ def test_cross_entropy_training_lowers_the_loss_under_jit():
   state = tx.init(params)
   for t in range(24):
     i = (t * 32) % 96
-    params, state = train_step(params, state, x[i:i + 32], labels[i:i + 32])
+    params, state = train_step(params, state, x[i : i + 32], labels[i : i + 32])
     assert float(state[0].damping_state.logit_change_spread) <= np.pi * (1 + 1e-5)
   assert float(full_loss(params)) < 0.25 * start
   accuracy = np.mean(np.argmax(models.mlp_apply(params, x), axis=1) == labels)
@@ -303,7 +318,6 @@ def test_cross_entropy_training_lowers_the_loss_under_jit():
 
 
 class TestErrors:
-
   def setup_method(self):
     self.params, self.x, self.labels = _setup(14, dtype=jnp.float32)
     self.tx = rd.scale_by_regression_descent(models.mlp_apply, loss="softmax_cross_entropy")
@@ -339,7 +353,8 @@ class TestErrors:
 
   def test_single_logit_cross_entropy(self):
     tx = rd.scale_by_regression_descent(
-        lambda p, x: models.mlp_apply(p, x)[:, :1], loss="softmax_cross_entropy")
+      lambda p, x: models.mlp_apply(p, x)[:, :1], loss="softmax_cross_entropy"
+    )
     with pytest.raises(ValueError, match="k >= 2.*sigmoid_binary_cross_entropy"):
       tx.update(None, tx.init(self.params), self.params, batch=(self.x, self.labels))
 
@@ -347,6 +362,7 @@ class TestErrors:
     with pytest.raises(ValueError, match="delta"):
       rd.losses.huber(0.0)
     loss = rd.losses.from_gradient_and_factor(
-        "bad", lambda z, y: jnp.sum(z * y), factor_fn=lambda z, y: jnp.ones((2, 2)))
+      "bad", lambda z, y: jnp.sum(z * y), factor_fn=lambda z, y: jnp.ones((2, 2))
+    )
     with pytest.raises(ValueError, match=r"factor_fn.*k = 4"):
       loss.factors(jnp.zeros((3, 4)), jnp.zeros((3, 4)))

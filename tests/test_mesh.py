@@ -45,7 +45,7 @@ def _update(updates, state, params=None, *, batch, name):
   """An update_fn with array and non-array extra arguments; contracts over the example axis."""
   assert name == "step"
   inputs, targets = batch
-  scale = jnp.sum(inputs.T @ inputs) / 2 + jnp.sum(targets)   # 8 for 4 examples of ones
+  scale = jnp.sum(inputs.T @ inputs) / 2 + jnp.sum(targets)  # 8 for 4 examples of ones
   direction = jax.tree_util.tree_map(lambda p: p * scale, params)
   return direction, state + 1
 
@@ -61,11 +61,12 @@ def test_auto_axes_update_keeps_the_parameter_and_state_shardings():
   mesh = jax.make_mesh((1,), ("data",), axis_types=(AxisType.Explicit,))
   sharding = lambda spec: jax.sharding.NamedSharding(mesh, spec)
   params = {"w": jax.device_put(jnp.ones(3), sharding(PartitionSpec()))}
-  batch = (jax.device_put(jnp.ones((4, 2)), sharding(PartitionSpec("data"))),
-           jax.device_put(jnp.zeros(4), sharding(PartitionSpec("data"))))
+  batch = (
+    jax.device_put(jnp.ones((4, 2)), sharding(PartitionSpec("data"))),
+    jax.device_put(jnp.zeros(4), sharding(PartitionSpec("data"))),
+  )
   state = jax.device_put(jnp.zeros(()), sharding(PartitionSpec()))
-  step = jax.jit(lambda p, s, b: _mesh.auto_axes_update(_update)(None, s, p, batch=b,
-                                                                  name="step"))
+  step = jax.jit(lambda p, s, b: _mesh.auto_axes_update(_update)(None, s, p, batch=b, name="step"))
   plain = jax.jit(lambda p, s, b: _update(None, s, p, batch=b, name="step"))
   with jax.set_mesh(mesh):
     # Under Explicit axes the contraction over the sharded example axis needs

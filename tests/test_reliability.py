@@ -38,8 +38,11 @@ def _step_fn(tx):
 
 
 def _all_finite(tree):
-  return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(tree)
-             if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact))
+  return all(
+    bool(jnp.all(jnp.isfinite(leaf)))
+    for leaf in jax.tree_util.tree_leaves(tree)
+    if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact)
+  )
 
 
 def _rd_state(state):
@@ -51,7 +54,6 @@ def _rd_state(state):
 
 
 class TestBadInput:
-
   def setup_method(self):
     self.params, self.x, self.y = _setup()
     self.tx = rd.regression_descent(models.mlp_apply)
@@ -103,9 +105,15 @@ class TestBadInput:
     with pytest.raises(TypeError, match="floating-point"):
       self.tx.init(params)
 
-  @pytest.mark.parametrize("option, value", [
-      ("outputs", "rows"), ("gram", "dense"), ("system", "both"), ("loss", "l1"),
-  ])
+  @pytest.mark.parametrize(
+    "option, value",
+    [
+      ("outputs", "rows"),
+      ("gram", "dense"),
+      ("system", "both"),
+      ("loss", "l1"),
+    ],
+  )
   def test_unknown_option_strings_list_the_valid_ones(self, option, value):
     with pytest.raises(ValueError, match=rf"{option}|{value}") as info:
       rd.regression_descent(models.mlp_apply, **{option: value})
@@ -128,11 +136,11 @@ class TestBadInput:
 
 
 CONTROLLERS = {
-    "constant": lambda: 1e-3,
-    "levenberg_marquardt": rd.damping.levenberg_marquardt,
-    "next_batch_ratio": rd.damping.next_batch_ratio,
-    "residual_proportional": rd.damping.residual_proportional,
-    "gcv": rd.damping.gcv,
+  "constant": lambda: 1e-3,
+  "levenberg_marquardt": rd.damping.levenberg_marquardt,
+  "next_batch_ratio": rd.damping.next_batch_ratio,
+  "residual_proportional": rd.damping.residual_proportional,
+  "gcv": rd.damping.gcv,
 }
 
 
@@ -218,7 +226,7 @@ def test_controllers_stay_bounded_at_an_exact_solution():
     state = tx.init(params)
     p = params
 
-    def body(carry, _):
+    def body(carry, _, step=step):
       p, state = carry
       return step(p, state, x, y), None
 
@@ -242,7 +250,8 @@ def test_float64_with_x64_matches_the_dense_reference():
     jac = models.dense_jacobian(models.mlp_apply, params, x)
     residual = np.asarray(models.mlp_apply(params, x) - y, np.float64).ravel()
     np.testing.assert_allclose(
-        models.flat(direction), models.dense_ridge_direction(jac, residual, 1e-2), rtol=1e-9)
+      models.flat(direction), models.dense_ridge_direction(jac, residual, 1e-2), rtol=1e-9
+    )
 
 
 def test_bfloat16_params_compute_in_float32_and_train():
@@ -280,8 +289,9 @@ def test_bfloat16_direction_is_the_float32_direction_rounded():
 @pytest.mark.parametrize("outputs", ["full", "per_output"])
 def test_same_inputs_give_bitwise_identical_steps(outputs):
   params, x, y = _setup()
-  tx = rd.regression_descent(models.mlp_apply, outputs=outputs,
-                             damping=rd.damping.levenberg_marquardt())
+  tx = rd.regression_descent(
+    models.mlp_apply, outputs=outputs, damping=rd.damping.levenberg_marquardt()
+  )
   step = _step_fn(tx)
   a = step(params, tx.init(params), x, y)
   b = step(params, tx.init(params), x, y)
@@ -299,8 +309,8 @@ def test_orbax_checkpoint_resume_is_bitwise_identical(tmp_path, controller):
   xs = jax.random.normal(jax.random.PRNGKey(5), (6, 8, 3))
   ys = jnp.sin(xs[..., :2])
   tx = optax.chain(
-      rd.scale_by_regression_descent(models.mlp_apply, damping=CONTROLLERS[controller]()),
-      optax.scale_by_learning_rate(0.5),
+    rd.scale_by_regression_descent(models.mlp_apply, damping=CONTROLLERS[controller]()),
+    optax.scale_by_learning_rate(0.5),
   )
   step = _step_fn(tx)
 
@@ -314,8 +324,9 @@ def test_orbax_checkpoint_resume_is_bitwise_identical(tmp_path, controller):
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(tmp_path / "ckpt", {"params": middle[0], "opt_state": middle[1]})
   checkpointer.wait_until_finished()
-  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
-                                    {"params": middle[0], "opt_state": middle[1]})
+  abstract = jax.tree_util.tree_map(
+    ocp.utils.to_shape_dtype_struct, {"params": middle[0], "opt_state": middle[1]}
+  )
   restored = checkpointer.restore(tmp_path / "ckpt", abstract)
   resumed = run(restored["params"], restored["opt_state"], range(3, 6))
   assert jax.tree_util.tree_structure(resumed) == jax.tree_util.tree_structure(straight)
@@ -328,19 +339,20 @@ def test_orbax_checkpoint_resume_is_bitwise_identical(tmp_path, controller):
 
 @hypothesis.settings(max_examples=8, deadline=None)  # each example compiles anew
 @hypothesis.given(
-    m=st.integers(1, 6),
-    k=st.integers(1, 3),
-    width=st.integers(1, 6),
-    log_damping=st.floats(-6, 2),
-    outputs=st.sampled_from(["full", "per_output"]),
-    system=st.sampled_from(["dual", "primal"]),
+  m=st.integers(1, 6),
+  k=st.integers(1, 3),
+  width=st.integers(1, 6),
+  log_damping=st.floats(-6, 2),
+  outputs=st.sampled_from(["full", "per_output"]),
+  system=st.sampled_from(["dual", "primal"]),
 )
 def test_direction_solves_its_regularised_system(m, k, width, log_damping, outputs, system):
-  damping = 10.0 ** log_damping
+  damping = 10.0**log_damping
   with jax.enable_x64(True):
     params, x, y = _setup(m=m, sizes=(2, width, k), dtype=jnp.float64, seed=m * 7 + k)
-    tx = rd.scale_by_regression_descent(models.mlp_apply, damping=damping, outputs=outputs,
-                                        system=system)
+    tx = rd.scale_by_regression_descent(
+      models.mlp_apply, damping=damping, outputs=outputs, system=system
+    )
     direction, state = models.first_update(tx, params, (x, y))
     assert int(state.status) == transform_lib.STATUS_OK
     jac = models.dense_jacobian(models.mlp_apply, params, x)
@@ -356,18 +368,18 @@ def test_direction_solves_its_regularised_system(m, k, width, log_damping, outpu
 
 @hypothesis.settings(max_examples=6, deadline=None)  # each example compiles anew
 @hypothesis.given(
-    m=st.integers(1, 8),
-    log_damping=st.floats(-8, 3),
-    dtype=st.sampled_from(["float32", "bfloat16"]),
-    clip=st.floats(0.01, 10.0),
+  m=st.integers(1, 8),
+  log_damping=st.floats(-8, 3),
+  dtype=st.sampled_from(["float32", "bfloat16"]),
+  clip=st.floats(0.01, 10.0),
 )
 def test_chained_updates_are_finite_and_respect_the_chain(m, log_damping, dtype, clip):
   params, x, y = _setup(m=m)
   params = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
   tx = optax.chain(
-      rd.scale_by_regression_descent(models.mlp_apply, damping=10.0 ** log_damping),
-      optax.clip_by_global_norm(clip),
-      optax.scale_by_learning_rate(1.0),
+    rd.scale_by_regression_descent(models.mlp_apply, damping=10.0**log_damping),
+    optax.clip_by_global_norm(clip),
+    optax.scale_by_learning_rate(1.0),
   )
   updates, state = models.first_update(tx, params, (x, y))
   assert _all_finite(updates) and _all_finite(state)
@@ -378,9 +390,15 @@ def test_chained_updates_are_finite_and_respect_the_chain(m, log_damping, dtype,
 def test_every_state_can_be_donated_to_jit():
   """No two leaves of an initial state share a buffer (donation would fail)."""
   params, x, y = _setup(m=4)
-  controllers = [1e-3, rd.damping.next_batch_ratio(), rd.damping.levenberg_marquardt(),
-                 rd.damping.residual_proportional(), rd.damping.gradient_proportional(),
-                 rd.damping.gcv(), rd.damping.backtracking(rd.damping.constant(1e-3))]
+  controllers = [
+    1e-3,
+    rd.damping.next_batch_ratio(),
+    rd.damping.levenberg_marquardt(),
+    rd.damping.residual_proportional(),
+    rd.damping.gradient_proportional(),
+    rd.damping.gcv(),
+    rd.damping.backtracking(rd.damping.constant(1e-3)),
+  ]
   for damping in controllers:
     tx = rd.regression_descent(models.mlp_apply, 1.0, damping=damping)
     state = tx.init(params)

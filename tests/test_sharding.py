@@ -23,8 +23,8 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_DEVICES = 4
-STEP_RTOL = 1e-5     # 1 device vs 4 devices, one step, float32
-TRAIN_RTOL = 1e-4    # after 5 float32 steps (differences in summation order compound)
+STEP_RTOL = 1e-5  # 1 device vs 4 devices, one step, float32
+TRAIN_RTOL = 1e-4  # after 5 float32 steps (differences in summation order compound)
 OUTPUTS = ("full", "per_output")
 MESHES = ("auto", "explicit")
 # K built by every device ("replicated") or in block rows (data_axis="data").
@@ -36,15 +36,16 @@ LAYOUTS = ("replicated", "row_blocks")
 # test the conditioning, not the sharding. At λ = 1 the condition number is
 # ≈ 44 and the 1e-5 check measures the sharding.
 GROUPS = (
-    ("mlp", "dual", 1e-2, None, MESHES),
-    ("cnn", "dual", 1e-2, None, MESHES),
-    ("small", "primal", 1.0, ("auto",), ("explicit",)),
+  ("mlp", "dual", 1e-2, None, MESHES),
+  ("cnn", "dual", 1e-2, None, MESHES),
+  ("small", "primal", 1.0, ("auto",), ("explicit",)),
 )
 
 
 def engines() -> list[str]:
   """The Gram engines of `rd.gram.METHODS` (besides "auto")."""
   import rdescent as rd
+
   return [m for m in rd.gram.METHODS if m != "auto"]
 
 
@@ -52,8 +53,12 @@ def _group_variants(group) -> list[tuple[str, str, str]]:
   """(outputs, engine, layout) of one group (the primal system has one layout)."""
   group_engines = group[3] if group[3] is not None else tuple(engines())
   layouts = LAYOUTS if group[1] == "dual" else ("replicated",)
-  return [(outputs, engine, layout)
-          for outputs in OUTPUTS for engine in group_engines for layout in layouts]
+  return [
+    (outputs, engine, layout)
+    for outputs in OUTPUTS
+    for engine in group_engines
+    for layout in layouts
+  ]
 
 
 def _variant_name(outputs: str, engine: str, layout: str) -> str:
@@ -63,22 +68,28 @@ def _variant_name(outputs: str, engine: str, layout: str) -> str:
 def _case_name(model: str, system: str, variant: tuple[str, str, str], mesh: str) -> str:
   """model-outputs-system-engine[-rows]-mesh: the name of one one-step comparison."""
   outputs, engine, layout = variant
-  rows = _variant_name(outputs, engine, layout)[len(f"{outputs}-{engine}"):]
+  rows = _variant_name(outputs, engine, layout)[len(f"{outputs}-{engine}") :]
   return f"{model}-{outputs}-{system}-{engine}{rows}-{mesh}"
 
 
 def step_cases() -> list[str]:
   """The names of the one-step comparisons (`_case_name`)."""
-  return [_case_name(group[0], group[1], variant, mesh)
-          for group in GROUPS
-          for variant in _group_variants(group)
-          for mesh in group[4]]
+  return [
+    _case_name(group[0], group[1], variant, mesh)
+    for group in GROUPS
+    for variant in _group_variants(group)
+    for mesh in group[4]
+  ]
 
 
 def row_block_cases() -> list[str]:
   """model-outputs-engine names of the direct `row_block_gram` checks."""
-  return [f"{model}-{outputs}-{engine}"
-          for model in ("mlp", "cnn") for outputs in OUTPUTS for engine in engines()]
+  return [
+    f"{model}-{outputs}-{engine}"
+    for model in ("mlp", "cnn")
+    for outputs in OUTPUTS
+    for engine in engines()
+  ]
 
 
 # ----------------------------------------------------------------- subprocess
@@ -93,14 +104,16 @@ def _models():
   def cnn_init(key):
     k1, k2, k3 = jax.random.split(key, 3)
     return {
-        "conv": {"w": jax.random.normal(k1, (3, 3, 1, 3)) / 3.0,
-                 "b": 0.1 * jax.random.normal(k3, (3,))},
-        "dense": {"w": jax.random.normal(k2, (48, 2)) / 7.0, "b": jnp.zeros(2)},
+      "conv": {
+        "w": jax.random.normal(k1, (3, 3, 1, 3)) / 3.0,
+        "b": 0.1 * jax.random.normal(k3, (3,)),
+      },
+      "dense": {"w": jax.random.normal(k2, (48, 2)) / 7.0, "b": jnp.zeros(2)},
     }
 
   def cnn_apply(params, x):
     h = jax.lax.conv_general_dilated(
-        x, params["conv"]["w"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+      x, params["conv"]["w"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
     h = jnp.tanh(h + params["conv"]["b"]).reshape(x.shape[0], -1)
     return h @ params["dense"]["w"] + params["dense"]["b"]
@@ -123,6 +136,7 @@ def _relative(a, b) -> float:
   import jax
 
   from tests import models
+
   a, b = (models.flat(jax.tree_util.tree_map(np.asarray, t)) for t in (a, b))
   return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
@@ -130,6 +144,7 @@ def _relative(a, b) -> float:
 def _mesh(kind, shape=(NUM_DEVICES,), names=("data",)):
   import jax
   from jax.sharding import AxisType
+
   axis_type = AxisType.Explicit if kind == "explicit" else AxisType.Auto
   return jax.make_mesh(shape, names, axis_types=(axis_type,) * len(shape))
 
@@ -147,13 +162,15 @@ def _collectives_outside_entry(hlo_text: str) -> list[str]:
   the solve runs replicated and every collective must be in ENTRY.
   """
   import re
+
   found, computation = [], None
   for line in hlo_text.splitlines():
     header = re.match(r"^(ENTRY )?%?(\S+) .*\{$", line)
     if header:
       computation = "ENTRY" if header.group(1) else header.group(2)
     elif computation != "ENTRY" and re.search(
-        r"(all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter)[-a-z]*\(", line):
+      r"(all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter)[-a-z]*\(", line
+    ):
       found.append(f"{computation}: {line.strip()[:120]}")
   return found
 
@@ -161,11 +178,11 @@ def _collectives_outside_entry(hlo_text: str) -> list[str]:
 def _batch_record(compiled, sharded_x) -> dict:
   """How the batch was laid out: the array's shards and the compiled step's input sharding."""
   return {
-      "loop_collectives": _collectives_outside_entry(compiled.as_text()),
-      "input_spec": _spec_axes(sharded_x.sharding.spec),
-      "shard_rows": sorted(shard.index[0].start or 0 for shard in sharded_x.addressable_shards),
-      "shard_sizes": [shard.data.shape[0] for shard in sharded_x.addressable_shards],
-      "step_input_spec": _spec_axes(compiled.input_shardings[0][2].spec),
+    "loop_collectives": _collectives_outside_entry(compiled.as_text()),
+    "input_spec": _spec_axes(sharded_x.sharding.spec),
+    "shard_rows": sorted(shard.index[0].start or 0 for shard in sharded_x.addressable_shards),
+    "shard_sizes": [shard.data.shape[0] for shard in sharded_x.addressable_shards],
+    "step_input_spec": _spec_axes(compiled.input_shardings[0][2].spec),
   }
 
 
@@ -174,17 +191,24 @@ def _group_step(model: str, system: str, damping: float, variants):
   import jax
 
   import rdescent as rd
+
   apply_fn, params, x, y = _models()(model, jax.random.PRNGKey(len(model)))
-  txs = {_variant_name(outputs, engine, layout): rd.scale_by_regression_descent(
-      apply_fn, damping=damping, outputs=outputs, system=system, gram=engine,
-      data_axis="data" if layout == "row_blocks" else None)
-         for outputs, engine, layout in variants}
+  txs = {
+    _variant_name(outputs, engine, layout): rd.scale_by_regression_descent(
+      apply_fn,
+      damping=damping,
+      outputs=outputs,
+      system=system,
+      gram=engine,
+      data_axis="data" if layout == "row_blocks" else None,
+    )
+    for outputs, engine, layout in variants
+  }
   states = {name: tx.init(params) for name, tx in txs.items()}
 
   @jax.jit
   def step(params, states, x, y):
-    return {name: tx.update(None, states[name], params, batch=(x, y))
-            for name, tx in txs.items()}
+    return {name: tx.update(None, states[name], params, batch=(x, y)) for name, tx in txs.items()}
 
   return step, (params, states, x, y)
 
@@ -194,6 +218,7 @@ def _run_group(model, system, damping, variants, meshes) -> dict:
   import jax
 
   import rdescent as rd
+
   step, (params, states, x, y) = _group_step(model, system, damping, variants)
   expected = step(params, states, x, y)
   records = {}
@@ -209,11 +234,11 @@ def _run_group(model, system, damping, variants, meshes) -> dict:
       name = _variant_name(*variant)
       (direction, new_state), (want, want_state) = got[name], expected[name]
       records[_case_name(model, system, variant, mesh_kind)] = {
-          "direction_rel": _relative(direction, want),
-          "loss_rel": abs(float(new_state.loss) / float(want_state.loss) - 1.0),
-          "status": int(new_state.status),
-          "direction_spec": _spec_axes(jax.tree_util.tree_leaves(direction)[0].sharding.spec),
-          **batch_layout,
+        "direction_rel": _relative(direction, want),
+        "loss_rel": abs(float(new_state.loss) / float(want_state.loss) - 1.0),
+        "status": int(new_state.status),
+        "direction_spec": _spec_axes(jax.tree_util.tree_leaves(direction)[0].sharding.spec),
+        **batch_layout,
       }
   return records
 
@@ -233,7 +258,8 @@ def _step_records() -> dict:
         except Exception as error:  # reported per case by the tests
           for mesh_kind in meshes:
             records[_case_name(model, system, variant, mesh_kind)] = {
-                "error": f"{type(error).__name__}: {error}"[:2000]}
+              "error": f"{type(error).__name__}: {error}"[:2000]
+            }
   return records
 
 
@@ -242,6 +268,7 @@ def _row_block_grams() -> dict:
   import jax
 
   import rdescent as rd
+
   records = {}
   mesh = _mesh("auto")
   for model in ("mlp", "cnn"):
@@ -251,16 +278,21 @@ def _row_block_grams() -> dict:
         name = f"{model}-{outputs}-{engine}"
         try:
           expected = rd.gram.gram_matrix(apply_fn, params, x, method=engine, outputs=outputs)
-          build = jax.jit(functools.partial(
-              rd.sharding.row_block_gram, apply_fn, axis="data", method=engine, outputs=outputs))
+          build = jax.jit(
+            functools.partial(
+              rd.sharding.row_block_gram, apply_fn, axis="data", method=engine, outputs=outputs
+            )
+          )
           with jax.set_mesh(mesh):
             got = build(rd.sharding.replicate(params, mesh), rd.sharding.shard_batch(x, mesh))
           records[name] = {
-              "rel": float(np.linalg.norm(np.asarray(got) - np.asarray(expected))
-                           / np.linalg.norm(np.asarray(expected))),
-              "spec": _spec_axes(got.sharding.spec),
-              "shape": list(got.shape),
-              "shard_shapes": [list(shard.data.shape) for shard in got.addressable_shards],
+            "rel": float(
+              np.linalg.norm(np.asarray(got) - np.asarray(expected))
+              / np.linalg.norm(np.asarray(expected))
+            ),
+            "spec": _spec_axes(got.sharding.spec),
+            "shape": list(got.shape),
+            "shard_shapes": [list(shard.data.shape) for shard in got.addressable_shards],
           }
         except Exception as error:  # reported per case by the tests
           records[name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
@@ -274,12 +306,14 @@ def _training(steps: int = 5, m: int = 32) -> dict:
 
   import rdescent as rd
   from tests import models
+
   apply_fn, params, x, noise = _models()("mlp", jax.random.PRNGKey(7), m=m * steps)
   # Targets of a teacher network plus noise: the loss falls but stays away from
   # 0, where relative loss differences would only measure float32 cancellation.
   y = apply_fn(models.mlp_init(jax.random.PRNGKey(8), [3, 6, 3]), x) + 0.3 * noise
-  tx = rd.regression_descent(apply_fn, learning_rate=1.0,
-                             damping=rd.damping.levenberg_marquardt(initial=1e-2))
+  tx = rd.regression_descent(
+    apply_fn, learning_rate=1.0, damping=rd.damping.levenberg_marquardt(initial=1e-2)
+  )
 
   @jax.jit
   def train_step(params, opt_state, batch):
@@ -289,7 +323,7 @@ def _training(steps: int = 5, m: int = 32) -> dict:
   def train(params, place):
     opt_state, losses = tx.init(params), []
     for i in range(steps):
-      batch = place((x[m * i:m * (i + 1)], y[m * i:m * (i + 1)]))
+      batch = place((x[m * i : m * (i + 1)], y[m * i : m * (i + 1)]))
       params, opt_state = train_step(params, opt_state, batch)
       losses.append(float(opt_state[0].loss))
     return params, losses
@@ -297,14 +331,14 @@ def _training(steps: int = 5, m: int = 32) -> dict:
   expected, expected_losses = train(params, lambda batch: batch)
   mesh = _mesh("explicit")
   with jax.set_mesh(mesh):
-    trained, losses = train(rd.sharding.replicate(params, mesh),
-                            lambda batch: rd.sharding.shard_batch(batch, mesh))
+    trained, losses = train(
+      rd.sharding.replicate(params, mesh), lambda batch: rd.sharding.shard_batch(batch, mesh)
+    )
   return {
-      "params_rel": _relative(trained, expected),
-      "loss_rel": max(abs(a / b - 1.0) for a, b in zip(losses, expected_losses)),
-      "losses": expected_losses,
-      "param_specs": [_spec_axes(leaf.sharding.spec)
-                      for leaf in jax.tree_util.tree_leaves(trained)],
+    "params_rel": _relative(trained, expected),
+    "loss_rel": max(abs(a / b - 1.0) for a, b in zip(losses, expected_losses)),
+    "losses": expected_losses,
+    "param_specs": [_spec_axes(leaf.sharding.spec) for leaf in jax.tree_util.tree_leaves(trained)],
   }
 
 
@@ -315,6 +349,7 @@ def _tensor_parallel(mesh_kind: str) -> dict:
   from jax.sharding import PartitionSpec as P
 
   import rdescent as rd
+
   apply_fn, params, x, y = _models()("mlp", jax.random.PRNGKey(3))
   tx = rd.scale_by_regression_descent(apply_fn, damping=1e-2, gram="jacobian")
   step = _tensor_step(apply_fn)
@@ -323,16 +358,18 @@ def _tensor_parallel(mesh_kind: str) -> dict:
   mesh = _mesh(mesh_kind, (2, 2), ("data", "model"))
   with jax.set_mesh(mesh):
     placed = rd.sharding.replicate(params, mesh)
-    placed[0] = {"w": jax.device_put(params[0]["w"], NamedSharding(mesh, P(None, "model"))),
-                 "b": jax.device_put(params[0]["b"], NamedSharding(mesh, P("model")))}
+    placed[0] = {
+      "w": jax.device_put(params[0]["w"], NamedSharding(mesh, P(None, "model"))),
+      "b": jax.device_put(params[0]["b"], NamedSharding(mesh, P("model"))),
+    }
     batch = rd.sharding.shard_batch((x, y), mesh, axis="data")
     direction, new_state = step(placed, state, *batch)
   return {
-      "direction_rel": _relative(direction, expected),
-      "status": int(new_state.status),
-      "input_spec": _spec_axes(batch[0].sharding.spec),
-      "kernel_spec": _spec_axes(direction[0]["w"].sharding.spec),
-      "bias_spec": _spec_axes(direction[0]["b"].sharding.spec),
+    "direction_rel": _relative(direction, expected),
+    "status": int(new_state.status),
+    "input_spec": _spec_axes(batch[0].sharding.spec),
+    "kernel_spec": _spec_axes(direction[0]["w"].sharding.spec),
+    "bias_spec": _spec_axes(direction[0]["b"].sharding.spec),
   }
 
 
@@ -342,6 +379,7 @@ def _tensor_step(apply_fn):
   import jax
 
   import rdescent as rd
+
   tx = rd.scale_by_regression_descent(apply_fn, damping=1e-2, gram="jacobian")
   return jax.jit(lambda p, s, x, y: tx.update(None, s, p, batch=(x, y)))
 
@@ -349,6 +387,7 @@ def _tensor_step(apply_fn):
 def _lapack_calls(hlo_text: str) -> list[list]:
   """[target, result shape] of every LAPACK custom call of a compiled module."""
   import re
+
   calls = []
   for line in hlo_text.splitlines():
     target = re.search(r'custom_call_target="(lapack_[a-z]+)', line)
@@ -369,33 +408,44 @@ def _per_output_repeated(calls: int = 20, m: int = 64) -> dict:
 
   import rdescent as rd
   from tests import models
+
   kp, kx, ky = jax.random.split(jax.random.PRNGKey(5), 3)
   params = models.mlp_init(kp, [8, 16, 10])
   x, y = jax.random.normal(kx, (m, 8)), jax.random.normal(ky, (m, 10))
-  txs = [rd.scale_by_regression_descent(models.mlp_apply, damping=damping, outputs="per_output",
-                                        system="dual")
-         for damping in (1e-3, rd.damping.gcv())]
+  txs = [
+    rd.scale_by_regression_descent(
+      models.mlp_apply, damping=damping, outputs="per_output", system="dual"
+    )
+    for damping in (1e-3, rd.damping.gcv())
+  ]
   states = [tx.init(params) for tx in txs]
-  step = jax.jit(lambda p, s, x, y: [tx.update(None, si, p, batch=(x, y))
-                                      for tx, si in zip(txs, s)])
+  step = jax.jit(
+    lambda p, s, x, y: [tx.update(None, si, p, batch=(x, y)) for tx, si in zip(txs, s)]
+  )
   mesh = _mesh("explicit")
   with jax.set_mesh(mesh):
     args = (rd.sharding.replicate(params, mesh), states, *rd.sharding.shard_batch((x, y), mesh))
     compiled = step.lower(*args).compile()
     for _ in range(calls):
       out = jax.block_until_ready(compiled(*args))
-  return {"calls": calls, "lapack": _lapack_calls(compiled.as_text()),
-          "status": [int(state.status) for _, state in out]}
+  return {
+    "calls": calls,
+    "lapack": _lapack_calls(compiled.as_text()),
+    "status": [int(state.status) for _, state in out],
+  }
 
 
 def _run_all() -> dict:
   import jax
+
   assert jax.device_count() == NUM_DEVICES, jax.devices()
   results = _step_records()
   results.update({f"rowgram-{name}": record for name, record in _row_block_grams().items()})
-  for name, fn in ([("training", _training)]
-                   + [(f"tensor-{k}", functools.partial(_tensor_parallel, k)) for k in MESHES]
-                   + [("per-output-repeated", _per_output_repeated)]):
+  for name, fn in (
+    [("training", _training)]
+    + [(f"tensor-{k}", functools.partial(_tensor_parallel, k)) for k in MESHES]
+    + [("per-output-repeated", _per_output_repeated)]
+  ):
     try:
       results[name] = fn()
     except Exception as error:  # reported per case by the tests
@@ -407,12 +457,16 @@ def _run_all() -> dict:
 def multi_device():
   # Optimisation level 0 of the CPU backend halves the compile time; both the
   # 1-device and the 4-device programs are compiled with it.
-  env = dict(os.environ, PYTHONPATH=str(REPO),
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_DEVICES} "
-                       "--xla_backend_optimization_level=0",
-             JAX_PLATFORMS="cpu")
-  done = subprocess.run([sys.executable, __file__], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=600)
+  env = dict(
+    os.environ,
+    PYTHONPATH=str(REPO),
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_DEVICES} "
+    "--xla_backend_optimization_level=0",
+    JAX_PLATFORMS="cpu",
+  )
+  done = subprocess.run(
+    [sys.executable, __file__], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+  )
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -487,6 +541,7 @@ def test_data_axis_is_checked_and_a_one_device_mesh_changes_nothing():
 
   import rdescent as rd
   from tests import models
+
   apply_fn, params, x, y = _models()("mlp", jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match="data_axis"):
     rd.scale_by_regression_descent(apply_fn, data_axis=0)
@@ -509,6 +564,7 @@ def test_shard_batch_and_replicate_on_a_one_device_mesh():
   import jax.numpy as jnp
 
   import rdescent as rd
+
   mesh = jax.make_mesh((1,), ("data",))
   x, y = jnp.ones((6, 2)), jnp.zeros((6,))
   sx, sy = rd.sharding.shard_batch((x, y), mesh)

@@ -23,8 +23,10 @@ OUTPUT_MODES = ("full", "per_output")
 
 
 def _forms(apply_fn, params, x, outputs="full"):
-  return {path: form for path, form, _ in
-          structured_gram.describe(apply_fn, params, x, outputs=outputs)["leaves"]}
+  return {
+    path: form
+    for path, form, _ in structured_gram.describe(apply_fn, params, x, outputs=outputs)["leaves"]
+  }
 
 
 # ------------------------------------------------------------------ MLPs
@@ -65,8 +67,9 @@ def test_no_m_k_p_array_for_dense_layers():
   k = sizes[-1]
   params = models.numpy_mlp_init(0, sizes, jnp.float32)
   x = jnp.ones((m, sizes[0]))
-  jaxpr = jax.make_jaxpr(
-      lambda p, x: rd.gram_matrix(models.mlp_apply, p, x, method="structured"))(params, x)
+  jaxpr = jax.make_jaxpr(lambda p, x: rd.gram_matrix(models.mlp_apply, p, x, method="structured"))(
+    params, x
+  )
 
   def largest(jaxpr):
     found = [int(np.prod(v.aval.shape)) for e in jaxpr.eqns for v in e.outvars]
@@ -94,21 +97,33 @@ def test_small_cnn_with_max_pool():
 
 def _conv_variants_apply(params, x):
   """Strided SAME conv, grouped conv, NCHW layout, bias broadcast over positions."""
-  y = jax.lax.conv_general_dilated(
+  y = (
+    jax.lax.conv_general_dilated(
       x, params["k1"], (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-  ) + params["b1"]
+    )
+    + params["b1"]
+  )
   y = jnp.tanh(y)
   y = jax.lax.conv_general_dilated(
-      jnp.transpose(y, (0, 3, 1, 2)), params["k2"], (1, 1), ((1, 0), (0, 1)),
-      rhs_dilation=(1, 2), feature_group_count=2, dimension_numbers=("NCHW", "OIHW", "NCHW"),
+    jnp.transpose(y, (0, 3, 1, 2)),
+    params["k2"],
+    (1, 1),
+    ((1, 0), (0, 1)),
+    rhs_dilation=(1, 2),
+    feature_group_count=2,
+    dimension_numbers=("NCHW", "OIHW", "NCHW"),
   )
   return y.reshape(y.shape[0], -1) @ params["w"]
 
 
 def test_convolution_variants():
   with jax.enable_x64(True):
-    params = {"k1": models.normal(0, (3, 3, 2, 4)), "b1": models.normal(1, (4,)),
-              "k2": models.normal(2, (6, 2, 2, 2)), "w": models.normal(3, (6 * 4 * 3, 3)) / 8}
+    params = {
+      "k1": models.normal(0, (3, 3, 2, 4)),
+      "b1": models.normal(1, (4,)),
+      "k2": models.normal(2, (6, 2, 2, 2)),
+      "w": models.normal(3, (6 * 4 * 3, 3)) / 8,
+    }
     x = models.normal(4, (3, 7, 7, 2))
     models.assert_gram_equals_reference(_conv_variants_apply, params, x)
 
@@ -122,10 +137,16 @@ def _residual_apply(params, x):
 def test_residual_block():
   with jax.enable_x64(True):
     keys = iter(range(10))
-    params = {"w0": models.normal(next(keys), (3, 5)), "b0": models.normal(next(keys), (5,)),
-              "w1": models.normal(next(keys), (5, 4)), "b1": models.normal(next(keys), (4,)),
-              "w2": models.normal(next(keys), (4, 5)), "b2": models.normal(next(keys), (5,)),
-              "w3": models.normal(next(keys), (5, 3)), "b3": models.normal(next(keys), (3,))}
+    params = {
+      "w0": models.normal(next(keys), (3, 5)),
+      "b0": models.normal(next(keys), (5,)),
+      "w1": models.normal(next(keys), (5, 4)),
+      "b1": models.normal(next(keys), (4,)),
+      "w2": models.normal(next(keys), (4, 5)),
+      "b2": models.normal(next(keys), (5,)),
+      "w3": models.normal(next(keys), (5, 3)),
+      "b3": models.normal(next(keys), (3,)),
+    }
     x = models.normal(20, (4, 3))
     models.assert_gram_equals_reference(_residual_apply, params, x)
     assert "fallback" not in _forms(_residual_apply, params, x).values()
@@ -196,16 +217,19 @@ def test_flax_nnx_state():
 
 def _sequence_apply(params, x):
   """Weights shared over positions: (m, T, d) @ W, then a per-head einsum with batch dims."""
-  h = jnp.tanh(x @ params["w"] + params["b"])                    # (m, T, h)
-  heads = h.reshape(*h.shape[:2], 2, -1)                          # (m, T, 2, h/2)
-  y = jnp.einsum("mthd,hde->mhte", heads, params["per_head"])     # dot_general batch dims
+  h = jnp.tanh(x @ params["w"] + params["b"])  # (m, T, h)
+  heads = h.reshape(*h.shape[:2], 2, -1)  # (m, T, 2, h/2)
+  y = jnp.einsum("mthd,hde->mhte", heads, params["per_head"])  # dot_general batch dims
   return y.reshape(y.shape[0], -1) @ params["out"]
 
 
 def _sequence_params(positions, features, width):
-  return {"w": models.normal(0, (features, width)), "b": models.normal(1, (width,)),
-          "per_head": models.normal(2, (2, width // 2, 3)),
-          "out": models.normal(3, (positions * 6, 2)) / 4}
+  return {
+    "w": models.normal(0, (features, width)),
+    "b": models.normal(1, (width,)),
+    "per_head": models.normal(2, (2, width // 2, 3)),
+    "out": models.normal(3, (positions * 6, 2)) / 4,
+  }
 
 
 # The position-pair sum costs ~T² (n + k² o) per example pair, materialised
@@ -224,24 +248,35 @@ def test_weights_shared_over_positions(positions, width):
 def _unusual_apply(params, x):
   """Tied and transposed weights, parameter on the left, a scaled weight, an inner jit."""
   layer = jax.jit(lambda x, w, b: jnp.tanh(x @ w + b))
-  h = layer(x, params["w"], params["b"])                 # inside a jit call: inlined
-  h = jnp.tanh(h @ params["w"].T[:, :3].T.T)             # slice of a view: fallback
-  h = (params["left"] @ h.T).T                            # parameter as the left operand
-  h = h @ (2.0 * params["scaled"])                       # scaled: fallback
+  h = layer(x, params["w"], params["b"])  # inside a jit call: inlined
+  h = jnp.tanh(h @ params["w"].T[:, :3].T.T)  # slice of a view: fallback
+  h = (params["left"] @ h.T).T  # parameter as the left operand
+  h = h @ (2.0 * params["scaled"])  # scaled: fallback
   tied = h @ params["tied"] + jnp.tanh(h) @ params["tied"]  # used twice: materialised
-  return tied + params["direct"]                          # bias on the output
+  return tied + params["direct"]  # bias on the output
 
 
 def test_unusual_parameter_uses():
   with jax.enable_x64(True):
-    params = {"w": models.normal(0, (4, 4)), "b": models.normal(1, (4,)),
-              "left": models.normal(2, (5, 3)), "scaled": models.normal(3, (5, 5)),
-              "tied": models.normal(4, (5, 5)), "direct": models.normal(5, (5,))}
+    params = {
+      "w": models.normal(0, (4, 4)),
+      "b": models.normal(1, (4,)),
+      "left": models.normal(2, (5, 3)),
+      "scaled": models.normal(3, (5, 5)),
+      "tied": models.normal(4, (5, 5)),
+      "direct": models.normal(5, (5,)),
+    }
     x = models.normal(6, (4, 4))
     models.assert_gram_equals_reference(_unusual_apply, params, x)
     forms = _forms(_unusual_apply, params, x)
-    assert forms == {"['b']": "bias", "['direct']": "bias", "['left']": "dense",
-                     "['scaled']": "fallback", "['tied']": "materialised", "['w']": "fallback"}
+    assert forms == {
+      "['b']": "bias",
+      "['direct']": "bias",
+      "['left']": "dense",
+      "['scaled']": "fallback",
+      "['tied']": "materialised",
+      "['w']": "fallback",
+    }
 
 
 def test_sliced_or_returned_parameters_fall_back():
@@ -260,11 +295,13 @@ def test_sliced_or_returned_parameters_fall_back():
 def test_structured_under_jit_with_chunks_in_float32():
   params = models.numpy_mlp_init(0, [3, 8, 3], jnp.float32)
   x = models.normal(1, (6, 3), jnp.float32)
-  run = jax.jit(lambda p, x: rd.gram_matrix(models.mlp_apply, p, x, method="structured",
-                                            chunk_size=4))
+  run = jax.jit(
+    lambda p, x: rd.gram_matrix(models.mlp_apply, p, x, method="structured", chunk_size=4)
+  )
   gram = run(params, x)
   expected = jax.jit(lambda p, x: rd.gram_matrix(models.mlp_apply, p, x, method="jacobian"))(
-      params, x)
+    params, x
+  )
   assert gram.dtype == jnp.float32
   np.testing.assert_allclose(gram, expected, rtol=1e-4, atol=1e-4)
 
@@ -274,10 +311,10 @@ def test_structured_under_jit_with_chunks_in_float32():
 
 @hypothesis.settings(max_examples=10, deadline=None, derandomize=True)
 @hypothesis.given(
-    widths=st.lists(st.integers(1, 6), min_size=1, max_size=3),
-    num_inputs=st.integers(1, 4),
-    num_outputs=st.integers(1, 3),
-    num_examples=st.integers(1, 5),
+  widths=st.lists(st.integers(1, 6), min_size=1, max_size=3),
+  num_inputs=st.integers(1, 4),
+  num_outputs=st.integers(1, 3),
+  num_examples=st.integers(1, 5),
 )
 def test_property_random_mlps(widths, num_inputs, num_outputs, num_examples):
   with jax.enable_x64(True):
@@ -289,10 +326,10 @@ def test_property_random_mlps(widths, num_inputs, num_outputs, num_examples):
 
 @hypothesis.settings(max_examples=6, deadline=None, derandomize=True)
 @hypothesis.given(
-    positions=st.integers(1, 4),
-    features=st.integers(1, 9),
-    half_width=st.integers(1, 3),
-    num_examples=st.integers(1, 4),
+  positions=st.integers(1, 4),
+  features=st.integers(1, 9),
+  half_width=st.integers(1, 3),
+  num_examples=st.integers(1, 4),
 )
 def test_property_weights_shared_over_positions(positions, features, half_width, num_examples):
   """Whichever form the cost model picks for the shared weights, K equals J Jᵀ."""

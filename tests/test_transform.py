@@ -56,7 +56,7 @@ def test_per_output_mode_equals_its_formula(system):
     params, x, y = models.mlp_problem(jax.random.PRNGKey(2), [4, 5, 3], m=6)
     damping = 0.05
     direction, _ = _direction(
-        models.mlp_apply, params, x, y, damping=damping, outputs="per_output", system=system
+      models.mlp_apply, params, x, y, damping=damping, outputs="per_output", system=system
     )
     jacobian = models.dense_jacobian(models.mlp_apply, params, x)
     residual = np.asarray(models.mlp_apply(params, x) - y).reshape(-1)
@@ -75,7 +75,8 @@ def test_flax_linen_params_and_chunking():
     x = jax.random.normal(jax.random.PRNGKey(0), (9, 3), jnp.float64)
     y = jax.random.normal(jax.random.PRNGKey(1), (9, 2), jnp.float64)
     params = jax.tree_util.tree_map(
-        lambda v: v.astype(jnp.float64), model.init(jax.random.PRNGKey(2), x)["params"])
+      lambda v: v.astype(jnp.float64), model.init(jax.random.PRNGKey(2), x)["params"]
+    )
     apply_fn = lambda p, x: model.apply({"params": p}, x)
     direction, _ = _direction(apply_fn, params, x, y, damping=0.2, system="dual", chunk_size=4)
     jacobian = models.dense_jacobian(apply_fn, params, x)
@@ -97,9 +98,9 @@ def test_large_damping_tends_to_scaled_gradient():
 def test_chain_with_clipping_under_jit_and_schedule():
   params, x, y = models.mlp_problem(jax.random.PRNGKey(5), [3, 8, 2], m=16, dtype=jnp.float32)
   tx = optax.chain(
-      rd.scale_by_regression_descent(models.mlp_apply, damping=1e-2),
-      optax.clip_by_global_norm(0.1),
-      optax.scale_by_learning_rate(optax.linear_schedule(1.0, 0.5, 10)),
+    rd.scale_by_regression_descent(models.mlp_apply, damping=1e-2),
+    optax.clip_by_global_norm(0.1),
+    optax.scale_by_learning_rate(optax.linear_schedule(1.0, 0.5, 10)),
   )
   state = tx.init(params)
   step = jax.jit(lambda p, s: tx.update(None, s, p, batch=(x, y)))
@@ -112,7 +113,7 @@ def test_chain_with_clipping_under_jit_and_schedule():
 def test_inject_hyperparams_and_damping_schedule():
   params, x, y = models.mlp_problem(jax.random.PRNGKey(6), [3, 8, 2], m=16, dtype=jnp.float32)
   tx = optax.inject_hyperparams(rd.regression_descent, static_args=("apply_fn",))(
-      apply_fn=models.mlp_apply, learning_rate=0.5, damping=1e-2
+    apply_fn=models.mlp_apply, learning_rate=0.5, damping=1e-2
   )
   state = tx.init(params)
   step = jax.jit(lambda p, s: tx.update(None, s, p, batch=(x, y)))
@@ -121,7 +122,8 @@ def test_inject_hyperparams_and_damping_schedule():
   state.hyperparams["learning_rate"] = jnp.asarray(0.25)
   updates_half, _ = step(params, state)
   np.testing.assert_allclose(
-      models.flat(updates_half), 0.5 * models.flat(updates), rtol=1e-5, atol=1e-7)
+    models.flat(updates_half), 0.5 * models.flat(updates), rtol=1e-5, atol=1e-7
+  )
 
   schedule = optax.exponential_decay(1.0, 1, 0.5)
   tx = rd.scale_by_regression_descent(models.mlp_apply, damping=schedule)
@@ -147,23 +149,25 @@ def test_training_lowers_the_loss(outputs):
   start = float(loss(params))
   for t in range(30):
     i = (t * 32) % 256
-    params, state = train_step(params, state, data.inputs[i:i + 32], data.targets[i:i + 32])
+    params, state = train_step(params, state, data.inputs[i : i + 32], data.targets[i : i + 32])
   assert float(loss(params)) < 0.2 * start
 
 
 @hypothesis.settings(max_examples=15, deadline=None)
 @hypothesis.given(
-    m=st.integers(1, 6),
-    k=st.integers(1, 3),
-    width=st.integers(1, 5),
-    vector_output=st.booleans(),
-    outputs=st.sampled_from(["full", "per_output"]),
+  m=st.integers(1, 6),
+  k=st.integers(1, 3),
+  width=st.integers(1, 5),
+  vector_output=st.booleans(),
+  outputs=st.sampled_from(["full", "per_output"]),
 )
 def test_direction_solves_ridge_for_random_shapes(m, k, width, vector_output, outputs):
   if vector_output:
     k = 1
   with jax.enable_x64(True):
-    params, x, y = models.mlp_problem(jax.random.PRNGKey(m * 100 + k * 10 + width), [2, width, k], m=m)
+    params, x, y = models.mlp_problem(
+      jax.random.PRNGKey(m * 100 + k * 10 + width), [2, width, k], m=m
+    )
     apply_fn = models.mlp_apply
     if vector_output:
       apply_fn = lambda p, x: models.mlp_apply(p, x)[:, 0]
@@ -180,9 +184,10 @@ def test_direction_solves_ridge_for_random_shapes(m, k, width, vector_output, ou
 
 
 class TestErrors:
-
   def setup_method(self):
-    self.params, self.x, self.y = models.mlp_problem(jax.random.PRNGKey(8), [3, 4, 2], m=5, dtype=jnp.float32)
+    self.params, self.x, self.y = models.mlp_problem(
+      jax.random.PRNGKey(8), [3, 4, 2], m=5, dtype=jnp.float32
+    )
     self.tx = rd.scale_by_regression_descent(models.mlp_apply)
     self.state = self.tx.init(self.params)
 
@@ -206,8 +211,9 @@ class TestErrors:
     with pytest.raises(ValueError, match="5 examples"):
       self.tx.update(None, self.state, self.params, batch=(self.x, self.y[:4]))
 
-  @pytest.mark.parametrize("option,value", [("outputs", "diag"), ("gram", "magic"),
-                                            ("loss", "hinge"), ("system", "both")])
+  @pytest.mark.parametrize(
+    "option,value", [("outputs", "diag"), ("gram", "magic"), ("loss", "hinge"), ("system", "both")]
+  )
   def test_unknown_options_list_valid_ones(self, option, value):
     with pytest.raises(ValueError, match=f"{option}={value!r}.*expected one of"):
       rd.scale_by_regression_descent(models.mlp_apply, **{option: value})

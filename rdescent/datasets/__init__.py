@@ -13,14 +13,14 @@ from rdescent.datasets.lorenz96 import lorenz96_tendency
 from rdescent.datasets.lorenz96 import rk4_step
 
 __all__ = (
-    "ChecksumError",
-    "DatasetError",
-    "DatasetNotFoundError",
-    "IdxFormatError",
-    "ImageDataset",
-    "load_fashion_mnist",
-    "load_mnist",
-    "lorenz96_dataset",
-    "lorenz96_tendency",
-    "rk4_step",
+  "ChecksumError",
+  "DatasetError",
+  "DatasetNotFoundError",
+  "IdxFormatError",
+  "ImageDataset",
+  "load_fashion_mnist",
+  "load_mnist",
+  "lorenz96_dataset",
+  "lorenz96_tendency",
+  "rk4_step",
 )

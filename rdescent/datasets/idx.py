@@ -32,18 +32,18 @@ _LABELS_MAGIC = 2049
 
 # Official MD5s of the gzip files (see the data directory's README.md).
 CHECKSUMS: dict[str, dict[str, str]] = {
-    "mnist": {
-        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-    },
-    "fashion_mnist": {
-        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-    },
+  "mnist": {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+  },
+  "fashion_mnist": {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+  },
 }
 
 
@@ -88,9 +88,9 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
   from_env = os.environ.get(ENV_VAR)
   if not from_env:
     raise DatasetNotFoundError(
-        f"No data directory: pass data_dir=... or set the environment variable "
-        f"{ENV_VAR} to the directory that holds mnist/ and fashion_mnist/, e.g. "
-        f"`export {ENV_VAR}=/path/to/data`."
+      f"No data directory: pass data_dir=... or set the environment variable "
+      f"{ENV_VAR} to the directory that holds mnist/ and fashion_mnist/, e.g. "
+      f"`export {ENV_VAR}=/path/to/data`."
     )
   return pathlib.Path(from_env).expanduser()
 
@@ -110,10 +110,10 @@ def _locate(dataset: str, filename: str, data_dir: str | os.PathLike | None) -> 
   if not path.is_file():
     source = "the data_dir argument" if data_dir is not None else f"${ENV_VAR}"
     raise DatasetNotFoundError(
-        f"Missing data file {filename!r} of {dataset}: looked for {path} "
-        f"(directory {root / dataset}, from {source}). Put the original IDX .gz "
-        f"files under <dir>/{dataset}/ and pass data_dir=<dir> or set "
-        f"`export {ENV_VAR}=<dir>`."
+      f"Missing data file {filename!r} of {dataset}: looked for {path} "
+      f"(directory {root / dataset}, from {source}). Put the original IDX .gz "
+      f"files under <dir>/{dataset}/ and pass data_dir=<dir> or set "
+      f"`export {ENV_VAR}=<dir>`."
     )
   return path
 
@@ -122,9 +122,9 @@ def _verify(path: pathlib.Path, expected_md5: str) -> None:
   actual = md5sum(path)
   if actual != expected_md5:
     raise ChecksumError(
-        f"Checksum mismatch for {path}: MD5 {actual}, expected the official "
-        f"{expected_md5}. The file is corrupted or not the original release; "
-        "replace it with the original .gz file."
+      f"Checksum mismatch for {path}: MD5 {actual}, expected the official "
+      f"{expected_md5}. The file is corrupted or not the original release; "
+      "replace it with the original .gz file."
     )
 
 
@@ -144,17 +144,17 @@ def parse_idx(raw: bytes, *, expected_magic: int, source: str = "<bytes>") -> np
   magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
   if magic != expected_magic:
     raise IdxFormatError(
-        f"{source}: IDX magic number {magic}, expected {expected_magic} "
-        f"({'images' if expected_magic == _IMAGES_MAGIC else 'labels'})."
+      f"{source}: IDX magic number {magic}, expected {expected_magic} "
+      f"({'images' if expected_magic == _IMAGES_MAGIC else 'labels'})."
     )
   if len(raw) < header_size:
     raise IdxFormatError(f"{source}: {len(raw)} bytes, too short for an IDX header.")
-  shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(num_dims))
+  shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(num_dims))
   body = np.frombuffer(raw, dtype=np.uint8, offset=header_size)
   if body.size != int(np.prod(shape)):
     raise IdxFormatError(
-        f"{source}: header says shape {shape} ({int(np.prod(shape))} values) but "
-        f"the file holds {body.size} values."
+      f"{source}: header says shape {shape} ({int(np.prod(shape))} values) but "
+      f"the file holds {body.size} values."
     )
   return body.reshape(shape)
 
@@ -172,11 +172,11 @@ def _read(dataset: str, filename: str, magic: int, data_dir, verify: bool) -> np
 
 
 def load_idx_dataset(
-    dataset: str,
-    split: str = "train",
-    data_dir: str | os.PathLike | None = None,
-    *,
-    verify: bool = True,
+  dataset: str,
+  split: str = "train",
+  data_dir: str | os.PathLike | None = None,
+  *,
+  verify: bool = True,
 ) -> ImageDataset:
   """Loads one split of `"mnist"` or `"fashion_mnist"` from its IDX files.
 
@@ -224,20 +224,20 @@ def load_idx_dataset(
   labels = _read(dataset, f"{prefix}-labels-idx1-ubyte.gz", _LABELS_MAGIC, data_dir, verify)
   if images.shape[0] != labels.shape[0]:
     raise IdxFormatError(
-        f"{dataset} {split}: {images.shape[0]} images but {labels.shape[0]} labels."
+      f"{dataset} {split}: {images.shape[0]} images but {labels.shape[0]} labels."
     )
   return ImageDataset(images=images, labels=labels)
 
 
 def load_mnist(
-    split: str = "train", data_dir: str | os.PathLike | None = None, *, verify: bool = True
+  split: str = "train", data_dir: str | os.PathLike | None = None, *, verify: bool = True
 ) -> ImageDataset:
   """MNIST digits; see `load_idx_dataset`."""
   return load_idx_dataset("mnist", split, data_dir, verify=verify)
 
 
 def load_fashion_mnist(
-    split: str = "train", data_dir: str | os.PathLike | None = None, *, verify: bool = True
+  split: str = "train", data_dir: str | os.PathLike | None = None, *, verify: bool = True
 ) -> ImageDataset:
   """Fashion-MNIST (Zalando) clothing images; see `load_idx_dataset`."""
   return load_idx_dataset("fashion_mnist", split, data_dir, verify=verify)

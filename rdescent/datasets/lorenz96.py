@@ -42,10 +42,9 @@ def lorenz96_tendency(state: jax.Array, forcing: float = 8.0) -> jax.Array:
     [0.0, 0.0, 0.0, 0.0, 0.0]
   """
   return (
-      (jnp.roll(state, -1, axis=-1) - jnp.roll(state, 2, axis=-1))
-      * jnp.roll(state, 1, axis=-1)
-      - state
-      + forcing
+    (jnp.roll(state, -1, axis=-1) - jnp.roll(state, 2, axis=-1)) * jnp.roll(state, 1, axis=-1)
+    - state
+    + forcing
   )
 
 
@@ -71,17 +70,17 @@ def rk4_step(state: jax.Array, dt: float, forcing: float = 8.0) -> jax.Array:
 
 
 def lorenz96_dataset(
-    num_samples: int,
-    *,
-    num_variables: int = 40,
-    forcing: float = 8.0,
-    dt: float = 0.01,
-    lead_steps: int = 5,
-    spinup_steps: int = 1000,
-    sample_every: int = 10,
-    num_trajectories: int = 16,
-    standardize: bool = True,
-    seed: int = 0,
+  num_samples: int,
+  *,
+  num_variables: int = 40,
+  forcing: float = 8.0,
+  dt: float = 0.01,
+  lead_steps: int = 5,
+  spinup_steps: int = 1000,
+  sample_every: int = 10,
+  num_trajectories: int = 16,
+  standardize: bool = True,
+  seed: int = 0,
 ) -> Lorenz96Data:
   """Samples (x(t), x(t + lead_steps·dt)) pairs from Lorenz96 trajectories.
 
