@@ -15,6 +15,29 @@ with K = J Jᵀ and the loss factors g = L u, H = L Lᵀ of `rdescent.losses`
 identity); the primal one is cheaper when p is smaller than the system size.
 The direction d has the sign of a gradient: the descent step is θ − η d.
 
+**A prior direction (SPRING, Goldshlager, Abrahamsen & Lin 2024).** Every
+form also solves the regression of what a prior direction d₀ (with weight μ)
+leaves of the residual, and adds it back (`LinearizedProblem.shifted`):
+
+    full, dual:    d = μ d₀ + Jᵀ L (Lᵀ K L + λI)⁻¹ (u − μ Lᵀ J d₀)
+    full, primal:  d = μ d₀ + (J̃ᵀ J̃ + λI)⁻¹ J̃ᵀ (u − μ J̃ d₀)
+    per-output:    d = μ d₀ + (1/k) Σ_c J_cᵀ (K_c + λI)⁻¹ (r_c − μ (J d₀)_c)
+                   (primal: μ d₀ + (1/k) Σ_c (J_cᵀJ_c + λI)⁻¹ J_cᵀ (r_c − μ (J d₀)_c))
+
+With e = d − μ d₀ the full form is the ridge regression of the shifted
+residual, so
+
+    d = argmin_δ ‖Lᵀ J δ − u‖² + λ ‖δ − μ d₀‖²,
+
+the RD regression with its ridge pulled towards μ d₀ instead of 0; the
+per-output form is the mean over c of argmin_δ ‖J_c δ − r_c‖² + λ‖δ − μ d₀‖².
+The system matrix is the same, only its right-hand side changes: the rhs of
+every form is built from an output-space residual by one map (`u` flat or
+`u.T` per output in the dual forms, J̃ᵀ u or J_cᵀ u_c in the primal ones),
+applied to u or to u − μ Lᵀ J d₀. It costs one product J d₀ per step (a JVP
+in the dual forms, a matmul with the materialised Jacobian in the primal
+ones); μ d₀ = 0 gives plain RD.
+
 `linearize` is the only code that knows which form is solved. It returns a
 `LinearizedProblem`, on which a damping controller calls `solve(λ, η)` for
 as many λ as it likes (the system matrix is built once) and receives
@@ -119,6 +142,20 @@ class LinearizedProblem(Protocol):
     """Solves the damped system for λ = `damping` (no new Jacobian)."""
     ...
 
+  def shifted(self, prior: Any, weight: jax.Array | float) -> LinearizedProblem:
+    """The same system solved around μ d₀ (μ = `weight`, d₀ = `prior`).
+
+    A view (no new Jacobian or matrix) whose `solve(λ, η)` solves the system
+    with the rhs of the shifted residual u − μ Lᵀ J d₀ and returns the trial
+    of the full direction d = μ d₀ + (the solved part), its J d, predicted
+    reduction and loss after θ − η d (see the module docstring).
+    """
+    ...
+
+  def output_change_of(self, direction: Any) -> jax.Array:
+    """J d of a params-shaped `direction`, shape (m, k) (one JVP or one matmul)."""
+    ...
+
   def scale(self, trial: Trial, factor: jax.Array) -> Trial:
     """The trial with its direction (and J d) multiplied by `factor`."""
     ...
@@ -170,9 +207,9 @@ class _Batch(NamedTuple):
 class _Form:
   """Shared machinery of the four forms; subclasses set the system and its maps.
 
-  A subclass sets `matrix`, `rhs`, `system`, `per_output` in `__init__` and
-  implements `_direction(solution)`, `_output_change(solution, direction)`,
-  `gradient_norm()` and `_gcv_form`.
+  A subclass sets `matrix`, `system`, `per_output` in `__init__` (before
+  calling `_set_rhs`) and implements `_rhs_from(u)`, `_direction(solution)`,
+  `_output_change(solution, direction)`, `gradient_norm()` and `_gcv_form`.
   """
 
   system: str
@@ -194,6 +231,10 @@ class _Form:
 
   # -- what a subclass provides
 
+  def _rhs_from(self, residual: jax.Array) -> jax.Array:
+    """The system's right-hand side for an output-space residual u of shape (m, q)."""
+    raise NotImplementedError
+
   def _direction(self, solution: jax.Array) -> Any:
     raise NotImplementedError
 
@@ -204,6 +245,9 @@ class _Form:
     raise NotImplementedError
 
   # -- shared
+
+  def _set_rhs(self) -> None:
+    self.rhs = self._rhs_from(self.factors.rhs)
 
   @property
   def residual_norm(self) -> jax.Array:
@@ -231,12 +275,19 @@ class _Form:
     _, tangent = jax.jvp(lambda p: batch.apply_fn(p, batch.inputs), (batch.params,), (direction,))
     return tangent.reshape(self.num_examples, -1)
 
+  def output_change_of(self, direction: Any) -> jax.Array:
+    return self._jvp_change(direction)
+
+  def _lift(self, output_change: jax.Array) -> jax.Array:
+    """Lᵀ J d from J d, shape (m, q) (J d itself for squared error)."""
+    factor = self.factors.factor
+    return output_change if factor is None else jnp.einsum("ikq,ik->iq", factor, output_change)
+
   def _predicted_reduction(self, output_change: jax.Array, step_size: jax.Array) -> jax.Array:
     """−(u·w + ½‖w‖²), w = −η Lᵀ J d: the Gauss-Newton model's decrease."""
-    rhs_u, factor = self.factors
-    lifted = output_change if factor is None else jnp.einsum("ikq,ik->iq", factor, output_change)
+    lifted = self._lift(output_change)
     w = -jnp.asarray(step_size, lifted.dtype) * lifted
-    return -(jnp.sum(rhs_u * w) + 0.5 * jnp.sum(jnp.square(w)))
+    return -(jnp.sum(self.factors.rhs * w) + 0.5 * jnp.sum(jnp.square(w)))
 
   def loss_at(self, params: Any) -> jax.Array:
     batch = self._batch
@@ -257,20 +308,24 @@ class _Form:
       loss_after=self.loss_at(step_params(self.params, direction, step_size)).astype(dtype),
     )
 
-  def solve(self, damping, step_size, *, solver=None) -> Trial:
+  def _solve_around(self, rhs, offset, offset_change, damping, step_size, solver) -> Trial:
+    """The trial of d = offset + (the system solved with `rhs`); no offset when None."""
     solver = self._solver if solver is None else solver
     prepared = self._prepare(solver)
     dtype = self.matrix.dtype
-    result = _mesh.replicated_call(solver.solve)(prepared, self.rhs, jnp.asarray(damping, dtype))
+    result = _mesh.replicated_call(solver.solve)(prepared, rhs, jnp.asarray(damping, dtype))
     direction = self._direction(result.solution)
-    return self._trial(
-      direction,
-      self._output_change(result.solution, direction),
-      damping,
-      result.ok,
-      result.jitter,
-      step_size,
-    )
+    output_change = self._output_change(result.solution, direction)
+    if offset is not None:
+      direction = jax.tree_util.tree_map(lambda o, s: (o + s).astype(s.dtype), offset, direction)
+      output_change = offset_change.astype(output_change.dtype) + output_change
+    return self._trial(direction, output_change, damping, result.ok, result.jitter, step_size)
+
+  def solve(self, damping, step_size, *, solver=None) -> Trial:
+    return self._solve_around(self.rhs, None, None, damping, step_size, solver)
+
+  def shifted(self, prior: Any, weight: jax.Array | float) -> LinearizedProblem:
+    return _ShiftedProblem(self, prior, weight)
 
   def scale(self, trial: Trial, factor: jax.Array) -> Trial:
     factor = jnp.asarray(factor, self.outputs.dtype)
@@ -301,19 +356,95 @@ class _Form:
   def eigen(self) -> solvers_lib.EigenSystem:
     return self._prepare(solvers_lib.eigh())
 
-  def gcv_scores(self, grid: jax.Array) -> jax.Array:
+  def _gcv_scores_of(self, rhs: jax.Array, residual: jax.Array, grid: jax.Array) -> jax.Array:
     eig = self.eigen()
     if self._gcv_form == "dual":
-      return solvers_lib.gcv_scores(eig, self.rhs, grid, form="dual")
-    rhs_u = self.factors.rhs
+      return solvers_lib.gcv_scores(eig, rhs, grid, form="dual")
     return solvers_lib.gcv_scores(
       eig,
-      self.rhs,
+      rhs,
       grid,
       form="primal",
-      residual_sq_norm=jnp.sum(jnp.square(rhs_u)),
-      num_residuals=rhs_u.size,
+      residual_sq_norm=jnp.sum(jnp.square(residual)),
+      num_residuals=residual.size,
     )
+
+  def gcv_scores(self, grid: jax.Array) -> jax.Array:
+    return self._gcv_scores_of(self.rhs, self.factors.rhs, grid)
+
+
+class _ShiftedProblem:
+  """A form solved around an offset o = μ d₀: d = o + (the regression of u − Lᵀ J o).
+
+  Shares the form's matrix, its prepared solves and everything that
+  describes the batch (`loss`, `factors`, `residual_norm`, `gradient_norm`,
+  `eigen`, `loss_at`): proportional controllers set λ from the batch's loss
+  as before. What changes is the right-hand side, `rhs` = the form's rhs of
+  the shifted residual `shifted_residual` = u − Lᵀ J o (built once, one J o
+  product), so every `solve` returns the trial of the full direction and GCV
+  scores the shifted regression. `null_trial` is still the zero step.
+  `shifted` of a view adds its offset to this one's.
+  """
+
+  def __init__(self, form: _Form, prior: Any, weight: jax.Array | float):
+    self._form = form
+    dtype = form.outputs.dtype
+    weight = jnp.asarray(weight, dtype)
+    # Each leaf in its parameter's dtype (the JVP's tangents must match).
+    self.offset = jax.tree_util.tree_map(
+      lambda d, p: (weight * d).astype(jnp.asarray(p).dtype), prior, form.params
+    )
+    self.offset_change = form.output_change_of(self.offset).astype(dtype)
+    self.shifted_residual = form.factors.rhs - form._lift(self.offset_change)
+    self.rhs = form._rhs_from(self.shifted_residual)
+    self.params = form.params
+    self.outputs = form.outputs
+    self.targets = form.targets
+    self.loss = form.loss
+    self.factors = form.factors
+    self.num_examples = form.num_examples
+    self.num_outputs = form.num_outputs
+    self.system = form.system
+    self.per_output = form.per_output
+    self.matrix = form.matrix
+
+  @property
+  def residual_norm(self) -> jax.Array:
+    return self._form.residual_norm
+
+  def solve(self, damping, step_size, *, solver=None) -> Trial:
+    return self._form._solve_around(
+      self.rhs, self.offset, self.offset_change, damping, step_size, solver
+    )
+
+  def shifted(self, prior: Any, weight: jax.Array | float) -> LinearizedProblem:
+    dtype = self.outputs.dtype
+    weight = jnp.asarray(weight, dtype)
+    total = jax.tree_util.tree_map(
+      lambda o, d: o + (weight * d).astype(o.dtype), self.offset, prior
+    )
+    return _ShiftedProblem(self._form, total, 1.0)
+
+  def output_change_of(self, direction: Any) -> jax.Array:
+    return self._form.output_change_of(direction)
+
+  def scale(self, trial: Trial, factor: jax.Array) -> Trial:
+    return self._form.scale(trial, factor)
+
+  def null_trial(self, damping, step_size) -> Trial:
+    return self._form.null_trial(damping, step_size)
+
+  def gradient_norm(self) -> jax.Array:
+    return self._form.gradient_norm()
+
+  def eigen(self) -> solvers_lib.EigenSystem:
+    return self._form.eigen()
+
+  def gcv_scores(self, grid: jax.Array) -> jax.Array:
+    return self._form._gcv_scores_of(self.rhs, self.shifted_residual, grid)
+
+  def loss_at(self, params: Any) -> jax.Array:
+    return self._form.loss_at(params)
 
 
 class _FullDual(_Form):
@@ -332,7 +463,10 @@ class _FullDual(_Form):
       q = rhs_u.shape[1]
       gram4 = jnp.einsum("ikq,ikjl,jlr->iqjr", factor, gram.reshape(m, k, m, k), factor)
       self.matrix = gram4.reshape(m * q, m * q)
-    self.rhs = rhs_u.reshape(-1)
+    self._set_rhs()
+
+  def _rhs_from(self, residual):
+    return residual.reshape(-1)
 
   def _coefficients(self, solution: jax.Array) -> jax.Array:
     factor = self.factors.factor
@@ -358,7 +492,10 @@ class _PerOutputDual(_Form):
   def __init__(self, batch: _Batch, solver: solvers_lib.Solver, gram: jax.Array):
     super().__init__(batch, solver)
     self.matrix = gram
-    self.rhs = batch.factors.rhs.T
+    self._set_rhs()
+
+  def _rhs_from(self, residual):
+    return residual.T
 
   def _direction(self, solution):
     return self._vjp_direction(solution.T / self.num_outputs)
@@ -394,6 +531,10 @@ class _Primal(_Form):
     del direction
     return jnp.einsum("ikp,p->ik", self._jacobian, self._flat_direction(solution))
 
+  def output_change_of(self, direction):
+    flat = ravel_pytree(direction)[0].astype(self._jacobian.dtype)
+    return jnp.einsum("ikp,p->ik", self._jacobian, flat)
+
 
 class _FullPrimal(_Primal):
   """d = (J̃ᵀ J̃ + λI)⁻¹ J̃ᵀ u with J̃ = Lᵀ J."""
@@ -402,10 +543,14 @@ class _FullPrimal(_Primal):
 
   def __init__(self, batch: _Batch, solver: solvers_lib.Solver, jacobian: jax.Array):
     super().__init__(batch, solver, jacobian)
-    rhs_u, factor = batch.factors
+    factor = batch.factors.factor
     lifted = jacobian if factor is None else jnp.einsum("ikq,ikp->iqp", factor, jacobian)
+    self._lifted = lifted
     self.matrix = jnp.einsum("iqp,iqs->ps", lifted, lifted)
-    self.rhs = jnp.einsum("iqp,iq->p", lifted, rhs_u)
+    self._set_rhs()
+
+  def _rhs_from(self, residual):
+    return jnp.einsum("iqp,iq->p", self._lifted, residual)
 
   def _flat_direction(self, solution):
     return solution
@@ -422,7 +567,10 @@ class _PerOutputPrimal(_Primal):
   def __init__(self, batch: _Batch, solver: solvers_lib.Solver, jacobian: jax.Array):
     super().__init__(batch, solver, jacobian)
     self.matrix = jnp.einsum("icp,ics->cps", jacobian, jacobian)
-    self.rhs = jnp.einsum("icp,ic->cp", jacobian, batch.factors.rhs)
+    self._set_rhs()
+
+  def _rhs_from(self, residual):
+    return jnp.einsum("icp,ic->cp", self._jacobian, residual)
 
   def _flat_direction(self, solution):
     return jnp.mean(solution, axis=0)

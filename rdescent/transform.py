@@ -29,6 +29,7 @@ from rdescent import gram as gram_lib
 from rdescent import losses as losses_lib
 from rdescent import problem as problem_lib
 from rdescent import solvers as solvers_lib
+from rdescent.damping import _spring as spring_lib
 
 ApplyFn = Callable[[Any, Any], jax.Array]
 
@@ -104,6 +105,7 @@ def scale_by_regression_descent(
   max_logit_change: float | None = None,
   data_axis: str | None = None,
   solver: str | solvers_lib.Solver = "cholesky",
+  momentum: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
   """The Regression Descent direction d = Jᵀ (K + λI)⁻¹ r (gradient sign).
 
@@ -171,6 +173,14 @@ def scale_by_regression_descent(
     solver: how the damped system is solved: `"cholesky"` (the default,
       `rdescent.solvers.cholesky()`: a Cholesky factorisation with bounded
       jitter retries) or an `rdescent.solvers.Solver`.
+    momentum: μ ∈ [0, 1) (default 0: off). A shorthand for
+      `damping=rdescent.damping.spring(damping, momentum=μ)`: SPRING
+      momentum inside the regression, d_t = μ d_{t−1} + Jᵀ (K + λI)⁻¹
+      (r − μ J d_{t−1}) = argmin_d ‖J d − r‖² + λ‖d − μ d_{t−1}‖² (one extra
+      J d_{t−1} product per step; see `rdescent.damping.spring`). It wraps
+      the controller innermost, so a judge (`levenberg_marquardt`,
+      `backtracking`) judges the full SPRING step, and the logit cap
+      (`max_logit_change`) wraps it.
 
   Precision: the Gram matrix, the solve and the state are computed in the
   parameters' dtype, but at least float32: bfloat16/float16 parameters are
@@ -188,6 +198,9 @@ def scale_by_regression_descent(
   if not (_validation.is_concrete(output_scale) and output_scale == 1.0):
     apply_fn = _scaled_outputs(apply_fn, output_scale)
   controller = damping_lib.as_controller(damping)
+  spring_lib.check_momentum(momentum)
+  if not spring_lib.is_zero(momentum):
+    controller = damping_lib.spring(controller, momentum=momentum)
   if max_logit_change is not None:
     _validation.check_positive("max_logit_change", max_logit_change)
     controller = damping_lib.cap_logit_change(controller, bound=max_logit_change)
@@ -349,6 +362,7 @@ def regression_descent(
   max_logit_change: float | None = None,
   data_axis: str | None = None,
   solver: str | solvers_lib.Solver = "cholesky",
+  momentum: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
   """Regression Descent: θ ← θ − η Jᵀ (J Jᵀ + λI)⁻¹ r.
 
@@ -387,6 +401,7 @@ def regression_descent(
       max_logit_change=max_logit_change,
       data_axis=data_axis,
       solver=solver,
+      momentum=momentum,
     ),
     optax.scale_by_learning_rate(learning_rate),
   )

@@ -59,6 +59,19 @@ VARIANTS = {
     )
   ),
   "max_logit_change": lambda: dict(damping=1e-3, max_logit_change=0.05),
+  "spring": lambda: dict(damping=rd.damping.spring(rd.damping.constant(1e-3), 0.9)),
+  "spring/levenberg_marquardt": lambda: dict(
+    damping=rd.damping.spring(rd.damping.levenberg_marquardt(), 0.9)
+  ),
+  "momentum": lambda: dict(damping=1e-3, momentum=0.5),
+  "per_output/dual/spring(backtracking)": lambda: dict(
+    damping=rd.damping.spring(rd.damping.backtracking(rd.damping.constant(1e-3)), 0.9),
+    outputs="per_output",
+    system="dual",
+  ),
+  "full/primal/spring": lambda: dict(
+    damping=rd.damping.spring(rd.damping.constant(1e-3), 0.9), system="primal"
+  ),
   # every output/system form, with a fixed λ and with a judge
   "full/primal": lambda: dict(damping=1e-3, system="primal"),
   "per_output/dual": lambda: dict(damping=1e-3, outputs="per_output", system="dual"),
@@ -249,6 +262,7 @@ def test_the_list_covers_every_public_controller_and_solver():
     "gcv",
     "backtracking",
     "cap_logit_change",
+    "spring",
   }
   public = {
     name

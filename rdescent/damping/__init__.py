@@ -13,7 +13,8 @@ judges the `Trial`s it returns. Public controllers:
 Wrappers build a controller around another one:
 
 * `backtracking(controller)`: a bounded line search on the same batch,
-* `cap_logit_change(controller, bound=π)`: the safe cross-entropy step.
+* `cap_logit_change(controller, bound=π)`: the safe cross-entropy step,
+* `spring(controller, momentum=0.9)`: SPRING momentum inside the regression.
 
 A new controller is one module here that returns a `DampingController`, its
 export below, and its entry in the common test list (`tests/test_common.py`).
@@ -41,6 +42,8 @@ from rdescent.damping._next_batch_ratio import ratio_rule
 from rdescent.damping._proportional import ProportionalState
 from rdescent.damping._proportional import gradient_proportional
 from rdescent.damping._proportional import residual_proportional
+from rdescent.damping._spring import SpringState
+from rdescent.damping._spring import spring
 
 __all__ = (
   "BacktrackingState",
@@ -51,6 +54,7 @@ __all__ = (
   "LevenbergMarquardtState",
   "NextBatchRatioState",
   "ProportionalState",
+  "SpringState",
   "as_controller",
   "backtracking",
   "cap_logit_change",
@@ -65,4 +69,5 @@ __all__ = (
   "ratio_rule",
   "residual_proportional",
   "schedule",
+  "spring",
 )
