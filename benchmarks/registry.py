@@ -33,6 +33,7 @@ STUDY_MODULES = (
   "benchmarks.saturation",
   "benchmarks.batch_size",
   "benchmarks.scaling",
+  "benchmarks.step_cost",
   "benchmarks.last_layer",
   "benchmarks.sharding",
 )

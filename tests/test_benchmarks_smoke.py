@@ -184,3 +184,90 @@ def test_gram_speed_quick_writes_json_and_table(tmp_path):
     assert row["structured_ms"] > 0 and row["jacobian_ms"] > 0 and row["sgd_ms"] > 0
     assert row["structured_flops"] > 0 and row["structured_estimate_bytes"] > 0
   assert "| jacobian / structured |" in done.stdout
+
+
+def test_step_cost_quick_writes_json_plot_and_table(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  command = [
+    sys.executable,
+    "-m",
+    "benchmarks",
+    "run",
+    "step_cost",
+    "--quick",
+    "--no-progress",
+    "--out",
+    str(tmp_path),
+  ]
+  done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  result = json.loads((tmp_path / "step_cost.json").read_text())
+  assert result["study"] == "step_cost" and result["kind"] == "step_cost"
+  assert "run step_cost" in result["command"] and result["machine"]["jax"]
+  assert (tmp_path / "step_cost.png").stat().st_size > 0
+  parts = (
+    "rd_full",
+    "rd_per_output",
+    "rd_lm",
+    "gram_structured",
+    "gram_jacobian",
+    "cholesky",
+    "forward",
+    "adam",
+  )
+  assert [row["model"].split(" ")[0] for row in result["rows"]] == [
+    "saturated",
+    "SmallCNN",
+    "transformer",
+  ]
+  for row in result["rows"]:
+    assert set(parts) <= set(row["parts"])
+    for name in parts:
+      timing = row["parts"][name]
+      assert timing["ms"] > 0 and timing["min_ms"] <= timing["ms"], (row["model"], name)
+      assert timing["calls"] >= 2 and timing["compile_s"] > 0
+    p = row["parts"]
+    assert row["system_size"] == row["m"] * row["k"]
+    assert row["auto_choice"] in ("structured", "jacobian", "other")
+    assert row["fastest_engine"] in ("structured", "jacobian")
+    gram = min(p["gram_structured"]["ms"], p["gram_jacobian"]["ms"])
+    floor = gram + p["cholesky"]["ms"] + 3 * p["forward"]["ms"]
+    assert abs(row["floor_ms"] - floor) <= 1e-9 * floor
+    assert abs(row["step_over_floor"] - p["rd_full"]["ms"] / floor) <= 1e-9 * row["step_over_floor"]
+    assert abs(row["step_over_adam"] * p["adam"]["ms"] - p["rd_full"]["ms"]) <= 1e-9 * floor
+    assert p["rd_lm"]["damping_initial"] > 0 and p["rd_lm"]["damping_used"] > 0
+  doc = tmp_path / "benchmarks.md"
+  table = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "benchmarks",
+      "table",
+      "--results",
+      str(tmp_path),
+      "--doc",
+      str(doc),
+      "--studies",
+      "step_cost",
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert table.returncode == 0, table.stderr
+  text = doc.read_text()
+  assert "### step_cost" in text and "| model, batch | system | RD full step ms |" in text
+  assert "![step_cost](assets/benchmarks/step_cost.png)" in text
+  assert (doc.parent / "assets" / "benchmarks" / "step_cost.png").stat().st_size > 0
+
+
+def test_step_cost_is_registered_outside_run_all_with_its_table_and_plot():
+  sys.path.insert(0, str(REPO))
+  from benchmarks import registry
+  from benchmarks import step_cost
+
+  study = registry.load_all()["step_cost"]
+  assert study.table is step_cost.markdown_table and study.plot is step_cost.plot
+  assert not study.in_all
