@@ -25,7 +25,6 @@ from jax.scipy import linalg as jsp_linalg
 from rdescent import _batch_linalg
 from rdescent.solvers._base import SolveResult
 from rdescent.solvers._base import Solver
-from rdescent.solvers._base import symmetrize
 
 MAX_JITTER_TRIES = 3
 
@@ -37,43 +36,71 @@ def _factor_and_solve(damped: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax
 
 
 def _cholesky_solve(damped: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """x = (A + λI)⁻¹ b for an already damped, symmetric A; batched; (x, ok)."""
+  """x = (A + λI)⁻¹ b for an already damped, symmetric A; batched; (x, ok).
+
+  A failed factorisation fills the whole factor with NaN (`jax.lax.linalg.
+  cholesky`), and a non-finite input reaches the factor's diagonal, so the
+  diagonal (n numbers) tells the factor's health without a pass over the n²
+  factor (which would also cost a layout copy of it on CPU).
+  """
   factor, solution = _batch_linalg.map_over_batch(_factor_and_solve, damped, rhs, core_ndims=(2, 1))
-  ok = jnp.all(jnp.isfinite(factor)) & jnp.all(jnp.isfinite(solution))
+  diagonal = jnp.diagonal(factor, axis1=-2, axis2=-1)
+  ok = jnp.all(jnp.isfinite(diagonal)) & jnp.all(jnp.isfinite(solution))
   return solution, ok
 
 
-def _solve_symmetric(
-  symmetric: jax.Array,
+def _solve_lower(
+  matrix: jax.Array,
   rhs: jax.Array,
   damping: jax.Array | float,
   max_jitter_tries: int,
 ) -> SolveResult:
-  """`damped_cholesky_solve` for an A that is already symmetric."""
-  size = symmetric.shape[-1]
-  dtype = symmetric.dtype
-  eye = jnp.eye(size, dtype=dtype)
+  """`damped_cholesky_solve`: the factorisation reads the lower triangle of A only."""
+  size = matrix.shape[-1]
+  dtype = matrix.dtype
   damping = jnp.asarray(damping, dtype)
-  solution, ok = _cholesky_solve(symmetric + damping * eye, rhs)
+  damped = matrix + damping * jnp.eye(size, dtype=dtype)
+  solution, ok = _cholesky_solve(damped, rhs)
+  no_jitter = jnp.zeros([], dtype)
   if max_jitter_tries < 1:
-    return SolveResult(solution=solution, ok=ok, jitter=jnp.zeros([], dtype))
-  diagonal = jnp.diagonal(symmetric, axis1=-2, axis2=-1)
-  scale = jnp.maximum(jnp.max(jnp.mean(jnp.abs(diagonal), axis=-1)), jnp.finfo(dtype).tiny)
-  base = jnp.finfo(dtype).eps * scale
-  finite_matrix = jnp.all(jnp.isfinite(symmetric)) & jnp.all(jnp.isfinite(rhs))
+    return SolveResult(solution=solution, ok=ok, jitter=no_jitter)
 
-  def cond(carry):
-    tries, _, solved, _ = carry
-    return (~solved) & finite_matrix & (tries < max_jitter_tries)
+  def retries(operands):
+    # Only reached when the first factorisation failed. Everything the
+    # retries need is derived here from the damped matrix, the one n² buffer
+    # that crosses into the branch (XLA copies it once, before the in-place
+    # factorisation): passing A instead would make XLA recompute A, for K a
+    # fused sum of one product per layer, for the branch's operand, and a
+    # closed-over identity would be materialised.
+    damped, rhs, solution = operands
+    eye = jnp.eye(size, dtype=dtype)
+    diagonal = jnp.diagonal(damped, axis1=-2, axis2=-1) - damping
+    scale = jnp.maximum(jnp.max(jnp.mean(jnp.abs(diagonal), axis=-1)), jnp.finfo(dtype).tiny)
+    base = jnp.finfo(dtype).eps * scale
+    finite_matrix = jnp.all(jnp.isfinite(damped)) & jnp.all(jnp.isfinite(rhs))
 
-  def body(carry):
-    tries, _, _, _ = carry
-    jitter = base * jnp.asarray(100.0, dtype) ** (tries + 1).astype(dtype)
-    retry, retry_ok = _cholesky_solve(symmetric + (damping + jitter) * eye, rhs)
-    return tries + 1, retry, retry_ok, jitter
+    def cond(carry):
+      tries, _, solved, _ = carry
+      return (~solved) & finite_matrix & (tries < max_jitter_tries)
 
-  start = (jnp.asarray(0), solution, ok, jnp.zeros([], dtype))
-  _, solution, ok, jitter = lax.while_loop(cond, body, start)
+    def body(carry):
+      tries, _, _, _ = carry
+      jitter = base * jnp.asarray(100.0, dtype) ** (tries + 1).astype(dtype)
+      retry, retry_ok = _cholesky_solve(damped + jitter * eye, rhs)
+      return tries + 1, retry, retry_ok, jitter
+
+    start = (jnp.asarray(0), solution, jnp.asarray(False), no_jitter)
+    _, solution, solved, jitter = lax.while_loop(cond, body, start)
+    return solution, solved, jitter
+
+  def first_attempt(operands):
+    return operands[2], jnp.asarray(True), no_jitter
+
+  # A cond, not a while loop whose body never runs: XLA:CPU copies a while
+  # loop's loop-invariant operands (here n² matrices, in LAPACK's column-major
+  # layout) into the loop even when it exits at once; at n = 1280 that cost
+  # as much as the factorisation itself.
+  solution, ok, jitter = lax.cond(ok, first_attempt, retries, (damped, rhs, solution))
   return SolveResult(solution=solution, ok=ok, jitter=jitter)
 
 
@@ -87,11 +114,13 @@ def damped_cholesky_solve(
   """Solves (A + λI) x = b by Cholesky; batched over leading axes of A.
 
   A failed factorisation of a finite A is retried (inside compiled code, in a
-  bounded `lax.while_loop`) with λ + τ_j, τ_j = 100^j ε tr(A)/n, for
-  j = 1, …, `max_jitter_tries`; see the module docstring.
+  bounded `lax.while_loop` reached only on failure) with λ + τ_j,
+  τ_j = 100^j ε tr(A)/n, for j = 1, …, `max_jitter_tries`; see the module
+  docstring. The factorisation reads the lower triangle of A only.
 
   Args:
-    matrix: A, shape (..., n, n), symmetric positive semi-definite.
+    matrix: A, shape (..., n, n), symmetric positive semi-definite (its
+      upper triangle is not read).
     rhs: b, shape (..., n).
     damping: λ ≥ 0, a scalar.
     max_jitter_tries: retries with a growing jitter (0: none).
@@ -106,14 +135,23 @@ def damped_cholesky_solve(
     >>> result.solution, bool(result.ok)
     (Array([1., 2.], dtype=float32), True)
   """
-  return _solve_symmetric(symmetrize(matrix), rhs, damping, max_jitter_tries)
+  return _solve_lower(matrix, rhs, damping, max_jitter_tries)
+
+
+def _nothing_to_prepare(matrix: jax.Array) -> jax.Array:
+  """The Cholesky solver's `prepare`: A is used as it is.
+
+  The factorisation reads only the lower triangle of A + λI, so round-off
+  asymmetry in A needs no symmetrisation pass.
+  """
+  return matrix
 
 
 def cholesky(*, max_jitter_tries: int = MAX_JITTER_TRIES) -> Solver:
   """The damped Cholesky solver with jitter retries (RD's default).
 
-  `prepare` symmetrises A once per step; `solve` factorises A + λI for each
-  trial λ (`damped_cholesky_solve`).
+  `prepare` has nothing to do; `solve` factorises A + λI for each trial λ
+  (`damped_cholesky_solve`, which reads the lower triangle of A).
 
   Args:
     max_jitter_tries: retries of a failed factorisation with a growing
@@ -132,7 +170,7 @@ def cholesky(*, max_jitter_tries: int = MAX_JITTER_TRIES) -> Solver:
   if not isinstance(max_jitter_tries, int) or max_jitter_tries < 0:
     raise ValueError(f"max_jitter_tries must be a non-negative int; got {max_jitter_tries!r}.")
 
-  def solve(symmetric, rhs, damping):
-    return _solve_symmetric(symmetric, rhs, damping, max_jitter_tries)
+  def solve(matrix, rhs, damping):
+    return _solve_lower(matrix, rhs, damping, max_jitter_tries)
 
-  return Solver(name="cholesky", prepare=symmetrize, solve=solve)
+  return Solver(name="cholesky", prepare=_nothing_to_prepare, solve=solve)
