@@ -55,6 +55,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rdescent import _validation
+
 
 class GaussNewtonFactors(NamedTuple):
   """Per-example factors of a loss at the current outputs.
@@ -187,7 +189,7 @@ def _class_targets(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
   return prepare
 
 
-def softmax_cross_entropy() -> Loss:
+def softmax_cross_entropy(*, rows: str = "per_class") -> Loss:
   """Softmax cross-entropy ℓ = −Σ_c y_c log p_c, p = softmax(z), summed.
 
   Targets: integer labels (m,), or rows y_i of shape (k,) with Σ_c y_ic = 1
@@ -204,7 +206,44 @@ def softmax_cross_entropy() -> Loss:
   (log p ≥ log tiny, about −87 in float32), which keeps √p and u finite; the
   factors are exact for every class with p_c above that floor, i.e. unless a
   logit gap exceeds about 87 (float32) or 708 (float64).
+
+  `rows="per_example"` gives the system one row per example instead of k (m
+  rows instead of m k; a reduced Gauss-Newton model): each example's logit
+  change is restricted to its gradient direction ĝ = g/‖g‖, Δz_i = t_i ĝ_i,
+  along which the loss is ℓ_i + ‖g_i‖ t_i + ½ h_i t_i² with the curvature
+  h_i = ĝ_iᵀ H_i ĝ_i. In factor form
+
+      L_i = √h_i ĝ_i  (k × 1),     u_i = ‖g_i‖ / √h_i,
+
+  so L_i u_i = g_i still (the step's first-order term is the true gradient)
+  and L_i L_iᵀ = h_i ĝ_i ĝ_iᵀ is H_i restricted to ĝ_i. K's system then has
+  size m, a k² smaller solve, and J d costs the same. h_i and ‖g_i‖ are
+  floored at the dtype's smallest normal number (an example already fitted
+  to rounding contributes u_i ≈ 0).
+
+  Args:
+    rows: `"per_class"` (k rows per example, the exact Gauss-Newton model) or
+      `"per_example"` (one row per example, see above).
+
+  Returns:
+    A `Loss` named `"softmax_cross_entropy"` (or
+    `"softmax_cross_entropy_per_example"`).
+
+  Examples:
+    >>> import jax.numpy as jnp, rdescent as rd
+    >>> import jax
+    >>> loss = rd.losses.softmax_cross_entropy(rows="per_example")
+    >>> z, y = jnp.array([[2.0, 0.0, -1.0]]), jnp.array([[0.0, 1.0, 0.0]])
+    >>> rhs, factor = loss.factors(z, y)
+    >>> rhs.shape, factor.shape                          # one row for the example
+    ((1, 1), (1, 3, 1))
+    >>> g = jax.nn.softmax(z) - y
+    >>> bool(jnp.allclose(factor[0] @ rhs[0], g[0], atol=1e-6))   # L u = g
+    True
   """
+  rows = _validation.check_option("rows", rows, ("per_class", "per_example"))
+  if rows == "per_example":
+    return _per_example_softmax_cross_entropy()
   name = "softmax_cross_entropy"
 
   def value(outputs, targets):
@@ -220,6 +259,27 @@ def softmax_cross_entropy() -> Loss:
     return GaussNewtonFactors(rhs=rhs, factor=factor)
 
   return Loss(name=name, value=value, factors=factors, prepare_targets=_class_targets(name))
+
+
+def _per_example_softmax_cross_entropy() -> Loss:
+  """Softmax cross-entropy with one Gauss-Newton row per example (see above)."""
+  exact = softmax_cross_entropy()
+  name = "softmax_cross_entropy_per_example"
+
+  def factors(outputs, targets):
+    tiny = jnp.finfo(outputs.dtype).tiny
+    p = jax.nn.softmax(outputs, axis=-1)
+    gradient = p - targets
+    norm = jnp.sqrt(jnp.sum(jnp.square(gradient), axis=-1, keepdims=True))
+    direction = gradient / jnp.maximum(norm, tiny)
+    # h = ĝᵀ (diag(p) − p pᵀ) ĝ = Σ_c p_c ĝ_c² − (Σ_c p_c ĝ_c)² ≥ 0.
+    curvature = jnp.sum(p * jnp.square(direction), axis=-1, keepdims=True) - jnp.square(
+      jnp.sum(p * direction, axis=-1, keepdims=True)
+    )
+    root = jnp.sqrt(jnp.maximum(curvature, tiny))
+    return GaussNewtonFactors(rhs=norm / root, factor=(root * direction)[:, :, None])
+
+  return exact._replace(name=name, factors=factors)
 
 
 # ----------------------------------------------- sigmoid binary cross-entropy
@@ -404,6 +464,7 @@ def from_gradient_and_factor(
 _BUILTIN: dict[str, Callable[[], Loss]] = {
   "mse": mean_squared_error,
   "softmax_cross_entropy": softmax_cross_entropy,
+  "softmax_cross_entropy_per_example": _per_example_softmax_cross_entropy,
   "sigmoid_binary_cross_entropy": sigmoid_binary_cross_entropy,
   "huber": huber,
 }

@@ -49,6 +49,23 @@ def _dense_ggn_direction(apply_fn, params, x, targets, loss, damping, hessian=No
   return np.linalg.solve(jacobian.T @ hessian @ jacobian + damping * np.eye(p), jacobian.T @ g)
 
 
+def _per_example_hessian(outputs, onehot):
+  """Block diagonal of h_i ĝ_i ĝ_iᵀ, ĝ = g/‖g‖, h = ĝᵀ H ĝ, in float64."""
+  z = np.asarray(outputs, np.float64)
+  p = np.exp(z - z.max(axis=1, keepdims=True))
+  p /= p.sum(axis=1, keepdims=True)
+  g = p - onehot
+  m, k = z.shape
+  blocks = np.zeros((m * k, m * k))
+  for i in range(m):
+    direction = g[i] / np.linalg.norm(g[i])
+    hessian = np.diag(p[i]) - np.outer(p[i], p[i])
+    blocks[i * k : (i + 1) * k, i * k : (i + 1) * k] = (direction @ hessian @ direction) * np.outer(
+      direction, direction
+    )
+  return blocks
+
+
 def _huber_weights(outputs, targets, delta):
   r = np.abs(np.asarray(outputs - targets)).reshape(-1)
   return np.diag(np.minimum(1.0, delta / np.maximum(r, 1e-300)))
@@ -366,3 +383,64 @@ class TestErrors:
     )
     with pytest.raises(ValueError, match=r"factor_fn.*k = 4"):
       loss.factors(jnp.zeros((3, 4)), jnp.zeros((3, 4)))
+
+
+# ------------------------------------------- cross-entropy, one row per example
+
+
+@pytest.mark.parametrize("system", ["dual", "primal"])
+def test_per_example_cross_entropy_equals_its_dense_reduced_model(system):
+  with jax.enable_x64(True):
+    params, x, labels = _setup(21, logit_scale=2.0)
+    loss = rd.losses.softmax_cross_entropy(rows="per_example")
+    onehot = np.eye(SIZES[-1])[np.asarray(labels)]
+    damping = 1e-2
+    direction, state = _direction(
+      models.mlp_apply, params, x, labels, damping=damping, loss=loss, system=system
+    )
+    hessian = _per_example_hessian(models.mlp_apply(params, x), onehot)
+    expected = _dense_ggn_direction(
+      models.mlp_apply, params, x, jnp.asarray(onehot), loss, damping, hessian=hessian
+    )
+    np.testing.assert_allclose(models.flat(direction), expected, rtol=1e-8, atol=1e-11)
+    assert int(state.status) == 0
+
+
+def test_per_example_cross_entropy_has_one_row_per_example_and_trains():
+  params, x, labels = _setup(22, dtype=jnp.float32)
+  loss = rd.losses.get("softmax_cross_entropy_per_example")
+  problem = jax.jit(
+    lambda p: rd.linearize(models.mlp_apply, p, x, labels, loss=loss, system="dual").matrix
+  )(params)
+  assert problem.shape == (M, M)  # m rows, not m k
+  full = rd.losses.softmax_cross_entropy()
+  assert loss.value(models.mlp_apply(params, x), jax.nn.one_hot(labels, SIZES[-1])) == (
+    full.value(models.mlp_apply(params, x), jax.nn.one_hot(labels, SIZES[-1]))
+  )
+  tx = rd.regression_descent(
+    models.mlp_apply, 1.0, damping=rd.damping.levenberg_marquardt(), loss=loss
+  )
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    updates, state = tx.update(None, state, params, batch=(x, labels))
+    return optax.apply_updates(params, updates), state
+
+  start = float(full.value(models.mlp_apply(params, x), jax.nn.one_hot(labels, SIZES[-1])))
+  for _ in range(20):
+    params, state = step(params, state)
+  end = float(full.value(models.mlp_apply(params, x), jax.nn.one_hot(labels, SIZES[-1])))
+  assert np.isfinite(end) and end < 0.5 * start
+
+
+def test_per_example_cross_entropy_factors_are_finite_when_fitted():
+  loss = rd.losses.softmax_cross_entropy(rows="per_example")
+  z = jnp.array([[80.0, 0.0, -80.0], [0.0, 0.0, 0.0]])
+  y = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+  rhs, factor = loss.factors(z, y)
+  assert bool(jnp.all(jnp.isfinite(rhs))) and bool(jnp.all(jnp.isfinite(factor)))
+  g = jax.nn.softmax(z) - y
+  np.testing.assert_allclose(jnp.einsum("ikq,iq->ik", factor, rhs), g, atol=1e-6)
+  with pytest.raises(ValueError, match="rows"):
+    rd.losses.softmax_cross_entropy(rows="per_output")
