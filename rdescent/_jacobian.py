@@ -140,3 +140,45 @@ def flat_jacobian(jacobian: Params, num_examples: int, num_outputs: int) -> jax.
   """
   leaves = jax.tree_util.tree_leaves(jacobian)
   return jnp.concatenate([leaf.reshape(num_examples, num_outputs, -1) for leaf in leaves], axis=-1)
+
+
+def jacobian_flops(
+  forward_linear: int,
+  forward_other: int,
+  *,
+  num_examples: int,
+  num_outputs: int,
+  num_params: int,
+  per_output: bool,
+) -> int:
+  """Estimated floating point operations of the jacobian engine on a batch.
+
+  With one example's forward pass costing F = L + O flops (L in dot_general
+  and conv_general_dilated, O elsewhere), reverse mode (p ≥ k) costs
+
+      m F  +  m k (2 L + O)  +  2 m² k' p,         k' = k² ("full") or k ("per_output")
+
+  for the forward pass, k VJPs per example (every linear operation
+  transposed twice: for its input's cotangent and for its parameter's
+  gradient) and the Gram J Jᵀ of the (m k, p) Jacobian; forward mode (p < k)
+  costs m F + m p F + 2 m² k' p (p JVPs per example).
+
+  Args:
+    forward_linear: L, for one example.
+    forward_other: O, for one example.
+    num_examples: m.
+    num_outputs: k.
+    num_params: p.
+    per_output: whether only the k diagonal blocks are assembled.
+
+  Returns:
+    The estimate, 2 per multiply-add.
+  """
+  m, k, p = num_examples, num_outputs, num_params
+  forward = forward_linear + forward_other
+  if p < k:
+    differentiate = m * p * forward
+  else:
+    differentiate = m * k * (2 * forward_linear + forward_other)
+  outputs_squared = k if per_output else k * k
+  return m * forward + differentiate + 2 * m * m * outputs_squared * p

@@ -27,19 +27,30 @@ to the output of each active site s, z_s + e_s, and records the site's input
 x_s, so that one VJP with respect to the (zero) perturbations gives every
 δ_s = ∂f/∂z_s. A "dot" or "conv" site whose output feeds only a "bias" site
 shares that site's perturbation (their cotangents are equal), which halves the
-cotangent memory of dense and convolution layers.
+cotangent memory of dense and convolution layers. While evaluating, a
+max-pool (`reduce_window_max`, what `flax.linen.max_pool` emits) is
+differentiated through `max_window`: the same values and derivative as JAX's
+own rule (each window passes its tangent on from the first maximum in window
+order), written with a one-hot mask of the window maxima instead of
+select-and-scatter, whose k per-example copies are slow on XLA:CPU.
+
+`count_flops` counts a jaxpr's floating point operations (2 per multiply-add
+in dot_general and conv_general_dilated, one per output element elsewhere),
+for the engines' cost estimates.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend import core as jex_core
 
 _VIEW_PRIMITIVES = frozenset(
@@ -235,6 +246,8 @@ class _Walker:
 
   @staticmethod
   def _bind(eqn, operands):
+    if eqn.primitive.name == "reduce_window_max" and _max_window_applies(eqn):
+      return max_window(eqn, operands[0])
     out = bind(eqn, operands)
     return list(out) if eqn.primitive.multiple_results else out
 
@@ -296,3 +309,143 @@ def evaluate(
     jaxpr, closed_jaxpr.consts, args, _param_tags(num_params, len(jaxpr.invars))
   )
   return outs, layer_inputs
+
+
+# ---------------------------------------------------------------- max-pool
+
+
+_MAX_WINDOW_SLICES = 64  # overlapping windows: at most this many strided slices
+
+
+def _max_window_applies(eqn) -> bool:
+  """Whether `max_window` handles this reduce_window_max (floating point, not too many slices)."""
+  if not jnp.issubdtype(eqn.invars[0].aval.dtype, jnp.floating):
+    return False
+  p = eqn.params
+  tiled = (
+    all(d == 1 for d in p["window_dilation"]) and p["window_strides"] == p["window_dimensions"]
+  )
+  return tiled or math.prod(p["window_dimensions"]) <= _MAX_WINDOW_SLICES
+
+
+def _windows(eqn, value: jax.Array, fill: Any) -> jax.Array:
+  """The windows of a reduce_window as a stack: (F, *out), F = Π window_dimensions.
+
+  Entry [f, *o] is the element at offset f (row-major over the window) of
+  output o's window, in the operand padded with `fill` (borders and base
+  dilation holes). Linear in `value` when `fill` is 0.
+  """
+  p = eqn.params
+  dims, strides, dilation = p["window_dimensions"], p["window_strides"], p["window_dilation"]
+  out_shape = eqn.outvars[0].aval.shape
+  config = [(lo, hi, b - 1) for (lo, hi), b in zip(p["padding"], p["base_dilation"])]
+  padded = jax.lax.pad(value, jnp.asarray(fill, value.dtype), config)
+  if all(d == 1 for d in dilation) and tuple(strides) == tuple(dims):
+    # Tiled windows: a reshape puts every window's elements on their own axes.
+    tiles = padded[tuple(slice(0, n * w) for n, w in zip(out_shape, dims))]
+    tiles = tiles.reshape([s for n, w in zip(out_shape, dims) for s in (n, w)])
+    rank = len(dims)
+    tiles = jnp.transpose(tiles, [2 * a + 1 for a in range(rank)] + [2 * a for a in range(rank)])
+    return tiles.reshape(-1, *out_shape)
+  slices = []
+  for offset in itertools.product(*(range(w) for w in dims)):
+    start = [o * d for o, d in zip(offset, dilation)]
+    limit = [b + (n - 1) * s + 1 for b, n, s in zip(start, out_shape, strides)]
+    slices.append(jax.lax.slice(padded, start, limit, strides))
+  return jnp.stack(slices)
+
+
+def max_window(eqn, operand: jax.Array) -> jax.Array:
+  """A reduce_window_max equation applied to `operand`, with a mask-based derivative.
+
+  The value is the primitive's own. The tangent of output o is the tangent
+  of the first element of its window (row-major window order) that equals
+  the maximum, as in JAX's rule for reduce_window_max (select-and-gather
+  forward, select-and-scatter in reverse), but computed as Σ_f mask_f t_f
+  over the stacked windows (`_windows`), with a one-hot mask found once from
+  the primal; its transpose is a few pads and adds, batched cheaply over the
+  k output directions.
+  """
+
+  @jax.custom_jvp
+  def pool(x):
+    return bind(eqn, [x])
+
+  @pool.defjvp
+  def pool_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    out = pool(x)
+    windows = _windows(eqn, x, -jnp.inf)
+    taken = jnp.zeros(out.shape, bool)
+    masks = []
+    for f in range(windows.shape[0]):  # the first maximum of each window
+      first = (windows[f] == out) & ~taken
+      masks.append(first)
+      taken = taken | first
+    tangent_windows = _windows(eqn, t, 0)
+    return out, jnp.sum(jnp.where(jnp.stack(masks), tangent_windows, 0), axis=0)
+
+  return pool(operand)
+
+
+# ---------------------------------------------------------------- flop count
+
+
+class FlopCount(NamedTuple):
+  """Floating point operations of one evaluation of a jaxpr.
+
+  Attributes:
+    linear: 2 per multiply-add of dot_general and conv_general_dilated.
+    other: one per output element of every other equation (elementwise
+      arithmetic, reductions, copies).
+  """
+
+  linear: int
+  other: int
+
+  @property
+  def total(self) -> int:
+    return self.linear + self.other
+
+
+def _equation_flops(eqn) -> FlopCount:
+  name = eqn.primitive.name
+  out_size = sum(int(np.prod(v.aval.shape)) for v in eqn.outvars if hasattr(v.aval, "shape"))
+  if name == "dot_general":
+    (lhs_c, _), _ = eqn.params["dimension_numbers"]
+    lhs_shape = eqn.invars[0].aval.shape
+    return FlopCount(2 * out_size * int(np.prod([lhs_shape[a] for a in lhs_c])), 0)
+  if name == "conv_general_dilated":
+    rhs_shape = eqn.invars[1].aval.shape
+    out_features = rhs_shape[eqn.params["dimension_numbers"].rhs_spec[0]]
+    return FlopCount(2 * out_size * int(np.prod(rhs_shape)) // out_features, 0)
+  inner = [count_flops(sub) for sub in _inner_jaxprs(eqn)]
+  if inner:
+    if name == "cond":  # one branch runs
+      return max(inner, key=lambda c: c.total)
+    repeat = int(eqn.params.get("length", 1)) if name == "scan" else 1
+    return FlopCount(repeat * sum(c.linear for c in inner), repeat * sum(c.other for c in inner))
+  return FlopCount(0, out_size)
+
+
+def _inner_jaxprs(eqn) -> list[Any]:
+  """The jaxprs in an equation's parameters (call bodies, scan bodies, cond branches)."""
+  kinds = (jex_core.Jaxpr, jex_core.ClosedJaxpr)
+  found: list[Any] = []
+  for value in eqn.params.values():
+    values = value if isinstance(value, tuple) else (value,)
+    found.extend(v for v in values if isinstance(v, kinds))
+  return found
+
+
+def count_flops(jaxpr) -> FlopCount:
+  """`FlopCount` of a (closed) jaxpr, walking into calls, scans (× length) and conds (max).
+
+  A while loop's body is counted once (its trip count is not known).
+  """
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  linear = other = 0
+  for eqn in jaxpr.eqns:
+    count = _equation_flops(eqn)
+    linear, other = linear + count.linear, other + count.other
+  return FlopCount(linear, other)

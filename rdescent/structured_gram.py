@@ -66,12 +66,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rdescent import _jacobian
 from rdescent import _structured_trace as trace_lib
@@ -143,15 +145,23 @@ def trace_model(apply_fn: ApplyFn, params: Params, inputs: Any) -> TracedModel:
 
 
 def cotangents(
-  traced: TracedModel, param_leaves: list[jax.Array], inputs: Any, chunk_size: int | None
-) -> tuple[dict[int, jax.Array], dict[int, jax.Array]]:
-  """Layer inputs x_s, shape (m, *x), and cotangents δ_src, shape (m, k, *z).
+  traced: TracedModel,
+  param_leaves: list[jax.Array],
+  inputs: Any,
+  chunk_size: int | None,
+  fallback: Sequence[int] = (),
+) -> tuple[dict[int, jax.Array], dict[int, jax.Array], list[jax.Array]]:
+  """Layer inputs x_s (m, *x), cotangents δ_src (m, k, *z) and fallback leaves' gradients.
 
   δ_{i,c} = ∂f_{i,c}/∂z_i comes from one VJP per example with respect to the
-  zero perturbations, batched over the k one-hot output directions.
+  zero perturbations, batched over the k one-hot output directions. The same
+  VJP differentiates the `fallback` leaves (indices into `param_leaves`), so
+  their per-example Jacobians ∂f_{i,c}/∂θ_ℓ, shape (m, k, *θ_ℓ.shape), cost no
+  second pass through the model.
   """
   structure = traced.structure
   sites = {s.index: s for s in structure.sites}
+  fallback = tuple(fallback)
 
   def per_example(example):
     zeros = {
@@ -159,17 +169,21 @@ def cotangents(
       for s in structure.perturbed
     }
 
-    def forward(perturbations):
-      args = [*param_leaves, *jax.tree_util.tree_leaves(example)]
+    def forward(perturbations, differentiated):
+      leaves = list(param_leaves)
+      for i, leaf in zip(fallback, differentiated):
+        leaves[i] = leaf
+      args = [*leaves, *jax.tree_util.tree_leaves(example)]
       outs, layer_inputs = trace_lib.evaluate(
         traced.jaxpr, structure, traced.num_params, args, perturbations
       )
       return outs[0], layer_inputs
 
-    out, vjp_fn, layer_inputs = jax.vjp(forward, zeros, has_aux=True)
+    differentiated = [param_leaves[i] for i in fallback]
+    out, vjp_fn, layer_inputs = jax.vjp(forward, zeros, differentiated, has_aux=True)
     basis = jnp.eye(traced.num_outputs, dtype=out.dtype)
-    (deltas,) = jax.vmap(vjp_fn)(basis)
-    return layer_inputs, deltas
+    deltas, gradients = jax.vmap(vjp_fn)(basis)
+    return layer_inputs, deltas, gradients
 
   return _jacobian.map_examples(per_example, inputs, chunk_size)
 
@@ -228,6 +242,172 @@ def _canonical_cotangents(layout: _DotLayout, delta: jax.Array) -> jax.Array:
   return delta.reshape(*delta.shape[:2], layout.batch, layout.positions, layout.features)
 
 
+# ---------------------------------------------------------------- conv layout
+
+
+@dataclasses.dataclass(frozen=True)
+class _ConvLayout:
+  """A conv_general_dilated site per example, in the terms of its image patches.
+
+  With x of b images of C channels, the kernel V of O = G·O_g output and
+  C_g = C/G input channels per group over a filter of F = Π filter_shape
+  elements, and S output positions per image, the kernel gradient of one
+  example and output direction is
+
+      ∂f/∂V[g o_g, c_g, w] = Σ_{b,s} P[b, g, c_g w, s] δ[b, g, o_g, s]
+
+  with P the patches of x (`lax.conv_general_dilated_patches`, channel-major
+  features c w) and δ the cotangent of the conv's output.
+  """
+
+  lhs_spec: tuple[int, ...]
+  rhs_spec: tuple[int, ...]
+  out_spec: tuple[int, ...]
+  filter_shape: tuple[int, ...]
+  images: int  # b
+  groups: int  # G
+  group_inputs: int  # C_g
+  group_outputs: int  # O_g
+  out_positions: int  # S
+
+  @property
+  def filter_size(self) -> int:
+    return int(math.prod(self.filter_shape))
+
+
+def _patches_apply(site: trace_lib.Site) -> bool:
+  """Whether the patch form covers this conv site (no batch groups)."""
+  return site.kind == "conv" and site.eqn.params["batch_group_count"] == 1
+
+
+def _conv_layout(site: trace_lib.Site) -> _ConvLayout:
+  lhs_spec, rhs_spec, out_spec = site.eqn.params["dimension_numbers"]
+  groups = site.eqn.params["feature_group_count"]
+  kernel_shape = site.eqn.invars[site.param_position].aval.shape
+  x_shape, z_shape = site.input_aval.shape, site.output_aval.shape
+  return _ConvLayout(
+    lhs_spec=tuple(lhs_spec),
+    rhs_spec=tuple(rhs_spec),
+    out_spec=tuple(out_spec),
+    filter_shape=tuple(kernel_shape[a] for a in rhs_spec[2:]),
+    images=x_shape[lhs_spec[0]],
+    groups=groups,
+    group_inputs=x_shape[lhs_spec[1]] // groups,
+    group_outputs=z_shape[out_spec[1]] // groups,
+    out_positions=int(math.prod(z_shape[a] for a in out_spec[2:])),
+  )
+
+
+_PATCH_SLICES = 64  # filters of at most this many elements: patches by strided slices
+
+
+def _conv_patches(site: trace_lib.Site, layout: _ConvLayout, x: jax.Array) -> jax.Array:
+  """(m, *x) -> patches (m, b, S, G, C_g F) of the conv's input, channel-major features.
+
+  Patch element (c, w) of output position s is the (dilated, padded) input
+  under filter element w of the window of s in channel c: one strided slice
+  per filter element (a copy, exact in any precision), or
+  `lax.conv_general_dilated_patches` for filters of more than `_PATCH_SLICES`
+  elements.
+  """
+  params = site.eqn.params
+  x = jnp.transpose(x, (0, *(a + 1 for a in layout.lhs_spec)))  # (m, b, C, *spatial)
+  m, b, channels = x.shape[:3]
+  x = x.reshape(m * b, channels, *x.shape[3:])
+  if layout.filter_size <= _PATCH_SLICES:
+    config = [(0, 0, 0), (0, 0, 0)]
+    config += [(lo, hi, d - 1) for (lo, hi), d in zip(params["padding"], params["lhs_dilation"])]
+    x = jax.lax.pad(x, jnp.zeros((), x.dtype), config)
+    out_shape = site.output_aval.shape
+    out_spatial = [out_shape[a] for a in layout.out_spec[2:]]
+    slices = []
+    for offset in itertools.product(*(range(w) for w in layout.filter_shape)):
+      begin = [o * d for o, d in zip(offset, params["rhs_dilation"])]
+      limit = [
+        a + (n - 1) * st + 1 for a, n, st in zip(begin, out_spatial, params["window_strides"])
+      ]
+      slices.append(
+        jax.lax.slice(
+          x, [0, 0, *begin], [m * b, channels, *limit], [1, 1, *params["window_strides"]]
+        )
+      )
+    patches = jnp.stack(slices, axis=2)  # (m b, C, F, *out_spatial)
+    patches = patches.reshape(m * b, channels * layout.filter_size, -1)
+  else:
+    patches = jax.lax.conv_general_dilated_patches(
+      x,
+      layout.filter_shape,
+      params["window_strides"],
+      params["padding"],
+      lhs_dilation=params["lhs_dilation"],
+      rhs_dilation=params["rhs_dilation"],
+      precision=jax.lax.Precision.HIGHEST,  # a copy: keep every bit
+    ).reshape(m * b, channels * layout.filter_size, -1)
+  patches = jnp.swapaxes(patches, 1, 2)  # (m b, S, C F)
+  n = layout.group_inputs * layout.filter_size
+  return patches.reshape(m, b, layout.out_positions, layout.groups, n)
+
+
+def _conv_cotangents(layout: _ConvLayout, delta: jax.Array) -> jax.Array:
+  """(m, k, *z) -> (m, k, b, S, G, O_g); no copy for channels-last outputs."""
+  order = (layout.out_spec[0], *layout.out_spec[2:], layout.out_spec[1])
+  delta = jnp.transpose(delta, (0, 1, *(a + 2 for a in order)))
+  return delta.reshape(*delta.shape[:3], layout.out_positions, layout.groups, layout.group_outputs)
+
+
+def _conv_kernel_gradients(site: trace_lib.Site, x: jax.Array, delta: jax.Array) -> jax.Array:
+  """Per-example gradients of the kernel operand V: (m, k, *V.shape), one einsum over patches."""
+  layout = _conv_layout(site)
+  patches = _conv_patches(site, layout, x).astype(delta.dtype)
+  grads = jnp.einsum("mbsgn,mkbsgo->mkgon", patches, _conv_cotangents(layout, delta))
+  m, k = grads.shape[:2]
+  # (m, k, O, C_g, *filter) in (out, in, spatial) order -> the kernel's own layout
+  grads = grads.reshape(
+    m, k, layout.groups * layout.group_outputs, layout.group_inputs, *layout.filter_shape
+  )
+  order = [int(a) for a in np.argsort(layout.rhs_spec)]
+  return jnp.transpose(grads, (0, 1, *(a + 2 for a in order)))
+
+
+def _conv_pair_factors(
+  site: trace_lib.Site, x: jax.Array, delta: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """The position-pair factors of a conv site: patches (m, G, b S, C_g F), δ (m, k, G, b S, O_g)."""
+  layout = _conv_layout(site)
+  patches = jnp.transpose(_conv_patches(site, layout, x), (0, 3, 1, 2, 4))
+  m, groups, b, positions, n = patches.shape
+  delta = jnp.transpose(_conv_cotangents(layout, delta), (0, 1, 4, 2, 3, 5))
+  return (
+    patches.reshape(m, groups, b * positions, n),
+    delta.reshape(*delta.shape[:3], b * positions, layout.group_outputs),
+  )
+
+
+class _PairShape(NamedTuple):
+  """A site as z[b, t, o] = Σ_n x[b, t, n] V[b, n, o]: B, T, n and o."""
+
+  batch: int
+  positions: int
+  contracting: int
+  features: int
+
+
+def _pair_shape(site: trace_lib.Site) -> _PairShape | None:
+  """The position-pair shape of a dot site, or of a conv site over its patches."""
+  if site.kind == "dot":
+    lay = _dot_layout(site)
+    return _PairShape(lay.batch, lay.positions, lay.contracting, lay.features)
+  if _patches_apply(site):
+    conv = _conv_layout(site)
+    return _PairShape(
+      conv.groups,
+      conv.images * conv.out_positions,
+      conv.group_inputs * conv.filter_size,
+      conv.group_outputs,
+    )
+  return None
+
+
 # ---------------------------------------------------------------- planning
 
 
@@ -273,13 +453,12 @@ def plan(traced: TracedModel, num_examples: int, per_output: bool) -> list[LeafP
       gram_flops = 0 if source in counted_sources else 2 * m * m * kk * source_size + m * m * kk
       if site.kind == "bias" and size == math.prod(site.output_aval.shape):
         form, flops, memory = "bias", gram_flops, m * m * kk
-      elif site.kind == "dot":
-        lay = _dot_layout(site)
-        if lay.batch == 1 and lay.positions == 1:
-          form, flops, memory = "dense", gram_flops + 2 * m * m * lay.contracting, m * m * kk
+      elif (shape := _pair_shape(site)) is not None:
+        if site.kind == "dot" and shape.batch == 1 and shape.positions == 1:
+          form, flops, memory = "dense", gram_flops + 2 * m * m * shape.contracting, m * m * kk
         else:
-          pairs = lay.batch * m * m * lay.positions**2
-          pair_flops = 2 * pairs * (lay.contracting + kk * lay.features + kk)
+          pairs = shape.batch * m * m * shape.positions**2
+          pair_flops = 2 * pairs * (shape.contracting + kk * shape.features + kk)
           if pair_flops <= materialised_flops:
             form, flops, memory = "position_pair", pair_flops, pairs * kk
       if form in ("dense", "bias"):
@@ -312,10 +491,27 @@ class StructuredFactors(NamedTuple):
   gradients: tuple[jax.Array, ...]
 
 
+def _to_leaf(site: trace_lib.Site, leaf: jax.Array, grads: jax.Array) -> jax.Array:
+  """Gradients (m, k, *V.shape) of a site's operand V -> of its leaf, (m, k, |θ|)."""
+  m, k = grads.shape[:2]
+  if not site.chain:
+    return grads.reshape(m, k, -1)
+  _, vjp_fn = jax.vjp(lambda theta: trace_lib.apply_chain(site.chain, theta), leaf)
+  per_example = jax.vmap(jax.vmap(lambda g: vjp_fn(g)[0].reshape(-1)))
+  return per_example(grads)
+
+
 def _site_gradients(
   site: trace_lib.Site, leaf: jax.Array, x: jax.Array | None, delta: jax.Array
 ) -> jax.Array:
-  """Per-example gradients of the leaf through one site, shape (m, k, |θ|)."""
+  """Per-example gradients of the leaf through one site, shape (m, k, |θ|).
+
+  A conv kernel's come from the patches of the conv's input and one einsum
+  (`_conv_kernel_gradients`); the others from the VJP of the site's operation,
+  batched over the examples and the k output directions.
+  """
+  if x is not None and _patches_apply(site):
+    return _to_leaf(site, leaf, _conv_kernel_gradients(site, x, delta))
   if x is None:  # bias: the VJP does not depend on the other operand's value
     x_in_axis, x = None, jnp.zeros(site.input_aval.shape, site.input_aval.dtype)
   else:
@@ -358,14 +554,17 @@ def factors_from_trace(
   m = jax.tree_util.tree_leaves(inputs)[0].shape[0]
   k = traced.num_outputs
   structure = traced.structure
-  layer_inputs, deltas = cotangents(traced, param_leaves, inputs, chunk_size)
+  plans = plan(traced, m, per_output)
+  fallback = [p.leaf for p in plans if p.form == "fallback"]
+  layer_inputs, deltas, fallback_gradients = cotangents(
+    traced, param_leaves, inputs, chunk_size, fallback
+  )
   dtype = jnp.result_type(*param_leaves)
 
   features: dict[int, list[jax.Array]] = {}
-  position_pairs, gradients, fallback = [], [], []
-  for leaf_plan in plan(traced, m, per_output):
+  position_pairs, gradients = [], []
+  for leaf_plan in plans:
     if leaf_plan.form == "fallback":
-      fallback.append(leaf_plan.leaf)
       continue
     site = leaf_plan.sites[0]
     if leaf_plan.form == "bias":
@@ -373,6 +572,10 @@ def factors_from_trace(
     elif leaf_plan.form == "dense":
       x = layer_inputs[site.index].reshape(m, -1).astype(dtype)
       features.setdefault(structure.source(site), []).append(x)
+    elif leaf_plan.form == "position_pair" and site.kind == "conv":
+      position_pairs.append(
+        _conv_pair_factors(site, layer_inputs[site.index], deltas[structure.source(site)])
+      )
     elif leaf_plan.form == "position_pair":
       layout = _dot_layout(site)
       position_pairs.append(
@@ -390,10 +593,7 @@ def factors_from_trace(
       ]
       gradients.append(sum(through_sites[1:], through_sites[0]))
   if fallback:
-    jacobians = _jacobian.leaf_jacobians(
-      apply_fn, params, inputs, fallback, num_outputs=k, chunk_size=chunk_size
-    )
-    gradients.append(_jacobian.flat_jacobian(jacobians, m, k))
+    gradients.append(_jacobian.flat_jacobian(fallback_gradients, m, k))
   sources = tuple(
     (
       jnp.concatenate(columns, axis=1) if len(columns) > 1 else columns[0],
@@ -404,6 +604,27 @@ def factors_from_trace(
   return StructuredFactors(sources, tuple(position_pairs), tuple(gradients))
 
 
+def engine_flops(traced: TracedModel, num_examples: int, per_output: bool) -> int:
+  """Estimated floating point operations of the structured engine on a batch.
+
+  With F = L + O the flops of one example's forward pass (L in dot_general
+  and conv_general_dilated, O elsewhere; `_structured_trace.count_flops`),
+
+      m F  +  m k (L + O)  +  2 m k |θ_fallback|  +  Σ_leaves plan flops
+
+  for the forward pass, the k cotangent VJPs per example (cotangents of the
+  activations only: one transpose per linear operation), the fallback
+  leaves' gradients taken in the same VJP, and the assembly of every leaf's
+  block of K as `plan` counts it (per-example site gradients included).
+  """
+  m, k = num_examples, traced.num_outputs
+  count = trace_lib.count_flops(traced.jaxpr)
+  plans = plan(traced, m, per_output)
+  fallback = sum(traced.leaf_sizes[p.leaf] for p in plans if p.form == "fallback")
+  cotangent_pass = m * count.total + m * k * count.total + 2 * m * k * fallback
+  return cotangent_pass + sum(p.flops for p in plans)
+
+
 def describe(
   apply_fn: ApplyFn, params: Params, inputs: Any, *, outputs: str = "full"
 ) -> dict[str, Any]:
@@ -411,8 +632,10 @@ def describe(
 
   Returns a dict with `"leaves"` (one (path, form, flops) per used leaf),
   `"flops"` (the assembly's total: 2 per multiply-add; the cotangent VJP and
-  fallback Jacobians are not included) and `"peak_numbers"` (the estimate of
-  the module docstring, in numbers of the compute dtype).
+  fallback Jacobians are not included), `"engine_flops"` (the whole
+  engine's estimate, `engine_flops`: what `gram="auto"` compares with the
+  jacobian engine's) and `"peak_numbers"` (the estimate of the module
+  docstring, in numbers of the compute dtype).
   """
   traced = trace_model(apply_fn, params, inputs)
   m = jax.tree_util.tree_leaves(inputs)[0].shape[0]
@@ -432,5 +655,6 @@ def describe(
   return {
     "leaves": [(paths[p.leaf], p.form, p.flops) for p in plans],
     "flops": sum(p.flops for p in plans),
+    "engine_flops": engine_flops(traced, m, per_output),
     "peak_numbers": stored + 2 * gram_size + transient,
   }
