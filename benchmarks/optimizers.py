@@ -76,18 +76,24 @@ def rd_spec(
   batch_size: int | None = None,
   describe: Any = None,
   max_logit_change: float | None = None,
+  loss: str | None = None,
+  **options: Any,
 ) -> OptimizerSpec:
-  """A Regression Descent configuration; the loss comes from the task."""
+  """A Regression Descent configuration; the loss comes from the task unless `loss` is given.
+
+  `options` go to `rd.regression_descent` as they are (e.g. `momentum=0.9`).
+  """
 
   def build(task: Task):
     return rd.regression_descent(
       task.model.apply,
       learning_rate=learning_rate,
       damping=_make_damping(damping),
-      loss=task.loss,
+      loss=task.loss if loss is None else loss,
       outputs=outputs,
       gram=gram,
       max_logit_change=max_logit_change,
+      **options,
     )
 
   hyperparams = {
@@ -98,6 +104,9 @@ def rd_spec(
   }
   if max_logit_change is not None:
     hyperparams["max_logit_change"] = max_logit_change
+  if loss is not None:
+    hyperparams["loss"] = loss
+  hyperparams.update(options)
   return OptimizerSpec(label, "rd", build, hyperparams, uses_batch=True, batch_size=batch_size)
 
 
