@@ -1,12 +1,16 @@
 """Step-cost study: one RD step against its floor and against an Adam step, per model.
 
     python -m benchmarks run step_cost --out DIR      # DIR/step_cost.json and step_cost.png
+    python -m benchmarks run step_cost --quick --out DIR   # tiny models, 2 calls: a smoke test
+
+(`--seeds N` sets the number of timed rounds, at least 15.)
 
 For each model (random inputs and targets of the right shapes: the cost of a
-step does not depend on the data) it times, each as its own jitted function,
-compiled before the clock starts (compile seconds recorded separately), the
-median of `repeats` calls after one warm-up call (each waited for with
-`block_until_ready`):
+step does not depend on the data) it times the parts below, each its own
+jitted function, compiled before the clock starts (compile seconds recorded
+separately) and called once to warm up; then `time_parts` calls them in
+interleaved rounds, each call alone and waited for (`block_until_ready`), and
+reports the median per part:
 
 * `rd_full`: `rd.regression_descent(apply_fn, 1.0, damping=1e-3)`, update +
   `optax.apply_updates` (full mode, constant λ);
@@ -29,9 +33,7 @@ The floor of a full-mode step is what its arithmetic needs:
     floor = min(Gram structured, Gram jacobian) + Cholesky + 3 forward passes
 
 (the step's VJPs for the residual and the cotangents, and Jᵀα, each cost about
-a forward pass). Functions slower than `SLOW_CALL_S` a call (the jacobian
-engine on the large MLPs) are timed over `SLOW_SAMPLES` calls, the warm-up
-call included.
+a forward pass).
 """
 
 from __future__ import annotations
@@ -60,8 +62,7 @@ FULL_REPEATS = 21
 QUICK_REPEATS = 2
 SLOW_CALL_S = 1.0
 SLOW_SAMPLES = 3
-FAST_SAMPLE_S = 0.3  # fast functions: more calls than `repeats`, until their samples sum to this
-MAX_CALLS = 200
+SLICE_S = 0.01  # a fast function is called this long in each round (at least once a round)
 RD_DAMPING = 1e-3
 ADAM_LEARNING_RATE = 1e-3
 ENGINES = ("structured", "jacobian")
@@ -199,43 +200,77 @@ def cases(quick: bool) -> list[Case]:
 # ---------------------------------------------------------------- timing
 
 
-def measure(
-  fn: Callable[..., Any], args: tuple, repeats: int, sample_s: float = FAST_SAMPLE_S
-) -> dict[str, Any]:
-  """Compiles `fn` for `args`, then times it: median ms of `repeats` calls after a warm-up.
+class Compiled(NamedTuple):
+  """A compiled function with its arguments, its compile seconds and its first call."""
 
-  Fast functions get more calls, until their samples sum to `sample_s`
-  seconds (at most `MAX_CALLS` calls), which steadies the median on a busy
-  machine.
+  call: Callable[[], Any]
+  compile_s: float
+  first_s: float
+  output: Any
 
-  Slow functions (the jacobian engine on the large MLPs): a warm-up call
-  slower than `SLOW_CALL_S` counts as the first sample, and the calls stop at
-  `SLOW_SAMPLES` samples once their median is slower than `SLOW_CALL_S` (one
-  call made slow by a busy machine does not cut the count).
 
-  Returns:
-    {"ms": median, "min_ms": fastest, "calls": samples, "compile_s": seconds},
-    and "output": the last call's result.
-  """
+def compile_and_warm(fn: Callable[..., Any], args: tuple) -> Compiled:
+  """`jax.jit(fn)` compiled for `args` (timed), then called once (the warm-up, timed)."""
   start = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
   compile_s = time.perf_counter() - start
   start = time.perf_counter()
   output = jax.block_until_ready(compiled(*args))
-  first = time.perf_counter() - start
-  times = [first] if first > SLOW_CALL_S else []
-  while len(times) < repeats or (sum(times) < sample_s and len(times) < MAX_CALLS):
-    if len(times) >= SLOW_SAMPLES and statistics.median(times) > SLOW_CALL_S:
-      break
-    start = time.perf_counter()
-    output = jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - start)
+  return Compiled(lambda: compiled(*args), compile_s, time.perf_counter() - start, output)
+
+
+def _call_seconds(call: Callable[[], Any]) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(call())
+  return time.perf_counter() - start
+
+
+def time_parts(
+  parts: Mapping[str, Compiled], repeats: int, slice_s: float = SLICE_S
+) -> dict[str, dict[str, Any]]:
+  """Median ms per call of each compiled part, the parts timed in interleaved rounds.
+
+  Each of `repeats` rounds calls every part in turn, each call alone and
+  waited for: a part whose warm-up took t seconds is called max(1,
+  round(slice_s / t)) times a round, so a fast part is sampled more often.
+  Interleaving puts the load of a busy machine on all parts of a model alike,
+  so that their ratios (step / floor, step / Adam) stay meaningful.
+
+  A part whose warm-up and next call both took more than `SLOW_CALL_S` (the
+  jacobian engine on the large MLPs) is timed apart, over `SLOW_SAMPLES`
+  calls, the warm-up included.
+
+  Returns:
+    name -> {"ms": median, "min_ms": fastest, "calls": samples, "compile_s"}.
+  """
+  times: dict[str, list[float]] = {name: [] for name in parts}
+  slow = []
+  for name, part in parts.items():
+    if part.first_s > SLOW_CALL_S:  # slow, or slowed by a busy machine: one more call tells
+      times[name] = [part.first_s, _call_seconds(part.call)]
+      if min(times[name]) > SLOW_CALL_S:
+        slow.append(name)
+        while len(times[name]) < SLOW_SAMPLES:
+          times[name].append(_call_seconds(part.call))
+      else:
+        times[name] = []
+  per_round = {
+    name: max(1, min(100, round(slice_s / max(part.first_s, 1e-9))))
+    for name, part in parts.items()
+    if name not in slow
+  }
+  for _ in range(repeats):
+    for name, count in per_round.items():
+      for _ in range(count):
+        times[name].append(_call_seconds(parts[name].call))
   return {
-    "ms": 1e3 * statistics.median(times),
-    "min_ms": 1e3 * min(times),
-    "calls": len(times),
-    "compile_s": compile_s,
-    "output": output,
+    name: {
+      "ms": 1e3 * statistics.median(samples),
+      "min_ms": 1e3 * min(samples),
+      "calls": len(samples),
+      "compile_s": parts[name].compile_s,
+    }
+    for name, samples in times.items()
   }
 
 
@@ -311,7 +346,7 @@ def damping_record(before: Any, after: Any) -> dict[str, Any]:
   }
 
 
-def measure_case(case: Case, repeats: int, sample_s: float, progress: bool) -> dict[str, Any]:
+def measure_case(case: Case, repeats: int, slice_s: float, progress: bool) -> dict[str, Any]:
   """Every measurement of one model (see the module docstring)."""
   params, x, y = case.params, case.inputs, case.targets
   m, k = y.shape
@@ -340,29 +375,33 @@ def measure_case(case: Case, repeats: int, sample_s: float, progress: bool) -> d
   calls["forward"] = (case.apply, (params, x))
   calls["adam"] = (adam_step_fn(case.apply, adam), (params, adam.init(params), x, y))
 
-  parts: dict[str, dict[str, Any]] = {}
-  for name in PARTS:
-    fn, args = calls[name]
-    timing = measure(fn, args, repeats, sample_s)
-    output = timing.pop("output")
-    if name == "rd_lm":
-      timing.update(damping_record(args[1], output[1]))
-    parts[name] = timing
+  choice = auto_choice(case)
+  if choice == "other":  # neither engine's program: timed on its own
+    calls["gram_auto"] = (
+      lambda p, x: rd.gram_matrix(case.apply, p, x, method="auto"),
+      (params, x),
+    )
+  compiled = {}
+  for name, (fn, args) in calls.items():
+    compiled[name] = compile_and_warm(fn, args)
     if progress:
       print(
-        f"step_cost {case.name[:40]:40s} {name:16s} {timing['ms']:10.3f} ms "
-        f"({timing['calls']} calls, compile {timing['compile_s']:.1f} s)",
+        f"step_cost {case.name[:40]:40s} {name:16s} compiled in {compiled[name].compile_s:5.1f} s, "
+        f"first call {1e3 * compiled[name].first_s:10.3f} ms",
         flush=True,
       )
-  choice = auto_choice(case)
-  if choice == "other":
-    auto_fn = lambda p, x: rd.gram_matrix(case.apply, p, x, method="auto")
-    parts["gram_auto"] = measure(auto_fn, (params, x), repeats, sample_s)
-    parts["gram_auto"].pop("output")
+  parts = time_parts(compiled, repeats, slice_s)
+  parts["rd_lm"].update(damping_record(calls["rd_lm"][1][1], compiled["rd_lm"].output[1]))
   gram_ms = {engine: parts[f"gram_{engine}"]["ms"] for engine in ENGINES}
   fastest = min(gram_ms, key=gram_ms.__getitem__)
   floor = gram_ms[fastest] + parts["cholesky"]["ms"] + 3 * parts["forward"]["ms"]
   auto_ms = parts["gram_auto"]["ms"] if choice == "other" else gram_ms[choice]
+  # The same from each part's fastest call: what a busy machine's load spares.
+  floor_min = (
+    min(parts[f"gram_{engine}"]["min_ms"] for engine in ENGINES)
+    + parts["cholesky"]["min_ms"]
+    + 3 * parts["forward"]["min_ms"]
+  )
   return {
     "model": case.name,
     "num_params": models.num_params(params),
@@ -376,6 +415,9 @@ def measure_case(case: Case, repeats: int, sample_s: float, progress: bool) -> d
     "floor_ms": floor,
     "step_over_floor": parts["rd_full"]["ms"] / floor,
     "step_over_adam": parts["rd_full"]["ms"] / parts["adam"]["ms"],
+    "floor_min_ms": floor_min,
+    "step_over_floor_min": parts["rd_full"]["min_ms"] / floor_min,
+    "step_over_adam_min": parts["rd_full"]["min_ms"] / parts["adam"]["min_ms"],
     "per_output_over_adam": parts["rd_per_output"]["ms"] / parts["adam"]["ms"],
     "lm_over_full": parts["rd_lm"]["ms"] / parts["rd_full"]["ms"],
   }
@@ -383,8 +425,8 @@ def measure_case(case: Case, repeats: int, sample_s: float, progress: bool) -> d
 
 def run(options: StudyOptions) -> dict[str, Any]:
   repeats = QUICK_REPEATS if options.quick else max(options.seeds or FULL_REPEATS, 15)
-  sample_s = 0.0 if options.quick else FAST_SAMPLE_S
-  rows = [measure_case(case, repeats, sample_s, options.progress) for case in cases(options.quick)]
+  slice_s = 0.0 if options.quick else SLICE_S
+  rows = [measure_case(case, repeats, slice_s, options.progress) for case in cases(options.quick)]
   return {
     "study": "step_cost",
     "kind": "step_cost",
@@ -395,8 +437,8 @@ def run(options: StudyOptions) -> dict[str, Any]:
       "repeats": repeats,
       "slow_call_s": SLOW_CALL_S,
       "slow_samples": SLOW_SAMPLES,
-      "fast_sample_s": sample_s,
-      "max_calls": MAX_CALLS,
+      "slice_s": slice_s,
+      "timing": "interleaved rounds (time_parts)",
       "rd_damping": RD_DAMPING,
       "adam_learning_rate": ADAM_LEARNING_RATE,
       "floor": "min-engine Gram + plain Cholesky + 3 forward passes",
@@ -441,8 +483,9 @@ def markdown_table(result: Mapping[str, Any]) -> str:
   lines += [
     "",
     "| model, batch | parameters | RD full + LM ms (λ initial → used, next) | LM / full | "
-    "RD per-output ms | per-output / Adam | compile s: full / LM / per-output / Adam |",
-    "|" + "---|" * 7,
+    "RD per-output ms | per-output / Adam | fastest calls: step / floor, step / Adam | "
+    "compile s: full / LM / per-output / Adam |",
+    "|" + "---|" * 8,
   ]
   for r in result["rows"]:
     p = r["parts"]
@@ -459,7 +502,8 @@ def markdown_table(result: Mapping[str, Any]) -> str:
     lines.append(
       f"| {r['model']} | {r['num_params']:,} | {_ms(lm['ms'])}{lm_state} | "
       f"{r['lm_over_full']:.2g}× | {_ms(p['rd_per_output']['ms'])} | "
-      f"{r['per_output_over_adam']:.3g}× | {compile_s} |"
+      f"{r['per_output_over_adam']:.3g}× | {r['step_over_floor_min']:.2g}×, "
+      f"{r['step_over_adam_min']:.3g}× | {compile_s} |"
     )
   config = result["config"]
   slow = [
@@ -470,10 +514,16 @@ def markdown_table(result: Mapping[str, Any]) -> str:
   ]
   lines += [
     "",
-    f"Each part timed alone as its own jitted function: median of at least {config['repeats']} "
-    f"calls (more, up to {config['max_calls']}, until they sum to {config['fast_sample_s']:g} s) "
-    f"after a warm-up call, compile excluded (slower than {config['slow_call_s']:g} s a call: "
-    f"{config['slow_samples']} calls, the warm-up included"
+    f"Each part is its own jitted function, each call timed alone; the parts of a model are "
+    f"timed in {config['repeats']} interleaved rounds after a warm-up call"
+    + (
+      f" (a part faster than {1e3 * config['slice_s']:g} ms is called several times a round)"
+      if config["slice_s"] > 0
+      else ""
+    )
+    + ", median over all its calls, compile excluded "
+    f"(slower than {config['slow_call_s']:g} s a call: {config['slow_samples']} calls, the "
+    "warm-up included"
     + (f": {', '.join(slow)}" if slow else "")
     + "). RD steps: `rd.regression_descent(apply_fn, 1.0, damping=...)` update + "
     f"`apply_updates`, λ = {config['rd_damping']:g} or "
@@ -481,7 +531,9 @@ def markdown_table(result: Mapping[str, Any]) -> str:
     "of the full-mode Gram system. Floor: the faster Gram engine (in bold) + a plain "
     "`cho_factor`/`cho_solve` of that size + 3 forward passes. "
     f"Adam: `optax.adam({config['adam_learning_rate']:g})` on `value_and_grad` of the summed "
-    "squared error. Random inputs and targets of each model's shapes.",
+    "squared error. Fastest calls: the same ratios from each part's fastest call, which a busy "
+    "machine's load disturbs less than the medians. Random inputs and targets of each model's "
+    "shapes.",
   ]
   return "\n".join(lines)
 

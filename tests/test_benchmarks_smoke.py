@@ -236,6 +236,7 @@ def test_step_cost_quick_writes_json_plot_and_table(tmp_path):
     assert abs(row["step_over_floor"] - p["rd_full"]["ms"] / floor) <= 1e-9 * row["step_over_floor"]
     assert abs(row["step_over_adam"] * p["adam"]["ms"] - p["rd_full"]["ms"]) <= 1e-9 * floor
     assert p["rd_lm"]["damping_initial"] > 0 and p["rd_lm"]["damping_used"] > 0
+    assert 0 < row["floor_min_ms"] <= row["floor_ms"] and row["step_over_floor_min"] > 0
   doc = tmp_path / "benchmarks.md"
   table = subprocess.run(
     [
