@@ -34,6 +34,7 @@ STUDY_MODULES = (
   "benchmarks.batch_size",
   "benchmarks.scaling",
   "benchmarks.step_cost",
+  "benchmarks.momentum",
   "benchmarks.last_layer",
   "benchmarks.sharding",
 )
