@@ -6,6 +6,7 @@ the structured engine itself is tested in test_structured_gram.py.
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +19,7 @@ from rdescent import structured_gram
 from tests import models
 
 
-def test_auto_uses_structured_and_handles_models_without_sites():
+def test_auto_handles_models_with_and_without_sites():
   with jax.enable_x64(True):
     params = models.numpy_mlp_init(0, [3, 4, 2])
     x = models.normal(1, (4, 3))
@@ -28,8 +29,97 @@ def test_auto_uses_structured_and_handles_models_without_sites():
     elementwise = {"s": models.normal(2, (3,))}
     apply_fn = lambda p, x: jnp.sin(x * p["s"])
     assert structured_gram.trace_model(apply_fn, elementwise, x).covered == ()
+    assert rd.gram.choose_method(apply_fn, elementwise, x) == "jacobian"
     models.assert_gram_equals_reference(apply_fn, elementwise, x, "full", method="auto")
     models.assert_gram_equals_reference(apply_fn, elementwise, x, "per_output", method="structured")
+
+
+# ------------------------------------------------------------------ choosing the engine
+
+
+class _TransformerBlock(nn.Module):
+  """Embedding, LayerNorm, 4-head self-attention, LayerNorm, MLP, mean over positions, head.
+
+  Vocabulary 64, width 32, 8 outputs: 10,856 parameters, the issue's block.
+  """
+
+  dtype: object = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens):
+    kw = dict(param_dtype=self.dtype, dtype=self.dtype)
+    x = nn.Embed(64, 32, **kw)(tokens)
+    y = nn.LayerNorm(**kw)(x)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=4, **kw)(y, y)
+    h = nn.Dense(64, **kw)(nn.LayerNorm(**kw)(x))
+    x = x + nn.Dense(32, **kw)(nn.gelu(h))
+    return nn.Dense(8, **kw)(x.mean(axis=1))
+
+
+def _transformer(num_examples, dtype=jnp.float32):
+  model = _TransformerBlock(dtype)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, (num_examples, 16)), jnp.int32)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), tokens)["params"]
+  return (lambda p, x: model.apply({"params": p}, x)), params, tokens
+
+
+def test_auto_picks_structured_for_a_wide_mlp_and_jacobian_for_a_transformer_block():
+  """By the engines' flop estimates (not by whether a layer is recognised).
+
+  The wide MLP's structured estimate is hundreds of times below the jacobian
+  engine's; in the transformer block every weight is shared over the 16
+  positions (materialised) and the embedding and norm scales fall back, so
+  both engines do the same 2 (m k)² p assembly and the estimates are within
+  a few per cent: the jacobian engine is the faster one there.
+  """
+  wide = models.numpy_mlp_init(0, [784, 256, 256, 10], jnp.float32)
+  x = jnp.ones((128, 784), jnp.float32)
+  flops = rd.gram.engine_flops(models.mlp_apply, wide, x)
+  assert flops["jacobian"] > 100 * flops["structured"]
+  assert rd.gram.choose_method(models.mlp_apply, wide, x) == "structured"
+  apply_fn, params, tokens = _transformer(32)
+  assert sum(leaf.size for leaf in jax.tree_util.tree_leaves(params)) == 10_856
+  for outputs in ("full", "per_output"):
+    flops = rd.gram.engine_flops(apply_fn, params, tokens, outputs=outputs)
+    assert 0.5 < flops["structured"] / flops["jacobian"] < 2, (outputs, flops)
+    assert rd.gram.choose_method(apply_fn, params, tokens, outputs=outputs) == "jacobian"
+  forms = {form for _, form, _ in structured_gram.describe(apply_fn, params, tokens)["leaves"]}
+  assert forms <= {"materialised", "fallback", "dense", "bias"}
+
+
+def test_transformer_block_both_engines_equal_the_dense_reference():
+  with jax.enable_x64(True):
+    apply_fn, params, tokens = _transformer(6, jnp.float64)
+    for method in ("structured", "jacobian", "auto"):
+      models.assert_gram_equals_reference(apply_fn, params, tokens, method=method)
+
+
+def _compiled_flops(fn, *args) -> float:
+  analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  return float(analysis["flops"])
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn", "transformer"])
+def test_engine_flop_estimates_agree_with_xla_cost_analysis(model):
+  """Each engine's estimate is within a factor of two of XLA's count for its compiled program."""
+  if model == "mlp":
+    apply_fn, params = models.mlp_apply, models.numpy_mlp_init(0, [64, 48, 48, 6], jnp.float32)
+    x = jnp.ones((16, 64), jnp.float32)
+  elif model == "cnn":
+    with jax.enable_x64(True):
+      params = models.small_cnn_init(0, channels=4)
+    apply_fn = models.small_cnn_apply
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
+    x = jnp.ones((8, 28, 28, 1), jnp.float32)
+  else:
+    apply_fn, params, x = _transformer(8)
+  estimates = rd.gram.engine_flops(apply_fn, params, x)
+  for method in ("structured", "jacobian"):
+    counted = _compiled_flops(
+      lambda p, x, method=method: rd.gram_matrix(apply_fn, p, x, method=method), params, x
+    )
+    assert 0.5 < estimates[method] / counted < 2, (method, estimates[method], counted)
 
 
 # ------------------------------------------------------------------ per-example Jacobians
@@ -141,6 +231,18 @@ def test_bad_method_or_outputs_name_the_argument():
     factors = rd.gram.gram_factors(_fallback_apply, params, x)
     with pytest.raises(ValueError, match="outputs='both' is not a valid option"):
       rd.gram.cross_gram(factors, factors, outputs="both")
+    with pytest.raises(ValueError, match="outputs='diagonal' is not a valid option"):
+      rd.gram.engine_flops(_fallback_apply, params, x, outputs="diagonal")
+
+
+def test_cross_gram_refuses_factors_of_different_engines():
+  """Factors of two engines (auto may pick either for a batch) would mix silently in zip."""
+  with jax.enable_x64(True):
+    params, x = _fallback_params(), models.normal(8, (4, 3))
+    structured = rd.gram.gram_factors(_fallback_apply, params, x, method="structured")
+    jacobian = rd.gram.gram_factors(_fallback_apply, params, x[:2], method="jacobian")
+    with pytest.raises(ValueError, match="same model, engine and outputs"):
+      rd.gram.cross_gram(jacobian, structured)
 
 
 # ------------------------------------------------------------------ end to end

@@ -128,6 +128,162 @@ def test_convolution_variants():
     models.assert_gram_equals_reference(_conv_variants_apply, params, x)
 
 
+def _conv(x, kernel, spec=("NHWC", "HWIO", "NHWC"), **kw):
+  kw.setdefault("window_strides", (1,) * (kernel.ndim - 2))
+  kw.setdefault("padding", "VALID")
+  return jax.lax.conv_general_dilated(x, kernel, dimension_numbers=spec, **kw)
+
+
+def _more_conv_variants_apply(params, x):
+  """Input dilation with negative padding, several images per example, 1-D and 3-D convs."""
+  m = x.shape[0]
+  y = _conv(x, params["k1"], padding=((1, -1), (0, 2)), lhs_dilation=(2, 1))  # (m, 5, 7, 3)
+  y = jnp.tanh(y + params["b1"])
+  images = y.reshape(m * 5, 7, 3)  # 5 one-dimensional images per example
+  z = _conv(images, params["k2"], ("NWC", "WIO", "NWC"), window_strides=(2,), rhs_dilation=(2,))
+  z = jnp.tanh(z).reshape(m, 5, 3, 4)  # one 3-D image of 1 channel per example
+  w = _conv(z[..., None], params["k3"], ("NDHWC", "DHWIO", "NDHWC"))  # (m, 4, 2, 3, 2)
+  return w.reshape(m, -1) @ params["w"]
+
+
+def _more_conv_params():
+  return {
+    "k1": models.normal(0, (3, 2, 2, 3)),
+    "b1": models.normal(1, (3,)),
+    "k2": models.normal(2, (2, 3, 4)),
+    "k3": models.normal(3, (2, 2, 2, 1, 2)),
+    "w": models.normal(4, (4 * 2 * 3 * 2, 3)) / 4,
+  }
+
+
+@pytest.mark.parametrize("patches", ["slices", "conv_patches"])
+def test_more_convolution_variants(patches, monkeypatch):
+  """Kernel gradients from patches: by strided slices, or lax.conv_general_dilated_patches."""
+  if patches == "conv_patches":
+    monkeypatch.setattr(structured_gram, "_PATCH_SLICES", 0)
+  with jax.enable_x64(True):
+    params, x = _more_conv_params(), models.normal(5, (3, 4, 6, 2))
+    models.assert_gram_equals_reference(_more_conv_variants_apply, params, x)
+    forms = _forms(_more_conv_variants_apply, params, x)
+    assert forms["['k1']"] == forms["['k2']"] == forms["['k3']"] == "materialised"
+  monkeypatch.undo()
+  with jax.enable_x64(True):  # the variants of test_convolution_variants on the other path
+    test_convolution_variants()
+
+
+def _batch_groups_apply(params, x):
+  """Two images per example, one per batch group (batch_group_count=2): (m, 2, 4, 4, 3).
+
+  Batch group g is the g-th block of m images, so the images go group-major.
+  """
+  images = jnp.swapaxes(jnp.tanh(x), 0, 1).reshape(x.shape[0] * 2, 4, 4, 3)
+  y = _conv(images, params["k"], batch_group_count=2)  # (m, 3, 3, 4)
+  return y.reshape(x.shape[0], -1) @ params["w"]
+
+
+def test_conv_with_batch_groups_uses_the_site_vjp():
+  """batch_group_count > 1 is outside the patch form: its gradients come from the site's VJP."""
+  with jax.enable_x64(True):
+    params = {"k": models.normal(0, (2, 2, 3, 4)), "w": models.normal(1, (3 * 3 * 4, 2))}
+    x = models.normal(2, (3, 2, 4, 4, 3))
+    models.assert_gram_equals_reference(_batch_groups_apply, params, x)
+    assert _forms(_batch_groups_apply, params, x)["['k']"] == "materialised"
+
+
+def _conv_pairs_apply(params, x):
+  """A grouped conv with two output positions and many input features per group."""
+  y = _conv(x, params["k"], feature_group_count=2)  # (m, 1, 2, 6)
+  return jnp.tanh(y).reshape(x.shape[0], -1) @ params["w"]
+
+
+def test_conv_position_pair_form():
+  """Few output positions, many patch features: the position-pair sum beats materialising."""
+  with jax.enable_x64(True):
+    params = {"k": models.normal(0, (3, 3, 2, 6)), "w": models.normal(1, (12, 2))}
+    x = models.normal(2, (4, 3, 4, 4))
+    models.assert_gram_equals_reference(_conv_pairs_apply, params, x)
+    assert _forms(_conv_pairs_apply, params, x, "full")["['k']"] == "position_pair"
+
+
+# ------------------------------------------------------------------ max-pool
+
+
+def _pool_apply(window, strides, padding):
+  """Conv, max-pool (lax.reduce_window) over tied values with different tangents, dense.
+
+  Columns 2j and 2j + 1 of the pooled image hold the same numbers, from two
+  kernels with equal values: every window that spans both has a tie whose
+  two elements depend on different parameters, and one kernel also reaches
+  the outputs directly, so K depends on which of them the derivative takes
+  (the first in window order, as JAX's rule does).
+  """
+
+  if not isinstance(padding, str):
+    padding = ((0, 0), *padding, (0, 0))
+
+  def apply_fn(params, x):
+    left, right = _conv(x, params["left"]), _conv(x, params["right"])
+    h = jnp.stack([left, right], axis=3).reshape(*left.shape[:2], -1, left.shape[-1])
+    h = jax.lax.reduce_window(
+      jnp.tanh(h), -jnp.inf, jax.lax.max, (1, *window, 1), (1, *strides, 1), padding
+    )
+    direct = jnp.tanh(right).reshape(x.shape[0], -1) @ params["v"]  # tells the two kernels apart
+    return h.reshape(h.shape[0], -1) @ params["w"][: h[0].size] + direct
+
+  return apply_fn
+
+
+@pytest.mark.parametrize(
+  "window,strides,padding",
+  [((2, 2), (2, 2), "VALID"), ((3, 3), (2, 1), "SAME"), ((2, 3), (1, 2), ((1, 0), (0, 1)))],
+  ids=["tiled", "overlapping", "padded"],
+)
+def test_max_pool_with_ties(window, strides, padding):
+  with jax.enable_x64(True):
+    kernel = models.normal(0, (2, 2, 1, 2))
+    params = {
+      "left": kernel,
+      "right": kernel + 0.0,
+      "w": models.normal(1, (200, 3)) / 8,
+      "v": models.normal(3, (32, 3)) / 8,
+    }
+    x = models.normal(2, (3, 5, 5, 1))
+    apply_fn = _pool_apply(window, strides, padding)
+    models.assert_gram_equals_reference(apply_fn, params, x)
+
+
+def _primitives(jaxpr):
+  names = {e.primitive.name for e in jaxpr.eqns}
+  for sub in jax.extend.core.subjaxprs(jaxpr):
+    names |= _primitives(sub)
+  return names
+
+
+def _flax_pool_apply(params, x):
+  h = jax.nn.relu(_conv(x, params["k"]) + params["b"])
+  h = nn.max_pool(h, (3, 3), (2, 2), padding="SAME")  # lax.reduce_window max
+  return h.reshape(h.shape[0], -1) @ params["w"]
+
+
+def test_max_pool_cotangents_avoid_select_and_scatter():
+  """The structured engine's k per-example VJPs through a max-pool are masks, not scatters."""
+  with jax.enable_x64(True):
+    params = {
+      "k": models.normal(0, (3, 3, 1, 2)),
+      "b": models.normal(1, (2,)),
+      "w": models.normal(2, (2 * 5 * 5, 4)) / 8,
+    }
+    x = models.normal(3, (3, 11, 11, 1))
+    models.assert_gram_equals_reference(_flax_pool_apply, params, x)
+    gram = lambda method: (
+      jax.make_jaxpr(lambda p, x: rd.gram_matrix(_flax_pool_apply, p, x, method=method))(
+        params, x
+      ).jaxpr
+    )
+    assert "select_and_scatter_add" in _primitives(gram("jacobian"))
+    assert not {"select_and_scatter_add", "select_and_gather_add"} & _primitives(gram("structured"))
+
+
 def _residual_apply(params, x):
   h = x @ params["w0"] + params["b0"]
   r = h + jnp.tanh(h @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
