@@ -38,6 +38,7 @@ a forward pass).
 
 from __future__ import annotations
 
+import os
 import pathlib
 import statistics
 import time
@@ -66,6 +67,7 @@ SLICE_S = 0.01  # a fast function is called this long in each round (at least on
 RD_DAMPING = 1e-3
 ADAM_LEARNING_RATE = 1e-3
 ENGINES = ("structured", "jacobian")
+THREAD_VARIABLES = ("XLA_FLAGS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # Measurements of one model, in the order they are timed (and the JSON keys).
 PARTS = (
   "rd_full",
@@ -433,7 +435,7 @@ def run(options: StudyOptions) -> dict[str, Any]:
     "command": options.command,
     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     "machine": machine_info(),
-    "config": {
+    "settings": {  # not "config": the report reads a training budget and seeds from that
       "repeats": repeats,
       "slow_call_s": SLOW_CALL_S,
       "slow_samples": SLOW_SAMPLES,
@@ -443,6 +445,9 @@ def run(options: StudyOptions) -> dict[str, Any]:
       "adam_learning_rate": ADAM_LEARNING_RATE,
       "floor": "min-engine Gram + plain Cholesky + 3 forward passes",
       "quick": options.quick,
+      # Threading of XLA:CPU and of the LAPACK behind `cho_factor` (OpenBLAS): on a busy
+      # machine a multi-threaded Cholesky is far slower in the median than in its fastest call.
+      "environment": {name: os.environ.get(name) for name in THREAD_VARIABLES},
     },
     "rows": rows,
   }
@@ -458,6 +463,10 @@ def _ms(value: float | None) -> str:
 def markdown_table(result: Mapping[str, Any]) -> str:
   """The step against its floor and Adam's step; then the other RD steps and compile times."""
   lines = [
+    "One RD step against its floor and an Adam step, per model, every part timed in the same "
+    "run (`benchmarks/step_cost.py`; the floor and the timing protocol are explained below the "
+    "tables).",
+    "",
     "| model, batch | system | RD full step ms | floor ms (Gram + Cholesky + 3 fwd) | "
     "step / floor | Gram ms structured / jacobian (auto's choice) | Cholesky ms | forward ms | "
     "Adam step ms | step / Adam |",
@@ -505,7 +514,7 @@ def markdown_table(result: Mapping[str, Any]) -> str:
       f"{r['per_output_over_adam']:.3g}× | {r['step_over_floor_min']:.2g}×, "
       f"{r['step_over_adam_min']:.3g}× | {compile_s} |"
     )
-  config = result["config"]
+  config = result["settings"]
   slow = [
     f"{r['model'].split(',')[0]} {name}"
     for r in result["rows"]
@@ -539,7 +548,10 @@ def markdown_table(result: Mapping[str, Any]) -> str:
 
 
 def plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
-  """Horizontal bars per model: RD steps, the floor stacked from its parts, Adam's step."""
+  """Horizontal bars per model: RD steps, the floor stacked from its parts, Adam's step.
+
+  Bars are medians; a black tick marks each one's fastest call.
+  """
   plt = plotting.pyplot()
   rows = result["rows"]
   fig, axes = plt.subplots(len(rows), 1, figsize=(7.5, 1.9 * len(rows)), squeeze=False)
@@ -561,6 +573,9 @@ def plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
     ax.barh(y[2], p["rd_lm"]["ms"], color="tab:purple")
     ax.barh(y[3], p["rd_per_output"]["ms"], color="tab:brown")
     ax.barh(y[4], p["adam"]["ms"], color="tab:gray")
+    fastest = [p["rd_full"]["min_ms"], r["floor_min_ms"], p["rd_lm"]["min_ms"]]
+    fastest += [p["rd_per_output"]["min_ms"], p["adam"]["min_ms"]]
+    ax.plot(fastest, y, "k|", markersize=12, label="fastest call")
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_xlabel("ms per call", fontsize=8)
     ax.set_title(
