@@ -66,7 +66,9 @@ class RegressionDescentState(NamedTuple):
     status: code of the last step, see `STATUS_MESSAGES`.
 
   The logit cap's scale and spread (`max_logit_change`) live in the state of
-  its wrapper, `damping_state` (an `rdescent.damping.CapLogitChangeState`).
+  its wrapper, `damping_state` (an `rdescent.damping.CapLogitChangeState`);
+  so does SPRING's previous direction (`momentum`, an
+  `rdescent.damping.SpringState`, inside the cap's state when both are on).
   """
 
   count: jax.Array  # type: ignore[assignment]  # the optax name; shadows tuple.count

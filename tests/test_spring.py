@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -326,3 +332,28 @@ def test_momentum_outside_the_unit_interval_is_refused(bad):
     rd.regression_descent(models.mlp_apply, momentum=bad)
   with pytest.raises(ValueError, match="momentum"):
     rd.scale_by_regression_descent(models.mlp_apply, momentum=bad)
+
+
+def test_momentum_study_quick_writes_json_table_and_plot(tmp_path):
+  """`python -m benchmarks run momentum --quick` (a smoke test; the study is not in `run all`)."""
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(os.environ, PYTHONPATH=str(repo))
+  command = [sys.executable, "-m", "benchmarks", "run", "momentum", "--quick", "--no-progress"]
+  done = subprocess.run(
+    [*command, "--out", str(tmp_path)],
+    cwd=repo,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  result = json.loads((tmp_path / "momentum.json").read_text())
+  assert result["study"] == "momentum" and result["kind"] == "momentum"
+  labels = {row["label"] for row in result["rows"]}
+  assert any("SPRING" in label for label in labels) and any("adam" in label for label in labels)
+  for row in result["rows"]:
+    assert row["steps"] == result["config"]["checkpoints"][-1]
+    assert all(np.isfinite(v) for v in row["loss"].values())
+  assert (tmp_path / "momentum.png").stat().st_size > 0
+  assert "eval MSE @" in done.stdout
