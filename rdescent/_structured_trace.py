@@ -328,12 +328,17 @@ def _max_window_applies(eqn) -> bool:
   return tiled or math.prod(p["window_dimensions"]) <= _MAX_WINDOW_SLICES
 
 
-def _windows(eqn, value: jax.Array, fill: Any) -> jax.Array:
-  """The windows of a reduce_window as a stack: (F, *out), F = Π window_dimensions.
+def _windows(eqn, value: jax.Array, fill: Any) -> tuple[jax.Array, tuple[int, ...], jax.Array]:
+  """The windows of a reduce_window, each element on window axes of its own.
 
-  Entry [f, *o] is the element at offset f (row-major over the window) of
-  output o's window, in the operand padded with `fill` (borders and base
-  dilation holes). Linear in `value` when `fill` is 0.
+  Returns (windows, window_axes, order): reducing `windows` over
+  `window_axes` (keepdims) gives an array that reshapes to the output;
+  `order`, broadcastable to `windows`, numbers each element's offset in its
+  window, row-major. Tiled windows (strides equal to the window, no window
+  dilation) are a reshape of the operand, (n_0, w_0, n_1, w_1, ...); other
+  windows a stack of strided slices, (F, *out) with F = Π window_dimensions.
+  The operand is padded with `fill` (borders and base dilation holes), so
+  the windows are linear in `value` when `fill` is 0.
   """
   p = eqn.params
   dims, strides, dilation = p["window_dimensions"], p["window_strides"], p["window_dilation"]
@@ -341,18 +346,22 @@ def _windows(eqn, value: jax.Array, fill: Any) -> jax.Array:
   config = [(lo, hi, b - 1) for (lo, hi), b in zip(p["padding"], p["base_dilation"])]
   padded = jax.lax.pad(value, jnp.asarray(fill, value.dtype), config)
   if all(d == 1 for d in dilation) and tuple(strides) == tuple(dims):
-    # Tiled windows: a reshape puts every window's elements on their own axes.
     tiles = padded[tuple(slice(0, n * w) for n, w in zip(out_shape, dims))]
     tiles = tiles.reshape([s for n, w in zip(out_shape, dims) for s in (n, w)])
-    rank = len(dims)
-    tiles = jnp.transpose(tiles, [2 * a + 1 for a in range(rank)] + [2 * a for a in range(rank)])
-    return tiles.reshape(-1, *out_shape)
+    axes = tuple(2 * a + 1 for a in range(len(dims)))
+    order = jnp.zeros([1] * tiles.ndim, jnp.int32)
+    for axis, w in zip(axes, dims):
+      shape = [1] * tiles.ndim
+      shape[axis] = w
+      order = order * w + jnp.arange(w, dtype=jnp.int32).reshape(shape)
+    return tiles, axes, order
   slices = []
   for offset in itertools.product(*(range(w) for w in dims)):
     start = [o * d for o, d in zip(offset, dilation)]
     limit = [b + (n - 1) * s + 1 for b, n, s in zip(start, out_shape, strides)]
     slices.append(jax.lax.slice(padded, start, limit, strides))
-  return jnp.stack(slices)
+  order = jnp.arange(len(slices), dtype=jnp.int32).reshape(-1, *[1] * len(out_shape))
+  return jnp.stack(slices), (0,), order
 
 
 def max_window(eqn, operand: jax.Array) -> jax.Array:
@@ -361,10 +370,10 @@ def max_window(eqn, operand: jax.Array) -> jax.Array:
   The value is the primitive's own. The tangent of output o is the tangent
   of the first element of its window (row-major window order) that equals
   the maximum, as in JAX's rule for reduce_window_max (select-and-gather
-  forward, select-and-scatter in reverse), but computed as Σ_f mask_f t_f
-  over the stacked windows (`_windows`), with a one-hot mask found once from
-  the primal; its transpose is a few pads and adds, batched cheaply over the
-  k output directions.
+  forward, select-and-scatter in reverse), but computed as Σ_w mask_w t_w
+  over the windows (`_windows`), with a one-hot mask found once from the
+  primal; its transpose is a select and a pad, batched cheaply over the k
+  output directions.
   """
 
   @jax.custom_jvp
@@ -375,15 +384,14 @@ def max_window(eqn, operand: jax.Array) -> jax.Array:
   def pool_jvp(primals, tangents):
     (x,), (t,) = primals, tangents
     out = pool(x)
-    windows = _windows(eqn, x, -jnp.inf)
-    taken = jnp.zeros(out.shape, bool)
-    masks = []
-    for f in range(windows.shape[0]):  # the first maximum of each window
-      first = (windows[f] == out) & ~taken
-      masks.append(first)
-      taken = taken | first
-    tangent_windows = _windows(eqn, t, 0)
-    return out, jnp.sum(jnp.where(jnp.stack(masks), tangent_windows, 0), axis=0)
+    windows, axes, order = _windows(eqn, x, -jnp.inf)
+    is_max = windows == jnp.max(windows, axis=axes, keepdims=True)
+    size = int(math.prod(eqn.params["window_dimensions"]))
+    first = jnp.min(jnp.where(is_max, order, size), axis=axes, keepdims=True)
+    mask = order == first  # the first maximum of each window (none where the max is NaN)
+    tangent_windows, _, _ = _windows(eqn, t, 0)
+    tangent = jnp.sum(jnp.where(mask, tangent_windows, 0), axis=axes)
+    return out, tangent.reshape(out.shape)
 
   return pool(operand)
 

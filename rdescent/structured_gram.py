@@ -355,18 +355,80 @@ def _conv_cotangents(layout: _ConvLayout, delta: jax.Array) -> jax.Array:
   return delta.reshape(*delta.shape[:3], layout.out_positions, layout.groups, layout.group_outputs)
 
 
-def _conv_kernel_gradients(site: trace_lib.Site, x: jax.Array, delta: jax.Array) -> jax.Array:
-  """Per-example gradients of the kernel operand V: (m, k, *V.shape), one einsum over patches."""
+def _conv_kernel_gradients(
+  site: trace_lib.Site, x: jax.Array, delta: jax.Array, *, with_bias: bool = False
+) -> tuple[jax.Array, jax.Array | None]:
+  """Per-example gradients of the kernel operand V, (m, k, *V.shape), by one einsum over patches.
+
+  With `with_bias`, a constant 1 is appended to every patch, and the same
+  einsum also returns Σ_{b,s} δ[b, s, o], shape (m, k, O): the gradient of a
+  bias broadcast over the conv's positions (`_conv_biases`); else None.
+  """
   layout = _conv_layout(site)
   patches = _conv_patches(site, layout, x).astype(delta.dtype)
+  n = patches.shape[-1]
+  if with_bias:
+    patches = jnp.concatenate([patches, jnp.ones((*patches.shape[:-1], 1), patches.dtype)], -1)
   grads = jnp.einsum("mbsgn,mkbsgo->mkgon", patches, _conv_cotangents(layout, delta))
   m, k = grads.shape[:2]
+  out_features = layout.groups * layout.group_outputs
+  bias = grads[..., n].reshape(m, k, out_features) if with_bias else None
   # (m, k, O, C_g, *filter) in (out, in, spatial) order -> the kernel's own layout
-  grads = grads.reshape(
-    m, k, layout.groups * layout.group_outputs, layout.group_inputs, *layout.filter_shape
-  )
+  grads = grads[..., :n].reshape(m, k, out_features, layout.group_inputs, *layout.filter_shape)
   order = [int(a) for a in np.argsort(layout.rhs_spec)]
-  return jnp.transpose(grads, (0, 1, *(a + 2 for a in order)))
+  return jnp.transpose(grads, (0, 1, *(a + 2 for a in order))), bias
+
+
+def _broadcasts_features(bias_site: trace_lib.Site, conv_site: trace_lib.Site) -> bool:
+  """Whether the bias operand is its leaf, a vector over the conv's O output features, broadcast.
+
+  Checked on a probe: the view chain applied to 1, 2, ..., O, broadcast to
+  the conv output's shape (as the add does with size-1 axes), must hold
+  o + 1 at every position of feature o.
+  """
+  chain = bias_site.chain
+  layout = _conv_layout(conv_site)
+  out_features = layout.groups * layout.group_outputs
+  if not chain or math.prod(chain[0].invars[0].aval.shape) != out_features:
+    return False
+  leaf_aval = chain[0].invars[0].aval
+  z_shape = conv_site.output_aval.shape
+  with jax.ensure_compile_time_eval():
+    probe = jnp.arange(1, out_features + 1, dtype=leaf_aval.dtype).reshape(leaf_aval.shape)
+    view = trace_lib.apply_chain(chain, probe)
+    column = [-1 if a == layout.out_spec[1] else 1 for a in range(len(z_shape))]
+    expected = jnp.broadcast_to(probe.reshape(column), z_shape)
+    if view.ndim != len(z_shape) or any(v not in (1, z) for v, z in zip(view.shape, z_shape)):
+      return False
+    # the add broadcasts size-1 axes of the view itself
+    return bool(jnp.array_equal(jnp.broadcast_to(view, z_shape), expected))
+
+
+def _conv_biases(traced: TracedModel, plans: list[LeafPlan]) -> dict[int, int]:
+  """{conv kernel leaf: bias leaf} whose per-example gradients one patch einsum gives together.
+
+  The conv's only site feeds only a bias add (they share a cotangent), both
+  leaves are materialised, and the bias is a vector over the conv's output
+  features broadcast over its positions: its gradient Σ_{b,s} δ[b, s, o] is
+  the kernel einsum's with a constant 1 appended to every patch, which saves
+  a pass over the cotangents (m k |z| numbers).
+  """
+  structure = traced.structure
+  by_leaf = {p.leaf: p for p in plans}
+  pairs = {}
+  for p in plans:
+    if p.form != "materialised" or len(p.sites) != 1 or not _patches_apply(p.sites[0]):
+      continue
+    conv_site = p.sites[0]
+    if conv_site.index not in structure.shares:
+      continue
+    bias_site = structure.sites[structure.shares[conv_site.index]]
+    bias_plan = by_leaf.get(bias_site.leaf)
+    if bias_plan is None or bias_plan.form != "materialised" or bias_plan.sites != (bias_site,):
+      continue
+    if _broadcasts_features(bias_site, conv_site):
+      pairs[p.leaf] = bias_site.leaf
+  return pairs
 
 
 def _conv_pair_factors(
@@ -511,7 +573,7 @@ def _site_gradients(
   batched over the examples and the k output directions.
   """
   if x is not None and _patches_apply(site):
-    return _to_leaf(site, leaf, _conv_kernel_gradients(site, x, delta))
+    return _to_leaf(site, leaf, _conv_kernel_gradients(site, x, delta)[0])
   if x is None:  # bias: the VJP does not depend on the other operand's value
     x_in_axis, x = None, jnp.zeros(site.input_aval.shape, site.input_aval.dtype)
   else:
@@ -563,10 +625,20 @@ def factors_from_trace(
 
   features: dict[int, list[jax.Array]] = {}
   position_pairs, gradients = [], []
+  conv_biases = _conv_biases(traced, plans)
+  fused: dict[int, jax.Array] = {}  # bias leaf -> its gradients, from its conv's einsum
   for leaf_plan in plans:
-    if leaf_plan.form == "fallback":
-      continue
+    if leaf_plan.form == "fallback" or leaf_plan.leaf in conv_biases.values():
+      continue  # fallback leaves come from the cotangent pass, fused biases below
     site = leaf_plan.sites[0]
+    if leaf_plan.leaf in conv_biases:
+      kernel, bias = _conv_kernel_gradients(
+        site, layer_inputs[site.index], deltas[structure.source(site)], with_bias=True
+      )
+      assert bias is not None
+      gradients.append(_to_leaf(site, param_leaves[leaf_plan.leaf], kernel))
+      fused[conv_biases[leaf_plan.leaf]] = bias
+      continue
     if leaf_plan.form == "bias":
       features.setdefault(structure.source(site), []).append(jnp.ones((m, 1), dtype))
     elif leaf_plan.form == "dense":
@@ -592,6 +664,7 @@ def factors_from_trace(
         for s in leaf_plan.sites
       ]
       gradients.append(sum(through_sites[1:], through_sites[0]))
+  gradients.extend(fused.values())
   if fallback:
     gradients.append(_jacobian.flat_jacobian(fallback_gradients, m, k))
   sources = tuple(

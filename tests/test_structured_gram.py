@@ -190,6 +190,29 @@ def test_conv_with_batch_groups_uses_the_site_vjp():
     assert _forms(_batch_groups_apply, params, x)["['k']"] == "materialised"
 
 
+def _conv_biases_apply(params, x):
+  """A conv + bias over its features (fused), then one over rows of the same size (not fused)."""
+  y = jnp.tanh(_conv(x, params["k1"], padding="SAME") + params["b1"])  # (m, 4, 4, 4)
+  y = _conv(y, params["k2"], padding="SAME") + params["rows"][:, None, None]  # along H, not O
+  return jnp.tanh(y).reshape(x.shape[0], -1) @ params["w"]
+
+
+def test_conv_bias_gradients_share_the_kernel_einsum_only_when_broadcast_over_features():
+  with jax.enable_x64(True):
+    params = {
+      "k1": models.normal(0, (3, 3, 2, 4)),
+      "b1": models.normal(1, (4,)),
+      "k2": models.normal(2, (3, 3, 4, 4)),
+      "rows": models.normal(3, (4,)),
+      "w": models.normal(4, (64, 2)) / 4,
+    }
+    x = models.normal(5, (3, 4, 4, 2))
+    models.assert_gram_equals_reference(_conv_biases_apply, params, x)
+    traced = structured_gram.trace_model(_conv_biases_apply, params, x)
+    pairs = structured_gram._conv_biases(traced, structured_gram.plan(traced, 3, False))
+    assert pairs == {1: 0}  # k1 -> b1 (leaves in key order: b1, k1, k2, rows, w); not k2 -> rows
+
+
 def _conv_pairs_apply(params, x):
   """A grouped conv with two output positions and many input features per group."""
   y = _conv(x, params["k"], feature_group_count=2)  # (m, 1, 2, 6)
