@@ -17,7 +17,10 @@ The engine
    (`rdescent._structured_trace`);
 2. evaluates it with zero perturbations added at those sites, recording each
    site's input x, and gets every δ with one VJP per example, batched over the
-   k output directions with `jax.vmap` (and over the m examples);
+   k output directions with `jax.vmap` (and over the m examples); the same
+   VJP gives the per-example gradients of the "fallback" leaves below, and a
+   max-pool (`reduce_window_max`) is differentiated there through a mask of
+   its window maxima (`_structured_trace.max_window`), not select-and-scatter;
 3. returns K's factors leaf by leaf (`factors_from_trace`; `rdescent.gram`
    makes them a `rdescent.gram.GramFactors` and multiplies them with
    `rdescent.gram.cross_gram`), in the cheapest exact form for each:
@@ -25,30 +28,37 @@ The engine
      (x_i · x_j) ∘ (δ_{i,c} · δ_{j,c'}), sharing the δ-Gram with the layer's
      bias;
    * `"bias"`: one bias add that does not broadcast the bias: δ_{i,c} · δ_{j,c'};
-   * `"position_pair"`: one dot_general use with positions (sequence models):
-     the position-pair sum above, chosen when cheaper than materialising;
-   * `"materialised"`: per-example gradients of that leaf, G_{i,c} = the VJP
-     of the site with δ_{i,c} (summed over the leaf's sites), then G Gᵀ. Used
+   * `"position_pair"`: one dot_general use with positions (sequence models),
+     or one convolution with few output positions (x_{i,t} its image patch
+     at position t, per feature group): the position-pair sum above, chosen
+     when cheaper than materialising;
+   * `"materialised"`: per-example gradients of that leaf, G_{i,c}, summed
+     over the leaf's sites, then G Gᵀ. A convolution kernel's come from the
+     image patches of the conv's input and one einsum,
+     G_{i,c}[o, (c_in, w)] = Σ_t P_{i,t}[(c_in, w)] δ_{i,c,t}[o] (with a column
+     of ones appended to P when the conv's bias is broadcast over its
+     positions, which gives that bias's gradients in the same einsum); any
+     other site's from the VJP of the site's operation with δ_{i,c}. Used
      for convolution kernels (weight sharing over positions: one filter
      gradient per example and output), broadcast biases, leaves used by
      several operations, and position-pair layers where it is cheaper;
    * `"fallback"`: leaves with a use that is not a site (norm scales,
      embeddings gathered by index, parameters inside scan/cond/custom_jvp):
-     their per-example Jacobian, by the jacobian engine's implementation
-     (`rdescent.gram.per_example_jacobian`) restricted to them.
+     their per-example Jacobian, from the cotangent pass's VJP.
 
 Peak memory (numbers of the compute dtype), with s over the active sites,
 src over the sites that carry their own perturbation, K's size
 N = (m k)² (`"full"`) or k m² (`"per_output"`), and k' = k² or k:
 
-    m Σ_s |x_s|  +  m k Σ_src |z_src|  +  2 N
-      + max( B m² k' T²            over "position_pair" leaves,
-             m k |θ_ℓ|             over "materialised" leaves,
-             m k p_fallback + the jacobian engine's autodiff intermediates )
+    m Σ_s |x_s|  +  m k Σ_src |z_src|  +  m k p_fallback  +  2 N
+      + max( B m² k' T²              over "position_pair" leaves,
+             m k |θ_ℓ| + m |P_ℓ|     over "materialised" leaves )
 
-where B is the layer's dot_general batch size. No m·k·p array is formed for
-"dense", "bias" and "position_pair" leaves. `describe` reports the plan, its
-flop count and this estimate for a given model and batch:
+where B is the layer's dot_general batch size (a conv's feature groups)
+and |P_ℓ| the size of a conv's patches per example (zero for other sites).
+No m·k·p array is formed for "dense", "bias" and "position_pair" leaves.
+`describe` reports the plan, its flop count and this estimate for a given
+model and batch:
 
 >>> import jax.numpy as jnp
 >>> from rdescent import structured_gram
@@ -484,6 +494,15 @@ def _site_gradient_flops(site: trace_lib.Site, leaf_size: int, m: int, k: int) -
   return 2 * m * k * (z_size // out_channels) * leaf_size
 
 
+def _patch_size(site: trace_lib.Site) -> int:
+  """Numbers in one example's patches of a conv site (b S G (C_g F + 1)); 0 for other sites."""
+  if not _patches_apply(site):
+    return 0
+  conv = _conv_layout(site)
+  features = conv.group_inputs * conv.filter_size + 1
+  return conv.images * conv.out_positions * conv.groups * features
+
+
 def plan(traced: TracedModel, num_examples: int, per_output: bool) -> list[LeafPlan]:
   """The cheapest exact form for every used leaf, with its flop and memory cost.
 
@@ -507,7 +526,8 @@ def plan(traced: TracedModel, num_examples: int, per_output: bool) -> list[LeafP
     if leaf in structure.fallback:
       plans.append(LeafPlan(leaf, "fallback", tuple(sites), 2 * m * m * kk * size, m * k * size))
       continue
-    form, flops, memory = "materialised", materialised_flops, m * k * size
+    patches = sum(m * _patch_size(s) for s in sites)  # a conv's patches, at their einsum
+    form, flops, memory = "materialised", materialised_flops, m * k * size + patches
     site = sites[0]
     if len(sites) == 1 and site.view_is_isometric:
       source = structure.source(site)
@@ -522,7 +542,7 @@ def plan(traced: TracedModel, num_examples: int, per_output: bool) -> list[LeafP
           pairs = shape.batch * m * m * shape.positions**2
           pair_flops = 2 * pairs * (shape.contracting + kk * shape.features + kk)
           if pair_flops <= materialised_flops:
-            form, flops, memory = "position_pair", pair_flops, pairs * kk
+            form, flops, memory = "position_pair", pair_flops, pairs * kk + patches
       if form in ("dense", "bias"):
         counted_sources.add(source)
     plans.append(LeafPlan(leaf, form, tuple(sites), flops, memory))
@@ -722,9 +742,9 @@ def describe(
     m * math.prod(s.input_aval.shape) for s in structure.active_sites if s.kind in ("dot", "conv")
   )
   stored += sum(m * k * math.prod(sites[s].output_aval.shape) for s in structure.perturbed)
+  stored += sum(p.memory for p in plans if p.form == "fallback")  # from the cotangent pass
   gram_size = k * m * m if per_output else (m * k) ** 2
-  fallback = sum(p.memory for p in plans if p.form == "fallback")
-  transient = max([p.memory for p in plans if p.form != "fallback"] + [fallback, 0])
+  transient = max([p.memory for p in plans if p.form != "fallback"] + [0])
   return {
     "leaves": [(paths[p.leaf], p.form, p.flops) for p in plans],
     "flops": sum(p.flops for p in plans),
