@@ -16,12 +16,21 @@ JSON is drawn from the JSON; `--plots` redraws all of them.
 
 from __future__ import annotations
 
-import argparse
 import os
-import pathlib
-import shutil
-import sys
-import time
+
+# One OpenBLAS thread, set before numpy and jaxlib load it: jaxlib's LAPACK
+# kernels (Cholesky, triangular solves, eigh) run on OpenBLAS's own thread
+# pool, which competes with XLA's intra-op threads for the same cores. On this
+# 2-core CPU that made a 1280 × 1280 Cholesky inside the RD step 2-3x slower
+# (median). Set OPENBLAS_NUM_THREADS yourself to measure another setting; the
+# value is recorded in every result (`machine.openblas_num_threads`).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
 
 from benchmarks import registry
 from benchmarks import report

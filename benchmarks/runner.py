@@ -358,6 +358,7 @@ def machine_info() -> dict[str, Any]:
     "optax": optax.__version__,
     "backend": jax.default_backend(),
     "device": getattr(device, "device_kind", str(device)),
+    "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
   }
 
 
