@@ -181,6 +181,33 @@ def rd_variants(
           describe=f"{name}({args})",
         )
       )
+  if mse and controllers:  # full grids only (the quick smoke runs keep their size)
+    # The best per-output setting of issue 18's race (step 3 undoes part of the
+    # 1/k average), and SPRING momentum inside the regression (momentum study).
+    specs.append(
+      rd_spec("rd per-output λ=0.3 step 3", damping=0.3, outputs="per_output", learning_rate=3.0)
+    )
+    if full_mode:
+      specs.append(
+        rd_spec(
+          "rd full λ=0.3 spring μ=0.9 step 0.1",
+          damping=0.3,
+          outputs="full",
+          learning_rate=0.1,
+          momentum=0.9,
+        )
+      )
+  if loss == "softmax_cross_entropy" and full_mode and controllers:
+    # Cross-entropy with one system row per example (m rows instead of m k).
+    specs.append(
+      rd_spec(
+        "rd full levenberg_marquardt(initial=0.001) rows per example",
+        damping=("levenberg_marquardt", {"initial": 1e-3}),
+        outputs="full",
+        describe="levenberg_marquardt(initial=0.001)",
+        loss="softmax_cross_entropy_per_example",
+      )
+    )
   if loss == "softmax_cross_entropy" and full_mode and full_dampings:
     lam = full_dampings[len(full_dampings) // 2]
     specs.append(
