@@ -166,6 +166,31 @@ def apply_chain(chain: tuple, leaf: jax.Array) -> jax.Array:
   return leaf
 
 
+def chain_on_numpy(chain: tuple, value: np.ndarray) -> np.ndarray | None:
+  """The view equations of `chain` applied to a NumPy array (None: a view it does not know).
+
+  For checking at trace time, in any context (under jit, shard_map or a mesh),
+  what a chain does to a probe leaf.
+  """
+  for eqn in chain:
+    name, p = eqn.primitive.name, eqn.params
+    if name == "reshape":
+      value = value.reshape(p["new_sizes"])
+    elif name == "transpose":
+      value = np.transpose(value, p["permutation"])
+    elif name == "squeeze":
+      value = np.squeeze(value, axis=tuple(p["dimensions"]))
+    elif name == "expand_dims":
+      value = np.expand_dims(value, tuple(p["dimensions"]))
+    elif name == "broadcast_in_dim":
+      dims, shape = tuple(p["broadcast_dimensions"]), tuple(p["shape"])
+      aligned = [value.shape[dims.index(a)] if a in dims else 1 for a in range(len(shape))]
+      value = np.broadcast_to(value.reshape(aligned), shape)
+    elif name not in ("convert_element_type", "copy", "copy_p"):
+      return None
+  return value
+
+
 SiteHook = Callable[[Site, list[Any], Any], Any]
 
 

@@ -401,17 +401,18 @@ def _broadcasts_features(bias_site: trace_lib.Site, conv_site: trace_lib.Site) -
   out_features = layout.groups * layout.group_outputs
   if not chain or math.prod(chain[0].invars[0].aval.shape) != out_features:
     return False
-  leaf_aval = chain[0].invars[0].aval
+  leaf_shape = chain[0].invars[0].aval.shape
   z_shape = conv_site.output_aval.shape
-  with jax.ensure_compile_time_eval():
-    probe = jnp.arange(1, out_features + 1, dtype=leaf_aval.dtype).reshape(leaf_aval.shape)
-    view = trace_lib.apply_chain(chain, probe)
-    column = [-1 if a == layout.out_spec[1] else 1 for a in range(len(z_shape))]
-    expected = jnp.broadcast_to(probe.reshape(column), z_shape)
-    if view.ndim != len(z_shape) or any(v not in (1, z) for v, z in zip(view.shape, z_shape)):
-      return False
-    # the add broadcasts size-1 axes of the view itself
-    return bool(jnp.array_equal(jnp.broadcast_to(view, z_shape), expected))
+  probe = np.arange(1, out_features + 1, dtype=np.float64).reshape(leaf_shape)
+  view = trace_lib.chain_on_numpy(chain, probe)
+  if view is None or view.ndim != len(z_shape):
+    return False
+  if any(v not in (1, z) for v, z in zip(view.shape, z_shape)):
+    return False
+  column = [-1 if a == layout.out_spec[1] else 1 for a in range(len(z_shape))]
+  expected = np.broadcast_to(probe.reshape(column), z_shape)
+  # the add broadcasts size-1 axes of the view itself
+  return bool(np.array_equal(np.broadcast_to(view, z_shape), expected))
 
 
 def _conv_biases(traced: TracedModel, plans: list[LeafPlan]) -> dict[int, int]:
