@@ -527,13 +527,16 @@ class _Primal(_Form):
   def _direction(self, solution):
     return self._unravel(self._flat_direction(solution))
 
+  def _jacobian_times(self, flat_direction: jax.Array) -> jax.Array:
+    """J d from the materialised Jacobian, shape (m, k)."""
+    return jnp.einsum("ikp,p->ik", self._jacobian, flat_direction)
+
   def _output_change(self, solution, direction):
     del direction
-    return jnp.einsum("ikp,p->ik", self._jacobian, self._flat_direction(solution))
+    return self._jacobian_times(self._flat_direction(solution))
 
   def output_change_of(self, direction):
-    flat = ravel_pytree(direction)[0].astype(self._jacobian.dtype)
-    return jnp.einsum("ikp,p->ik", self._jacobian, flat)
+    return self._jacobian_times(ravel_pytree(direction)[0].astype(self._jacobian.dtype))
 
 
 class _FullPrimal(_Primal):
