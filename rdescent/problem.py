@@ -9,10 +9,24 @@ system:
     full, primal:  d = (J̃ᵀ J̃ + λI)⁻¹ J̃ᵀ u,  J̃ = Lᵀ J            (p × p system)
     per-output:    α_c = (K_c + λI)⁻¹ r_c,  d = (1/k) Σ_c J_cᵀ α_c  (k m × m systems)
                    or its primal form d = (1/k) Σ_c (J_cᵀJ_c + λI)⁻¹ J_cᵀ r_c
+    sketched:      α = (Fᵀ K F + λI)⁻¹ Sᵀu,  d = Jᵀ F α,  F = L S      (m s × m s system)
+                   or its primal form d = (J̃ᵀ J̃ + λI)⁻¹ J̃ᵀ Sᵀu, J̃ = Fᵀ J
 
 with K = J Jᵀ and the loss factors g = L u, H = L Lᵀ of `rdescent.losses`
 (L = I, u = r for squared error). Both forms give the same d (push-through
 identity); the primal one is cheaper when p is smaller than the system size.
+
+**Sketched outputs.** With many outputs per example (q large), the
+sketched form regresses a random s-dimensional projection of each example's
+residual: S (q × s) has orthonormal columns scaled by √(q/s), drawn per step
+(`output_sketch`), so E[S Sᵀ] = I and the Gauss-Newton model
+½‖Sᵀ(u + Lᵀ J δ)‖² is unbiased for ½‖u + Lᵀ J δ‖². The system has m s rows
+instead of m q; for squared error (L = I) its matrix Sᵀ K S is the Gram of
+the sketched model x ↦ Sᵀ f(θ; x), built with s instead of k backward
+passes per example. s = q gives S Sᵀ = I, the full form. The loss, the
+predicted reduction and the loss after a step are those of the true,
+unsketched problem, so a judging controller compares the true loss with the
+true model's prediction.
 The direction d has the sign of a gradient: the descent step is θ − η d.
 
 **A prior direction (SPRING, Goldshlager, Abrahamsen & Lin 2024).** Every
@@ -62,6 +76,7 @@ from rdescent import sharding as sharding_lib
 from rdescent import solvers as solvers_lib
 
 SYSTEMS = ("auto", "dual", "primal")
+OUTPUT_MODES = ("full", "per_output", "sketched")
 
 ApplyFn = Callable[[Any, Any], jax.Array]
 
@@ -186,6 +201,42 @@ def step_params(params: Any, direction: Any, step_size: jax.Array | float) -> An
   return jax.tree_util.tree_map(
     lambda p, d: (p - step_size * d).astype(jnp.asarray(p).dtype), params, direction
   )
+
+
+def output_sketch(key: jax.Array, num_residuals: int, size: int, dtype: Any) -> jax.Array:
+  """A random S of shape (q, s) with orthonormal columns scaled by √(q/s).
+
+  The columns span a uniformly random s-dimensional subspace of R^q (QR of
+  a Gaussian matrix), so E[S Sᵀ] = I; s = q gives S Sᵀ = I.
+
+  Args:
+    key: a PRNG key.
+    num_residuals: q, the residual size per example.
+    size: s, 1 ≤ s ≤ q.
+    dtype: the dtype of S.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from rdescent.problem import output_sketch
+    >>> sketch = output_sketch(jax.random.key(0), 5, 2, jnp.float32)
+    >>> sketch.shape, bool(jnp.allclose(sketch.T @ sketch, 2.5 * jnp.eye(2), atol=1e-5))
+    ((5, 2), True)
+  """
+  gaussian = jax.random.normal(key, (num_residuals, size), dtype)
+  basis, upper = jnp.linalg.qr(gaussian)
+  # Signs from R's diagonal make the basis Haar-distributed (not QR's convention).
+  signs = jnp.where(jnp.diagonal(upper) < 0, -1.0, 1.0).astype(dtype)
+  return basis * signs * jnp.asarray(jnp.sqrt(num_residuals / size), dtype)
+
+
+def _sketched_apply(apply_fn: ApplyFn, sketch: jax.Array) -> ApplyFn:
+  """x ↦ f(θ; x) S, shape (n, s): the model whose Gram is Sᵀ K S (squared error)."""
+
+  def sketched(params, inputs):
+    outputs = apply_fn(params, inputs)
+    return outputs.reshape(outputs.shape[0], -1) @ sketch.astype(outputs.dtype)
+
+  return sketched
 
 
 class _Batch(NamedTuple):
@@ -511,6 +562,72 @@ class _PerOutputDual(_Form):
     return self.num_outputs * jnp.linalg.norm(flat)
 
 
+def _system_factor(factor: jax.Array | None, sketch: jax.Array, num_examples: int) -> jax.Array:
+  """F = L S per example, shape (m, k, s) (S itself for every example when L = I)."""
+  if factor is None:
+    return jnp.broadcast_to(sketch, (num_examples, *sketch.shape))
+  return jnp.einsum("ikq,qs->iks", factor, sketch.astype(factor.dtype))
+
+
+def _output_gradient(factors: losses_lib.GaussNewtonFactors) -> jax.Array:
+  """g = L u, the loss gradient with respect to the outputs, shape (m, k)."""
+  rhs, factor = factors
+  return rhs if factor is None else jnp.einsum("ikq,iq->ik", factor, rhs)
+
+
+class _SketchedDual(_Form):
+  """α = (Fᵀ K F + λI)⁻¹ Sᵀu, d = Jᵀ F α with F = L S (an m s × m s system).
+
+  For squared error `gram` is already Sᵀ K S (the sketched model's Gram) and
+  J d costs one JVP; otherwise `gram` is K and J d = K F α costs no pass.
+  """
+
+  system, per_output, _gcv_form = "dual", False, "dual"
+
+  def __init__(self, batch: _Batch, solver: solvers_lib.Solver, gram: jax.Array, sketch: jax.Array):
+    super().__init__(batch, solver)
+    self._sketch = sketch
+    m, k = batch.outputs.shape
+    size = sketch.shape[1]
+    if batch.factors.factor is None:
+      self._factor, self._gram = None, None
+      self.matrix = gram
+    else:
+      self._factor = _system_factor(batch.factors.factor, sketch, m)
+      self._gram = gram
+      sandwich = jnp.einsum(
+        "iks,ikjl,jlr->isjr", self._factor, gram.reshape(m, k, m, k), self._factor
+      )
+      self.matrix = sandwich.reshape(m * size, m * size)
+    self._set_rhs()
+
+  def _rhs_from(self, residual):
+    return (residual @ self._sketch.astype(residual.dtype)).reshape(-1)
+
+  def _coefficients(self, solution: jax.Array) -> jax.Array:
+    """F α, shape (m, k)."""
+    alpha = solution.reshape(self.num_examples, -1)
+    if self._factor is None:
+      return alpha @ self._sketch.T.astype(alpha.dtype)
+    return jnp.einsum("iks,is->ik", self._factor, alpha)
+
+  def _direction(self, solution):
+    return self._vjp_direction(self._coefficients(solution))
+
+  def _output_change(self, solution, direction):
+    if self._gram is None:
+      return self._jvp_change(direction)
+    return (self._gram @ self._coefficients(solution).reshape(-1)).reshape(self.num_examples, -1)
+
+  def gradient_norm(self):
+    gradient = _output_gradient(self.factors)
+    if self._gram is not None:
+      flat = gradient.reshape(-1)
+      return jnp.sqrt(jnp.maximum(flat @ (self._gram @ flat), 0.0))
+    leaves = jax.tree_util.tree_leaves(self._vjp_direction(gradient))
+    return jnp.linalg.norm(jnp.concatenate([jnp.ravel(x) for x in leaves]))
+
+
 class _Primal(_Form):
   """The primal forms share J (m, k, p), materialised: J d is one matmul."""
 
@@ -546,20 +663,49 @@ class _FullPrimal(_Primal):
 
   def __init__(self, batch: _Batch, solver: solvers_lib.Solver, jacobian: jax.Array):
     super().__init__(batch, solver, jacobian)
-    factor = batch.factors.factor
-    lifted = jacobian if factor is None else jnp.einsum("ikq,ikp->iqp", factor, jacobian)
-    self._lifted = lifted
-    self.matrix = jnp.einsum("iqp,iqs->ps", lifted, lifted)
+    self._lifted = self._lift_jacobian(jacobian)
+    self.matrix = jnp.einsum("iqp,iqs->ps", self._lifted, self._lifted)
     self._set_rhs()
 
+  def _lift_jacobian(self, jacobian: jax.Array) -> jax.Array:
+    """J̃ = Lᵀ J, shape (m, q, p)."""
+    factor = self.factors.factor
+    return jacobian if factor is None else jnp.einsum("ikq,ikp->iqp", factor, jacobian)
+
+  def _project(self, residual: jax.Array) -> jax.Array:
+    """The residual the system regresses, from u (m, q): u itself here."""
+    return residual
+
   def _rhs_from(self, residual):
-    return jnp.einsum("iqp,iq->p", self._lifted, residual)
+    return jnp.einsum("iqp,iq->p", self._lifted, self._project(residual))
 
   def _flat_direction(self, solution):
     return solution
 
   def gradient_norm(self):
     return jnp.linalg.norm(self.rhs)
+
+
+class _SketchedPrimal(_FullPrimal):
+  """d = (J̃ᵀ J̃ + λI)⁻¹ J̃ᵀ Sᵀu with J̃ = Fᵀ J, F = L S (a p × p system)."""
+
+  def __init__(
+    self, batch: _Batch, solver: solvers_lib.Solver, jacobian: jax.Array, sketch: jax.Array
+  ):
+    self._sketch = sketch
+    super().__init__(batch, solver, jacobian)
+
+  def _lift_jacobian(self, jacobian):
+    return jnp.einsum(
+      "iks,ikp->isp", _system_factor(self.factors.factor, self._sketch, jacobian.shape[0]), jacobian
+    )
+
+  def _project(self, residual):
+    return residual @ self._sketch.astype(residual.dtype)
+
+  def gradient_norm(self):
+    gradient = jnp.einsum("ikp,ik->p", self._jacobian, _output_gradient(self.factors))
+    return jnp.linalg.norm(gradient)
 
 
 class _PerOutputPrimal(_Primal):
@@ -612,6 +758,8 @@ def linearize(
   chunk_size: int | None = None,
   data_axis: str | None = None,
   solver: solvers_lib.Solver | str = "cholesky",
+  sketch_size: int | None = None,
+  sketch_key: jax.Array | None = None,
   name: str = "scale_by_regression_descent",
 ) -> LinearizedProblem:
   """Builds the RD system of one batch in the form the options ask for.
@@ -626,7 +774,8 @@ def linearize(
     inputs: X, a pytree with a leading example axis of size m.
     targets: Y.
     loss: an `rdescent.losses.Loss`.
-    outputs: `"full"` or `"per_output"`.
+    outputs: `"full"`, `"per_output"` or `"sketched"` (needs `sketch_size`
+      and `sketch_key`).
     gram: the Gram engine, `"auto"`, `"structured"` or `"jacobian"`.
     system: `"dual"`, `"primal"` or `"auto"` (the smaller: primal when
       p < m q, or p < m per output).
@@ -635,6 +784,8 @@ def linearize(
     data_axis: None, or the mesh axis the examples are split over (K built
       in block rows, `rdescent.sharding.row_block_gram`).
     solver: an `rdescent.solvers.Solver` or its name.
+    sketch_size: s, 1 ≤ s ≤ q, the sketch's size (`outputs="sketched"`).
+    sketch_key: the PRNG key of the sketch S (`output_sketch`).
     name: the transform's name, for error messages.
 
   Returns:
@@ -654,6 +805,7 @@ def linearize(
     (Array([-1., -2.,  0.], dtype=float32), Array(0., dtype=float32))
   """
   solver = solvers_lib.get(solver)
+  _validation.check_option("outputs", outputs, OUTPUT_MODES)
   per_output = outputs == "per_output"
   raw_outputs, vjp = jax.vjp(lambda p: apply_fn(p, inputs), params)
   num_examples = jax.tree_util.tree_leaves(inputs)[0].shape[0]
@@ -676,12 +828,22 @@ def linearize(
   )
   num_outputs = flat_outputs.shape[1]
   num_params = ravel_pytree(params)[0].size
-  dual_size = num_examples if per_output else num_examples * factors.rhs.shape[1]
+  sketch = None
+  if outputs == "sketched":
+    sketch = _sketch(sketch_size, sketch_key, factors.rhs.shape[1], flat_outputs.dtype, name)
+    dual_size = num_examples * sketch.shape[1]
+  else:
+    dual_size = num_examples if per_output else num_examples * factors.rhs.shape[1]
   if system == "auto":
     system = "primal" if num_params < dual_size else "dual"
 
   form: _Form
-  if system == "dual":
+  if system == "dual" and sketch is not None:
+    # Squared error: the Gram of the sketched model, Sᵀ K S (s backward passes, not k).
+    gram_fn = apply_fn if factors.factor is not None else _sketched_apply(apply_fn, sketch)
+    k_matrix = _gram(gram_fn, params, inputs, gram, "full", chunk_size, data_axis)
+    form = _SketchedDual(batch, solver, k_matrix, sketch)
+  elif system == "dual":
     k_matrix = _gram(apply_fn, params, inputs, gram, outputs, chunk_size, data_axis)
     form = (_PerOutputDual if per_output else _FullDual)(batch, solver, k_matrix)
   else:
@@ -696,6 +858,21 @@ def linearize(
       num_examples,
       num_outputs,
     )
-    form = (_PerOutputPrimal if per_output else _FullPrimal)(batch, solver, jacobian)
+    if sketch is not None:
+      form = _SketchedPrimal(batch, solver, jacobian, sketch)
+    else:
+      form = (_PerOutputPrimal if per_output else _FullPrimal)(batch, solver, jacobian)
   form._prepare(solver)
   return form
+
+
+def _sketch(size: Any, key: Any, num_residuals: int, dtype: Any, name: str) -> jax.Array:
+  """S for `outputs="sketched"`, after checking its size against q at trace time."""
+  if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= num_residuals:
+    raise ValueError(
+      f"{name}: outputs='sketched' needs sketch_size, an int with 1 <= sketch_size <= q = "
+      f"{num_residuals} (the loss's residual size per example); got sketch_size={size!r}."
+    )
+  if key is None:
+    raise ValueError(f"{name}: outputs='sketched' needs sketch_key, a PRNG key; got None.")
+  return output_sketch(key, num_residuals, size, dtype)

@@ -108,6 +108,8 @@ def scale_by_regression_descent(
   data_axis: str | None = None,
   solver: str | solvers_lib.Solver = "cholesky",
   momentum: float = 0.0,
+  sketch_size: int | None = None,
+  sketch_seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   """The Regression Descent direction d = Jᵀ (K + λI)⁻¹ r (gradient sign).
 
@@ -125,6 +127,12 @@ def scale_by_regression_descent(
     outputs: `"full"`: one (m k) × (m k) system with K = J Jᵀ (example-major).
       `"per_output"`: the paper's reference form, one m × m system per output
       c, α_c = (K_c + λI)⁻¹ r_c, d = (1/k) Σ_c J_cᵀ α_c (squared error only).
+      `"sketched"`: for many outputs, the full system of a random
+      s-dimensional projection of each example's residual (s =
+      `sketch_size`), an (m s) × (m s) system: α = (Sᵀ K S + λI)⁻¹ Sᵀr,
+      d = Jᵀ S α, with a new S (q × s, orthonormal columns scaled by √(q/s),
+      so E[S Sᵀ] = I) every step; with loss factors, F = L S replaces S
+      (see `rdescent.problem`). s = q is the full form.
     gram: engine for K, `"auto"` or `"jacobian"` (see `rdescent.gram`).
     system: `"dual"` solves the m k (or m) sized system above, `"primal"` the
       equivalent p × p system (JᵀJ + λI) d = Jᵀ r; `"auto"` picks the smaller.
@@ -183,6 +191,11 @@ def scale_by_regression_descent(
       the controller innermost, so a judge (`levenberg_marquardt`,
       `backtracking`) judges the full SPRING step, and the logit cap
       (`max_logit_change`) wraps it.
+    sketch_size: s with `outputs="sketched"` (1 ≤ s ≤ q, q = k for squared
+      error; checked when the step is traced); None otherwise.
+    sketch_seed: the seed of the sketches: step t uses
+      `fold_in(key(sketch_seed), t)`, so runs are reproducible and the
+      state needs no key.
 
   Precision: the Gram matrix, the solve and the state are computed in the
   parameters' dtype, but at least float32: bfloat16/float16 parameters are
@@ -196,6 +209,7 @@ def scale_by_regression_descent(
   name = "scale_by_regression_descent"
   loss_obj = losses_lib.get(loss)
   _check_options(loss_obj, outputs, gram, system, chunk_size, output_scale, data_axis)
+  _check_sketch(outputs, sketch_size, sketch_seed)
   solver_obj = solvers_lib.get(solver)
   if not (_validation.is_concrete(output_scale) and output_scale == 1.0):
     apply_fn = _scaled_outputs(apply_fn, output_scale)
@@ -248,6 +262,12 @@ def scale_by_regression_descent(
       chunk_size=chunk_size,
       data_axis=data_axis,
       solver=solver_obj,
+      sketch_size=sketch_size,
+      sketch_key=(
+        jax.random.fold_in(jax.random.key(sketch_seed), state.count)
+        if outputs == "sketched"
+        else None
+      ),
       name=name,
     )
     eta = step_size(state.count) if callable(step_size) else step_size
@@ -263,7 +283,7 @@ def scale_by_regression_descent(
 
 def _check_options(loss, outputs, gram, system, chunk_size, output_scale, data_axis) -> None:
   """Trace-time checks of the options of `scale_by_regression_descent`."""
-  _validation.check_option("outputs", outputs, gram_lib.OUTPUT_MODES)
+  _validation.check_option("outputs", outputs, problem_lib.OUTPUT_MODES)
   _validation.check_option("gram", gram, gram_lib.METHODS)
   _validation.check_option("system", system, problem_lib.SYSTEMS)
   if outputs == "per_output" and not loss.squared_error:
@@ -276,6 +296,28 @@ def _check_options(loss, outputs, gram, system, chunk_size, output_scale, data_a
   _validation.check_positive("output_scale", output_scale)
   if data_axis is not None and not isinstance(data_axis, str):
     raise ValueError(f"data_axis must be a mesh axis name (str) or None; got {data_axis!r}.")
+
+
+def _check_sketch(outputs: str, sketch_size: Any, sketch_seed: Any) -> None:
+  """Trace-time checks of `sketch_size` / `sketch_seed` (s ≤ q is checked in the step)."""
+  if outputs != "sketched":
+    if sketch_size is not None:
+      raise ValueError(
+        f"sketch_size applies only to outputs='sketched'; got sketch_size={sketch_size!r} "
+        f"with outputs={outputs!r}."
+      )
+    return
+  if isinstance(sketch_size, bool) or not isinstance(sketch_size, int) or sketch_size < 1:
+    raise ValueError(
+      f"outputs='sketched' needs sketch_size, a Python int with 1 <= sketch_size <= q (the "
+      f"residual size per example; it is a shape, so with optax.inject_hyperparams list "
+      f"'sketch_size' in static_args); got sketch_size={sketch_size!r}."
+    )
+  integer_seed = isinstance(sketch_seed, int) or (
+    hasattr(sketch_seed, "dtype") and jnp.issubdtype(sketch_seed.dtype, jnp.integer)
+  )
+  if isinstance(sketch_seed, bool) or not integer_seed:
+    raise ValueError(f"sketch_seed must be an int; got {sketch_seed!r}.")
 
 
 def _finite_loss(problem: problem_lib.LinearizedProblem) -> jax.Array:
@@ -365,6 +407,8 @@ def regression_descent(
   data_axis: str | None = None,
   solver: str | solvers_lib.Solver = "cholesky",
   momentum: float = 0.0,
+  sketch_size: int | None = None,
+  sketch_seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   """Regression Descent: θ ← θ − η Jᵀ (J Jᵀ + λI)⁻¹ r.
 
@@ -404,6 +448,8 @@ def regression_descent(
       data_axis=data_axis,
       solver=solver,
       momentum=momentum,
+      sketch_size=sketch_size,
+      sketch_seed=sketch_seed,
     ),
     optax.scale_by_learning_rate(learning_rate),
   )

@@ -32,6 +32,7 @@ import pytest
 
 import rdescent as rd
 from rdescent import transform as transform_lib
+from rdescent.problem import output_sketch
 from tests import models
 
 SIZES = (3, 6, 2)  # k = 2 outputs, p = 38 parameters
@@ -84,6 +85,9 @@ VARIANTS = {
   ),
   "per_output/primal/gcv": lambda: dict(
     damping=rd.damping.gcv(), outputs="per_output", system="primal"
+  ),
+  "sketched/levenberg_marquardt": lambda: dict(
+    damping=rd.damping.levenberg_marquardt(), outputs="sketched", sketch_size=1
   ),
   # every solver
   "solver=eigh": lambda: dict(damping=1e-3, solver=rd.solvers.eigh()),
@@ -186,9 +190,9 @@ def test_damping_is_bounded_at_an_exact_fit(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_inject_hyperparams_learning_rate(name):
   params, x, y = _problem()
-  tx = optax.inject_hyperparams(rd.regression_descent, static_args=("apply_fn", "damping"))(
-    apply_fn=models.mlp_apply, learning_rate=0.5, **VARIANTS[name]()
-  )
+  tx = optax.inject_hyperparams(
+    rd.regression_descent, static_args=("apply_fn", "damping", "sketch_size")
+  )(apply_fn=models.mlp_apply, learning_rate=0.5, **VARIANTS[name]())
   state = tx.init(params)
   update = jax.jit(lambda p, s: tx.update(None, s, p, batch=(x, y)))
   np.testing.assert_allclose(state.hyperparams["learning_rate"], 0.5)
@@ -212,6 +216,15 @@ def _dense_reference(name, params, x, y, damping):
       [np.linalg.eigvalsh(jacobian[c::k] @ jacobian[c::k].T) for c in range(k)]
     )
     direction = models.dense_per_output_direction(jacobian, residual, damping, k)
+  elif kwargs.get("outputs") == "sketched":
+    # The first step's sketch, S ⊗ I_m applied to J and r (example-major rows).
+    key = jax.random.fold_in(jax.random.key(kwargs.get("sketch_seed", 0)), 0)
+    sketch = np.asarray(output_sketch(key, SIZES[-1], kwargs["sketch_size"], jnp.float64))
+    lifted = np.kron(np.eye(M), sketch.T) @ jacobian
+    values = np.linalg.eigvalsh(lifted @ lifted.T)
+    direction = models.dense_ridge_direction(
+      lifted, np.kron(np.eye(M), sketch.T) @ residual, damping
+    )
   else:
     values = np.linalg.eigvalsh(jacobian @ jacobian.T)
     direction = models.dense_ridge_direction(jacobian, residual, damping)
