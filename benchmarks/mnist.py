@@ -7,7 +7,9 @@ subset of 2048 training images; test accuracy is on the 10000 test images.
 
 Studies: `mnist`, `fashion_mnist` (MSE on one-hot, as in the paper) and
 `mnist_ce`, `fashion_mnist_ce` (softmax cross-entropy; RD variants only when
-`rdescent` provides `loss="softmax_cross_entropy"`).
+`rdescent` provides `loss="softmax_cross_entropy"`). With the `peers` extra,
+somax's exact Gauss-Newton joins each grid (`somax.egn_mse` on the flattened
+one-hot outputs, `somax.egn_ce` on the labels; `optimizers.somax_spec`).
 """
 
 from __future__ import annotations
@@ -75,11 +77,11 @@ def default_optimizers(loss: str, quick: bool) -> list[OptimizerSpec]:
         controllers=False,
         full_mode=loss != "mse",
       )
-    return specs
+    return specs + opt.somax_variants(loss, quick=True)
   specs = opt.adam_grid([3e-4, 1e-3, 3e-3]) + opt.sgd_grid([1e-2, 3e-2, 1e-1])
   if rd_ok:
     specs += opt.rd_variants(loss, full_dampings=(0.1, 1.0, 10.0), per_output_dampings=())
-  return specs
+  return specs + opt.somax_variants(loss)
 
 
 def make_run(dataset: str, loss: str):

@@ -3,15 +3,19 @@
 Baselines train on the mean loss of the batch (SGD with momentum 0.9, Adam),
 each over a small learning-rate grid. RD variants use the summed loss of
 `rdescent` (λ in the units of DESIGN.md). Damping controllers and losses
-that other parts of the package provide are included only when present.
+that other parts of the package provide are included only when present, and so
+are the peer libraries of the `peers` extra (`somax`: exact Gauss-Newton).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 
 import rdescent as rd
@@ -51,6 +55,109 @@ def lbfgs_spec(label: str = "lbfgs", **kwargs: Any) -> OptimizerSpec:
   return OptimizerSpec(
     label, "lbfgs", lambda task: optax.lbfgs(**kwargs), dict(kwargs), uses_value_fn=True
   )
+
+
+def has_somax() -> bool:
+  """Whether the peer `somax` (`python-somax`, the `peers` extra) is importable."""
+  return importlib.util.find_spec("somax") is not None
+
+
+class SomaxStepper:
+  """A somax method (`init(params)`, `step(params, batch, state, rng)`) in the runner's
+  `uses_step` protocol: `init(params)`, `step(params, state, x, y) -> (params, state)`.
+
+  `targets` maps the task's targets to what the method reads as `batch["y"]`;
+  the key for `rng` is folded from somax's own step count (the EGN methods do
+  not draw from it).
+  """
+
+  def __init__(self, method: Any, targets: Any):
+    self.method = method
+    self.targets = targets
+
+  def init(self, params: Any) -> Any:
+    return self.method.init(params)
+
+  def step(self, params: Any, state: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any]:
+    rng = jax.random.fold_in(jax.random.PRNGKey(0), state.step)
+    params, state, _ = self.method.step(params, {"x": x, "y": self.targets(y)}, state, rng)
+    return params, state
+
+
+def somax_spec(
+  loss: str,
+  *,
+  damping: float = 1.0,
+  damping_policy: str = "const",
+  learning_rate: float = 1.0,
+  label: str | None = None,
+) -> OptimizerSpec:
+  """somax's exact Gauss-Newton (EGN): `somax.egn_mse` for `loss="mse"`, `somax.egn_ce`
+  for `"softmax_cross_entropy"` (family `"somax"`; needs the `peers` extra).
+
+  Both solve the damped Gauss-Newton system of the mean batch loss in the row
+  space of the batch Jacobian by a dense Cholesky (`row_cholesky`), then step
+  θ ← θ − η s with s = (G + λ I)⁻¹ g, G the Gauss-Newton matrix and g the
+  gradient of the mean loss (½ mean squared residual for egn_mse, the mean
+  cross-entropy for egn_ce); the row system is (J Jᵀ + B λ I) u = r.
+  `damping_policy` is somax's `lam_policy`: `"const"` (λ fixed, somax's
+  default, λ = 1) or `"trust_region"` (Levenberg-Marquardt: λ × 1.5 when the
+  gain ratio ρ < 0.25, × 0.5 when ρ > 0.75; the step is always taken).
+
+  Adaptations, in `SomaxStepper`:
+
+  * egn_mse reads one output per example (its row operator reshapes the
+    residuals to (B,), so (B, k) outputs with k > 1 fail); the model's (B, k)
+    outputs and targets are flattened to B k scalar rows, which makes its
+    step exactly the Gauss-Newton step of ½ the mean over all B k entries,
+    the loss the runner reports up to the factor ½ (λ in those units);
+  * egn_ce reads integer labels (one-hot targets break it): the task's
+    one-hot targets are passed as their argmax.
+  """
+  method = {"mse": "egn_mse", "softmax_cross_entropy": "egn_ce"}.get(loss)
+  if method is None:
+    raise ValueError(f"somax_spec: no somax EGN method for loss={loss!r}.")
+
+  def build(task: Task) -> SomaxStepper:
+    import somax
+
+    if task.loss != loss:
+      raise ValueError(f"somax_spec({loss!r}) on a task with loss={task.loss!r}.")
+    apply_fn = task.model.apply
+    options = {"lam0": damping, "lam_policy": damping_policy, "learning_rate": learning_rate}
+    if loss == "mse":
+      predict = lambda p, x: apply_fn(p, x).reshape(-1)
+      return SomaxStepper(somax.egn_mse(predict_fn=predict, **options), lambda y: y.reshape(-1))
+    to_labels = lambda y: jnp.argmax(y.reshape(y.shape[0], -1), axis=-1)
+    return SomaxStepper(somax.egn_ce(predict_fn=apply_fn, **options), to_labels)
+
+  if label is None:
+    rule = (
+      f"λ={_fmt(damping)}" if damping_policy == "const" else f"{damping_policy}(λ0={_fmt(damping)})"
+    )
+    step = "" if learning_rate == 1.0 else f" step {_fmt(learning_rate)}"
+    label = f"somax {method} {rule}{step}"
+  hyperparams = {
+    "method": method,
+    "damping": damping,
+    "damping_policy": damping_policy,
+    "learning_rate": learning_rate,
+  }
+  return OptimizerSpec(label, "somax", build, hyperparams, uses_step=True)
+
+
+def somax_variants(loss: str, *, quick: bool = False) -> list[OptimizerSpec]:
+  """The somax grid of a study, empty without the `peers` extra: somax's defaults (λ = 1
+  constant, step 1) and, unless `quick`, one more constant λ: 0.1 for MSE, 10 for
+  cross-entropy (from a pilot on MNIST's SmallCNN, batch 32, 20 steps: on MSE λ = 0.1 ended
+  lower than λ = 1; on cross-entropy λ = 1 fell and rose back to chance, λ = 10 fell steadily).
+  """
+  if not has_somax():
+    return []
+  specs = [somax_spec(loss)]
+  if not quick:
+    specs.append(somax_spec(loss, damping=0.1 if loss == "mse" else 10.0))
+  return specs
 
 
 def has_loss(name: str) -> bool:

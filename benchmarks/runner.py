@@ -72,7 +72,7 @@ class OptimizerSpec:
   Attributes:
     label: unique name in tables and plots, e.g. `"adam lr=1e-3"`.
     family: `"sgd"`, `"adam"`, `"rd"`, ... (what `--optimizers` selects).
-    build: `build(task) -> optax.GradientTransformation`.
+    build: `build(task) -> optax.GradientTransformation` (a stepper when `uses_step`).
     hyperparams: the settings, for the JSON and the table.
     uses_batch: True for Regression Descent style transforms, updated as
       `update(None, state, params, batch=(x, y))`; False for gradient methods,
@@ -82,15 +82,20 @@ class OptimizerSpec:
       (`optax.lbfgs`), updated as `update(grad, state, params, value=,
       grad=, value_fn=)`; on a full batch the value and gradient that the
       line search already computed are reused (`optax.value_and_grad_from_state`).
+    uses_step: True for peers that apply their own update (somax, in the
+      `peers` extra): `build(task)` returns an object with `init(params) ->
+      state` and `step(params, state, x, y) -> (params, state)`, called with
+      the batch as the task holds it (`optimizers.somax_spec` adapts it).
   """
 
   label: str
   family: str
-  build: Callable[[Task], optax.GradientTransformation]
+  build: Callable[[Task], Any]
   hyperparams: Mapping[str, Any]
   uses_batch: bool = False
   batch_size: int | None = None
   uses_value_fn: bool = False
+  uses_step: bool = False
 
 
 @dataclasses.dataclass
@@ -160,6 +165,8 @@ def _make_step(
   def step(params, opt_state, inputs, targets, indices):
     x = jnp.take(inputs, indices, axis=0)
     y = jnp.take(targets, indices, axis=0)
+    if spec.uses_step:  # the peer computes and applies its own update
+      return tx.step(params, opt_state, x, y)
     if spec.uses_batch:
       updates, opt_state = tx.update(None, opt_state, params, batch=(x, y))
     elif spec.uses_value_fn:

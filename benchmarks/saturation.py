@@ -1,7 +1,8 @@
 """Saturation study: a deep sigmoid MLP 784-32-32-32-32-32-10 on MNIST (MSE on one-hot).
 
 Five sigmoid hidden layers make gradients vanish (σ' ≤ 1/4 per layer), the
-regime where the paper reports RD's strongest results.
+regime where the paper reports RD's strongest results. With the `peers` extra,
+somax's exact Gauss-Newton (`somax.egn_mse` on the flattened outputs) joins the grid.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ SIZES = [784, 32, 32, 32, 32, 32, 10]
 
 def default_optimizers(quick: bool) -> list[OptimizerSpec]:
   if quick:
-    return opt.adam_grid([1e-3]) + opt.rd_variants(
-      "mse", full_dampings=(), per_output_dampings=(), controllers=False
+    return (
+      opt.adam_grid([1e-3])
+      + opt.rd_variants("mse", full_dampings=(), per_output_dampings=(), controllers=False)
+      + opt.somax_variants("mse", quick=True)
     )
   return (
     opt.adam_grid([1e-3, 3e-3, 1e-2])
     + opt.sgd_grid([1e-1, 3e-1, 1.0])
     + opt.rd_variants("mse", full_dampings=(0.1, 1.0, 10.0), per_output_dampings=())
+    + opt.somax_variants("mse")
   )
 
 
