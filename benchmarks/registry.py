@@ -37,6 +37,7 @@ STUDY_MODULES = (
   "benchmarks.momentum",
   "benchmarks.last_layer",
   "benchmarks.sharding",
+  "benchmarks.least_squares",
 )
 
 TableFn = Callable[[Mapping[str, Any]], str]
