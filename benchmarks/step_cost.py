@@ -25,6 +25,9 @@ reports the median per part:
 * `cholesky`: a plain `jax.scipy.linalg.cho_factor` / `cho_solve` of an
   (m k) × (m k) SPD matrix and one right-hand side;
 * `forward`: one `apply_fn(params, x)`;
+* `coupling_check`: the default's per-step check that the examples are
+  independent (`rdescent.problem.examples_consistent`: each example evaluated
+  alone against the batch call's outputs), part of every RD step above;
 * `adam`: `optax.adam(1e-3)` on `jax.value_and_grad` of the summed squared
   error, update + `optax.apply_updates`.
 
@@ -58,6 +61,7 @@ from benchmarks import registry
 from benchmarks import saturation
 from benchmarks.runner import StudyOptions
 from benchmarks.runner import machine_info
+from rdescent import problem as problem_lib
 
 FULL_REPEATS = 21
 QUICK_REPEATS = 2
@@ -375,6 +379,13 @@ def measure_case(case: Case, repeats: int, slice_s: float, progress: bool) -> di
     )
   calls["cholesky"] = (plain_cholesky, (matrix, rhs))
   calls["forward"] = (case.apply, (params, x))
+  # The default's per-step check that examples are independent (each example alone
+  # against the batch call's outputs): what `examples="independent"` costs.
+  flat_outputs = jax.jit(case.apply)(params, x).reshape(m, -1)
+  calls["coupling_check"] = (
+    lambda p, x, outputs: problem_lib.examples_consistent(case.apply, p, x, outputs),
+    (params, x, flat_outputs),
+  )
   calls["adam"] = (adam_step_fn(case.apply, adam), (params, adam.init(params), x, y))
 
   choice = auto_choice(case)
@@ -422,6 +433,7 @@ def measure_case(case: Case, repeats: int, slice_s: float, progress: bool) -> di
     "step_over_adam_min": parts["rd_full"]["min_ms"] / parts["adam"]["min_ms"],
     "per_output_over_adam": parts["rd_per_output"]["ms"] / parts["adam"]["ms"],
     "lm_over_full": parts["rd_lm"]["ms"] / parts["rd_full"]["ms"],
+    "coupling_check_over_forward": parts["coupling_check"]["ms"] / parts["forward"]["ms"],
   }
 
 
@@ -460,6 +472,13 @@ def _ms(value: float | None) -> str:
   return "–" if value is None else f"{value:.3g}"
 
 
+def _coupling_check(row: Mapping[str, Any]) -> str:
+  part = row["parts"].get("coupling_check")
+  if part is None:  # results from before the check existed
+    return "–"
+  return f"{_ms(part['ms'])} ({row['coupling_check_over_forward']:.2g}×)"
+
+
 def markdown_table(result: Mapping[str, Any]) -> str:
   """The step against its floor and Adam's step; then the other RD steps and compile times."""
   lines = [
@@ -493,8 +512,8 @@ def markdown_table(result: Mapping[str, Any]) -> str:
     "",
     "| model, batch | parameters | RD full + LM ms (λ initial → used, next) | LM / full | "
     "RD per-output ms | per-output / Adam | fastest calls: step / floor, step / Adam | "
-    "compile s: full / LM / per-output / Adam |",
-    "|" + "---|" * 8,
+    "compile s: full / LM / per-output / Adam | coupling check ms (/ forward) |",
+    "|" + "---|" * 9,
   ]
   for r in result["rows"]:
     p = r["parts"]
@@ -512,7 +531,7 @@ def markdown_table(result: Mapping[str, Any]) -> str:
       f"| {r['model']} | {r['num_params']:,} | {_ms(lm['ms'])}{lm_state} | "
       f"{r['lm_over_full']:.2g}× | {_ms(p['rd_per_output']['ms'])} | "
       f"{r['per_output_over_adam']:.3g}× | {r['step_over_floor_min']:.2g}×, "
-      f"{r['step_over_adam_min']:.3g}× | {compile_s} |"
+      f"{r['step_over_adam_min']:.3g}× | {compile_s} | {_coupling_check(r)} |"
     )
   config = result["settings"]
   slow = [

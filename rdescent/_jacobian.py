@@ -14,11 +14,13 @@ fewer numbers than the k outputs, reverse mode otherwise.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 Params = Any
 ApplyFn = Callable[[Params, Any], jax.Array]
@@ -182,3 +184,23 @@ def jacobian_flops(
     differentiate = m * k * (2 * forward_linear + forward_other)
   outputs_squared = k if per_output else k * k
   return m * forward + differentiate + 2 * m * m * outputs_squared * p
+
+
+def batch_jacobian(apply_fn: ApplyFn, params: Params, inputs: Any) -> jax.Array:
+  """J of the whole-batch function θ ↦ apply_fn(θ, inputs), shape (m, k, p).
+
+  For `examples="coupled"`: no per-example structure is assumed (batch
+  statistics, residuals that mix examples, `inputs=None`). Row (i, c) is
+  ∂f_{i,c}/∂θ of the batch call, in the parameter order of
+  `jax.flatten_util.ravel_pytree(params)`. Reverse mode (m k VJPs, batched)
+  when m k ≤ p, forward mode (p JVPs) otherwise; m k p numbers.
+  """
+  flat, unravel = ravel_pytree(params)
+  shape = jax.eval_shape(apply_fn, params, inputs).shape
+  num_rows = math.prod(shape)
+
+  def batch_outputs(vector):
+    return apply_fn(unravel(vector), inputs).reshape(-1)
+
+  differentiate = jax.jacrev if num_rows <= flat.size else jax.jacfwd
+  return differentiate(batch_outputs)(flat).reshape(shape[0], num_rows // shape[0], flat.size)

@@ -43,8 +43,12 @@ def check_params(params: Any, transform: str) -> None:
       )
 
 
-def check_batch(batch: Any, transform: str) -> tuple[Any, Any]:
+def check_batch(batch: Any, transform: str, *, coupled: bool = False) -> tuple[Any, Any]:
   """Checks that `batch` is a pair `(inputs, targets)` with a common leading axis.
+
+  With `coupled` (`examples="coupled"`) the inputs are free (None for a plain
+  residual function) and the targets' leading axis is checked against the
+  outputs later.
 
   Returns:
     The pair `(inputs, targets)`; `inputs` may be a pytree of arrays that all
@@ -63,9 +67,19 @@ def check_batch(batch: Any, transform: str) -> tuple[Any, Any]:
       f"{transform}: `batch` must be a pair (inputs, targets); got a {kind}{length}."
     )
   inputs, targets = batch
+  if coupled:
+    if np.ndim(targets) == 0:
+      raise ValueError(
+        f"{transform}: targets must have the examples on their leading axis; got a scalar."
+      )
+    return inputs, targets
   input_leaves = jax.tree_util.tree_leaves(inputs)
   if not input_leaves:
-    raise ValueError(f"{transform}: `batch` inputs have no array leaves.")
+    raise ValueError(
+      f"{transform}: `batch` inputs have no array leaves. For a residual function without "
+      "per-example inputs (a plain residual vector), pass examples='coupled' and "
+      "batch=(None, targets)."
+    )
   sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in input_leaves}
   if None in sizes or len(sizes) != 1:
     raise ValueError(

@@ -63,10 +63,12 @@ from rdescent._jacobian import per_example_jacobian as per_example_jacobian
 
 __all__ = (
   "METHODS",
+  "EXAMPLES",
   "OUTPUT_MODES",
   "STRUCTURED_ADVANTAGE",
   "GramFactors",
   "choose_method",
+  "coupled_factors",
   "cross_gram",
   "engine_flops",
   "flat_jacobian",
@@ -82,6 +84,9 @@ ApplyFn = Callable[[Params, Any], jax.Array]
 
 METHODS = ("auto", "jacobian", "structured")
 OUTPUT_MODES = ("full", "per_output")
+# `examples=`: "independent" (apply_fn maps each example alone: the engines above)
+# or "coupled" (J of the whole-batch function, `rdescent._jacobian.batch_jacobian`).
+EXAMPLES = ("independent", "coupled")
 # `"auto"` takes the structured engine only when its flop estimate is at most
 # 1/STRUCTURED_ADVANTAGE of the jacobian engine's. The estimates match XLA's own
 # counts, but the engines reach different flop rates: the jacobian engine's work
@@ -332,6 +337,7 @@ def gram_matrix(
   method: str = "auto",
   outputs: str = "full",
   chunk_size: int | None = None,
+  examples: str = "independent",
 ) -> jax.Array:
   """The empirical neural tangent kernel K = J Jᵀ of a batch.
 
@@ -345,11 +351,29 @@ def gram_matrix(
     outputs: `"full"` for the (m k, m k) matrix, example-major, or
       `"per_output"` for the k diagonal blocks, shape (k, m, m).
     chunk_size: examples differentiated at once (None: all m).
+    examples: `"independent"` (the default: `apply_fn` maps each example
+      on its own, which both engines rely on) or `"coupled"`: J is the
+      Jacobian of the whole-batch function θ ↦ apply_fn(θ, inputs)
+      (`jax.jacrev` or `jax.jacfwd` by shape, m k p numbers; `method` and
+      `chunk_size` do not apply), for batch statistics, residuals that mix
+      examples, or a plain residual vector with `inputs=None` (m is then
+      the outputs' leading axis).
 
   Returns:
     K as described by `outputs`.
   """
-  factors = gram_factors(
-    apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
-  )
+  _validation.check_option("examples", examples, EXAMPLES)
+  if examples == "coupled":
+    _validation.check_option("outputs", outputs, OUTPUT_MODES)
+    factors = coupled_factors(apply_fn, params, inputs)
+  else:
+    factors = gram_factors(
+      apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
+    )
   return cross_gram(factors, factors, outputs=outputs)
+
+
+def coupled_factors(apply_fn: ApplyFn, params: Params, inputs: Any) -> GramFactors:
+  """The `GramFactors` of the whole-batch Jacobian (`examples="coupled"`): J itself."""
+  jacobian = _jacobian.batch_jacobian(apply_fn, params, inputs)
+  return GramFactors((), (), (jacobian,), jnp.zeros((*jacobian.shape[:2], 0), jacobian.dtype))

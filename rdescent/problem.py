@@ -68,6 +68,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from rdescent import _jacobian
 from rdescent import _mesh
 from rdescent import _validation
 from rdescent import gram as gram_lib
@@ -126,6 +127,10 @@ class LinearizedProblem(Protocol):
     num_outputs: k.
     system: `"dual"` or `"primal"`, the form actually solved.
     per_output: whether the k outputs are solved as k systems.
+    examples_consistent: scalar bool. With `examples="independent"`: whether
+      the outputs of each example evaluated alone match the batch call's (to
+      √ε relative); False means the examples are coupled and the system
+      built per example is wrong. Always True with `examples="coupled"`.
     matrix: the undamped system matrix, (n, n), or (k, n, n) per output.
     rhs: its right-hand side, (n,) or (k, n).
   """
@@ -135,6 +140,7 @@ class LinearizedProblem(Protocol):
   targets: jax.Array
   loss: jax.Array
   factors: losses_lib.GaussNewtonFactors
+  examples_consistent: jax.Array
   num_examples: int
   num_outputs: int
   system: str
@@ -253,6 +259,7 @@ class _Batch(NamedTuple):
   loss_fn: losses_lib.Loss
   loss: jax.Array
   factors: losses_lib.GaussNewtonFactors
+  examples_consistent: jax.Array
 
 
 class _Form:
@@ -277,6 +284,7 @@ class _Form:
     self.targets = batch.targets
     self.loss = batch.loss
     self.factors = batch.factors
+    self.examples_consistent = batch.examples_consistent
     self.num_examples, self.num_outputs = batch.outputs.shape
     self._prepared: dict[str, Any] = {}
 
@@ -453,6 +461,7 @@ class _ShiftedProblem:
     self.targets = form.targets
     self.loss = form.loss
     self.factors = form.factors
+    self.examples_consistent = form.examples_consistent
     self.num_examples = form.num_examples
     self.num_outputs = form.num_outputs
     self.system = form.system
@@ -760,6 +769,7 @@ def linearize(
   solver: solvers_lib.Solver | str = "cholesky",
   sketch_size: int | None = None,
   sketch_key: jax.Array | None = None,
+  examples: str = "independent",
   name: str = "scale_by_regression_descent",
 ) -> LinearizedProblem:
   """Builds the RD system of one batch in the form the options ask for.
@@ -786,6 +796,12 @@ def linearize(
     solver: an `rdescent.solvers.Solver` or its name.
     sketch_size: s, 1 ≤ s ≤ q, the sketch's size (`outputs="sketched"`).
     sketch_key: the PRNG key of the sketch S (`output_sketch`).
+    examples: `"independent"`: `apply_fn` maps each example on its own; the
+      Gram engines rely on it, and `examples_consistent` checks it (one
+      extra forward pass, each example alone). `"coupled"`: J is the
+      Jacobian of the whole-batch function (`rdescent._jacobian.
+      batch_jacobian`); `inputs` may be None, m is then the outputs'
+      leading axis; `gram`, `chunk_size` and `data_axis` do not apply.
     name: the transform's name, for error messages.
 
   Returns:
@@ -806,11 +822,26 @@ def linearize(
   """
   solver = solvers_lib.get(solver)
   _validation.check_option("outputs", outputs, OUTPUT_MODES)
+  _validation.check_option("examples", examples, gram_lib.EXAMPLES)
+  coupled = examples == "coupled"
   per_output = outputs == "per_output"
   raw_outputs, vjp = jax.vjp(lambda p: apply_fn(p, inputs), params)
-  num_examples = jax.tree_util.tree_leaves(inputs)[0].shape[0]
+  if coupled:
+    num_examples = raw_outputs.shape[0] if raw_outputs.ndim else 0
+  else:
+    num_examples = jax.tree_util.tree_leaves(inputs)[0].shape[0]
   _validation.check_outputs(raw_outputs, num_examples, name)
   flat_outputs = raw_outputs.reshape(num_examples, -1)
+  if coupled and jnp.shape(targets)[0] != num_examples:
+    raise ValueError(
+      f"{name}: targets must have the outputs' {num_examples} rows on their leading axis "
+      f"(examples='coupled'); got targets of shape {jnp.shape(targets)}."
+    )
+  if coupled:
+    consistent = jnp.asarray(True)
+  else:
+    _check_single_example(apply_fn, params, inputs, raw_outputs.shape, name)
+    consistent = examples_consistent(apply_fn, params, inputs, flat_outputs, chunk_size)
   prepared_targets = loss.prepare_targets(targets, flat_outputs)
   factors = loss.factors(flat_outputs, prepared_targets)
   batch = _Batch(
@@ -825,6 +856,7 @@ def linearize(
     loss_fn=loss,
     loss=loss.value(flat_outputs, prepared_targets),
     factors=factors,
+    examples_consistent=consistent,
   )
   num_outputs = flat_outputs.shape[1]
   num_params = ravel_pytree(params)[0].size
@@ -837,33 +869,92 @@ def linearize(
   if system == "auto":
     system = "primal" if num_params < dual_size else "dual"
 
+  # examples="coupled": J of the batch function, once; every form is built from it.
+  coupled_jacobian = (
+    _mesh.replicated_call(_jacobian.batch_jacobian)(apply_fn, params, inputs) if coupled else None
+  )
   form: _Form
   if system == "dual" and sketch is not None:
     # Squared error: the Gram of the sketched model, Sᵀ K S (s backward passes, not k).
-    gram_fn = apply_fn if factors.factor is not None else _sketched_apply(apply_fn, sketch)
-    k_matrix = _gram(gram_fn, params, inputs, gram, "full", chunk_size, data_axis)
+    squared = factors.factor is None
+    if coupled_jacobian is not None:
+      rows = jnp.einsum("ikp,ks->isp", coupled_jacobian, sketch) if squared else coupled_jacobian
+      k_matrix = gram_lib.gram_from_jacobian(rows)
+    else:
+      gram_fn = _sketched_apply(apply_fn, sketch) if squared else apply_fn
+      k_matrix = _gram(gram_fn, params, inputs, gram, "full", chunk_size, data_axis)
     form = _SketchedDual(batch, solver, k_matrix, sketch)
   elif system == "dual":
-    k_matrix = _gram(apply_fn, params, inputs, gram, outputs, chunk_size, data_axis)
+    if coupled_jacobian is not None:
+      k_matrix = gram_lib.gram_from_jacobian(coupled_jacobian, outputs=outputs)
+    else:
+      k_matrix = _gram(apply_fn, params, inputs, gram, outputs, chunk_size, data_axis)
     form = (_PerOutputDual if per_output else _FullDual)(batch, solver, k_matrix)
   else:
-    jacobian = gram_lib.flat_jacobian(
-      _mesh.replicated_call(gram_lib.per_example_jacobian)(
-        apply_fn,
-        params,
-        inputs,
-        num_outputs=num_outputs,
-        chunk_size=chunk_size,
-      ),
-      num_examples,
-      num_outputs,
-    )
+    if coupled_jacobian is not None:
+      jacobian = coupled_jacobian
+    else:
+      jacobian = gram_lib.flat_jacobian(
+        _mesh.replicated_call(gram_lib.per_example_jacobian)(
+          apply_fn,
+          params,
+          inputs,
+          num_outputs=num_outputs,
+          chunk_size=chunk_size,
+        ),
+        num_examples,
+        num_outputs,
+      )
     if sketch is not None:
       form = _SketchedPrimal(batch, solver, jacobian, sketch)
     else:
       form = (_PerOutputPrimal if per_output else _FullPrimal)(batch, solver, jacobian)
   form._prepare(solver)
   return form
+
+
+def _check_single_example(
+  apply_fn: ApplyFn, params: Any, inputs: Any, batch_shape: tuple[int, ...], name: str
+) -> None:
+  """Trace time: `apply_fn` on a batch of one example returns one example's outputs."""
+  one = jax.tree_util.tree_map(lambda leaf: leaf[:1], inputs)
+  hint = (
+    "With examples='independent' (the default) apply_fn must map each example on its own; "
+    "for a residual function of the whole batch (batch statistics, residuals that mix "
+    "examples, a plain residual vector) pass examples='coupled'."
+  )
+  try:
+    shape = jax.eval_shape(apply_fn, params, one).shape
+  except Exception as error:  # the user's function, on a batch of one
+    raise ValueError(f"{name}: apply_fn fails on a batch of one example ({error}). {hint}") from (
+      error
+    )
+  if tuple(shape) != (1, *batch_shape[1:]):
+    raise ValueError(
+      f"{name}: apply_fn(params, inputs) returns {tuple(batch_shape)} for the batch but "
+      f"{tuple(shape)} for a batch of one example, expected {(1, *batch_shape[1:])}. {hint}"
+    )
+
+
+def examples_consistent(
+  apply_fn: ApplyFn, params: Any, inputs: Any, outputs: jax.Array, chunk_size: int | None = None
+) -> jax.Array:
+  """Whether each example evaluated alone gives the batch call's outputs (one forward pass).
+
+  The check of `examples="independent"`; `outputs` is the batch call's,
+  shape (m, k).
+
+  Equal to √ε·(1 + max |f|) per entry: rounding differs between a batch and
+  its examples, a coupling (batch statistics) changes outputs at O(1).
+  Non-finite outputs of single examples count as a mismatch.
+  """
+
+  def one(example):
+    return apply_fn(params, _jacobian.batch_of_one(example)).reshape(-1)
+
+  alone = _jacobian.map_examples(one, inputs, chunk_size).astype(outputs.dtype)
+  tolerance = jnp.sqrt(jnp.finfo(outputs.dtype).eps) * (1.0 + jnp.max(jnp.abs(outputs)))
+  return jnp.all(jnp.abs(alone - outputs) <= tolerance)
 
 
 def _sketch(size: Any, key: Any, num_residuals: int, dtype: Any, name: str) -> jax.Array:

@@ -39,12 +39,19 @@ STATUS_NONFINITE_LOSS = 1
 STATUS_SOLVE_FAILED = 2
 STATUS_NONFINITE_DIRECTION = 3
 STATUS_REJECTED = 4
+STATUS_COUPLED_EXAMPLES = 5
+STATUS_ZERO_STEP = 6
 STATUS_MESSAGES = {
   STATUS_OK: "ok",
   STATUS_NONFINITE_LOSS: "non-finite outputs, targets or loss; step skipped",
   STATUS_SOLVE_FAILED: "linear solve failed; step skipped",
   STATUS_NONFINITE_DIRECTION: "non-finite direction; step skipped",
-  STATUS_REJECTED: "step rejected by the damping controller",
+  STATUS_REJECTED: "step rejected by the damping controller; nothing applied (or a step undone)",
+  STATUS_COUPLED_EXAMPLES: (
+    "examples are coupled: single examples' outputs differ from the batch call's (batch "
+    "statistics, residuals that mix examples); step skipped; pass examples='coupled'"
+  ),
+  STATUS_ZERO_STEP: "zero direction (e.g. an exact fit): nothing to apply",
 }
 
 
@@ -110,6 +117,7 @@ def scale_by_regression_descent(
   momentum: float = 0.0,
   sketch_size: int | None = None,
   sketch_seed: int = 0,
+  examples: str = "independent",
 ) -> optax.GradientTransformationExtraArgs:
   """The Regression Descent direction d = Jᵀ (K + λI)⁻¹ r (gradient sign).
 
@@ -118,7 +126,8 @@ def scale_by_regression_descent(
 
   Args:
     apply_fn: `apply_fn(params, inputs) -> outputs` of shape (m,) or (m, k)
-      (trailing axes are flattened into k). Examples must be independent.
+      (trailing axes are flattened into k). Examples must be independent
+      unless `examples="coupled"`.
     damping: λ ≥ 0: a float, an optax schedule of the step count, or a
       controller from `rdescent.damping`.
     loss: `"mse"` (½‖r‖² summed), `"softmax_cross_entropy"` (targets one-hot
@@ -196,6 +205,19 @@ def scale_by_regression_descent(
     sketch_seed: the seed of the sketches: step t uses
       `fold_in(key(sketch_seed), t)`, so runs are reproducible and the
       state needs no key.
+    examples: `"independent"` (the default): `apply_fn` maps each example on
+      its own, as the Gram engines assume. Each step checks it, at one extra
+      forward pass: the outputs of the examples evaluated alone must match
+      the batch call's (to √ε relative); otherwise the step is skipped with
+      status `STATUS_COUPLED_EXAMPLES` and the parameters are untouched. An
+      `apply_fn` whose output for one example does not have one example's
+      shape is refused when the step is traced. `"coupled"`: any residual
+      function of the batch (batch statistics in training mode, residuals
+      that mix examples, or a plain residual vector `apply_fn(params, None)
+      -> (m,)` with `batch=(None, targets)`): J is the Jacobian of θ ↦
+      apply_fn(θ, inputs), by `jax.jacrev` or `jax.jacfwd` (m k p numbers);
+      `gram`, `chunk_size` and `data_axis` do not apply (under a mesh it is
+      computed replicated, as on one device).
 
   Precision: the Gram matrix, the solve and the state are computed in the
   parameters' dtype, but at least float32: bfloat16/float16 parameters are
@@ -210,6 +232,12 @@ def scale_by_regression_descent(
   loss_obj = losses_lib.get(loss)
   _check_options(loss_obj, outputs, gram, system, chunk_size, output_scale, data_axis)
   _check_sketch(outputs, sketch_size, sketch_seed)
+  _validation.check_option("examples", examples, gram_lib.EXAMPLES)
+  if examples == "coupled" and data_axis is not None:
+    raise ValueError(
+      f"data_axis={data_axis!r} builds K in block rows of independent examples; with "
+      "examples='coupled' J is the batch function's, computed replicated: pass data_axis=None."
+    )
   solver_obj = solvers_lib.get(solver)
   if not (_validation.is_concrete(output_scale) and output_scale == 1.0):
     apply_fn = _scaled_outputs(apply_fn, output_scale)
@@ -243,7 +271,7 @@ def scale_by_regression_descent(
   def update_fn(updates, state, params=None, *, batch=None, **extra_args):
     del updates, extra_args
     _validation.check_params(params, name)
-    inputs, targets = _validation.check_batch(batch, name)
+    inputs, targets = _validation.check_batch(batch, name, coupled=examples == "coupled")
     storage_params, params = params, dtypes_lib.upcast(params)
     _validation.check_input_dtypes(
       inputs, dtypes_lib.compute_dtype(params), name, integer_inputs=integer_inputs
@@ -268,6 +296,7 @@ def scale_by_regression_descent(
         if outputs == "sketched"
         else None
       ),
+      examples=examples,
       name=name,
     )
     eta = step_size(state.count) if callable(step_size) else step_size
@@ -327,9 +356,26 @@ def _finite_loss(problem: problem_lib.LinearizedProblem) -> jax.Array:
 def _status(problem: problem_lib.LinearizedProblem, step: damping_lib.DampingStep) -> jax.Array:
   """The step's code in `STATUS_MESSAGES` (the first problem found)."""
   finite_direction = _validation.all_finite(step.direction)
+  zero_direction = jnp.all(
+    jnp.stack([jnp.all(leaf == 0) for leaf in jax.tree_util.tree_leaves(step.direction)])
+  )
   return jnp.select(
-    [~_finite_loss(problem), ~step.solve_ok, ~finite_direction, ~step.accepted],
-    [STATUS_NONFINITE_LOSS, STATUS_SOLVE_FAILED, STATUS_NONFINITE_DIRECTION, STATUS_REJECTED],
+    [
+      ~_finite_loss(problem),
+      ~problem.examples_consistent,
+      ~step.solve_ok,
+      ~finite_direction,
+      ~step.accepted,
+      zero_direction,
+    ],
+    [
+      STATUS_NONFINITE_LOSS,
+      STATUS_COUPLED_EXAMPLES,
+      STATUS_SOLVE_FAILED,
+      STATUS_NONFINITE_DIRECTION,
+      STATUS_REJECTED,
+      STATUS_ZERO_STEP,
+    ],
     STATUS_OK,
   ).astype(jnp.int32)
 
@@ -340,7 +386,7 @@ def _applied_direction(step: damping_lib.DampingStep, status: jax.Array, params:
   A rejecting controller's direction is its correction (zero or an undo) and
   passes; each leaf is cast to its parameter's dtype.
   """
-  keep = (status == STATUS_OK) | (status == STATUS_REJECTED)
+  keep = (status == STATUS_OK) | (status == STATUS_REJECTED) | (status == STATUS_ZERO_STEP)
   return jax.tree_util.tree_map(
     lambda d, p: jnp.where(keep, d, jnp.zeros_like(d)).astype(jnp.asarray(p).dtype),
     step.direction,
@@ -362,9 +408,12 @@ def _next_state(
   last finite values (`status` says why).
   """
   applied = status == STATUS_OK
-  failed = ~(applied | (status == STATUS_REJECTED))
+  failed = ~(applied | (status == STATUS_REJECTED) | (status == STATUS_ZERO_STEP))
+  coupled = status == STATUS_COUPLED_EXAMPLES
+  # A coupled batch says nothing about λ: the controller's state is kept.
   damping_state = jax.tree_util.tree_map(
-    lambda bad, good: jnp.where(failed, bad, good),
+    lambda old, bad, good: jnp.where(coupled, old, jnp.where(failed, bad, good)),
+    state.damping_state,
     controller.fail(state.damping_state),
     step.state,
   )
@@ -409,6 +458,7 @@ def regression_descent(
   momentum: float = 0.0,
   sketch_size: int | None = None,
   sketch_seed: int = 0,
+  examples: str = "independent",
 ) -> optax.GradientTransformationExtraArgs:
   """Regression Descent: θ ← θ − η Jᵀ (J Jᵀ + λI)⁻¹ r.
 
@@ -450,6 +500,7 @@ def regression_descent(
       momentum=momentum,
       sketch_size=sketch_size,
       sketch_seed=sketch_seed,
+      examples=examples,
     ),
     optax.scale_by_learning_rate(learning_rate),
   )

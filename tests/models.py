@@ -159,3 +159,17 @@ def small_cnn_apply(params, x):
   m, channels = x.shape[0], x.shape[-1]
   x = x.reshape(m, 13, 2, 13, 2, channels).max(axis=(2, 4)).reshape(m, -1)
   return x @ params["dense"]["kernel"] + params["dense"]["bias"]
+
+
+def batch_norm_mlp_apply(params, x):
+  """`mlp_apply` with batch normalisation (training mode) after every hidden layer.
+
+  Its examples are coupled: each output depends on every example of the batch
+  through the batch mean and variance.
+  """
+  *hidden, last = params
+  h = x
+  for layer in hidden:
+    h = jnp.tanh(h @ layer["w"] + layer["b"])
+    h = (h - h.mean(0)) / jnp.sqrt(h.var(0) + 1e-5)
+  return h @ last["w"] + last["b"]

@@ -89,6 +89,11 @@ VARIANTS = {
   "sketched/levenberg_marquardt": lambda: dict(
     damping=rd.damping.levenberg_marquardt(), outputs="sketched", sketch_size=1
   ),
+  # any residual function (J of the whole-batch function)
+  "coupled": lambda: dict(damping=1e-3, examples="coupled"),
+  "coupled/primal/levenberg_marquardt": lambda: dict(
+    damping=rd.damping.levenberg_marquardt(), system="primal", examples="coupled"
+  ),
   # every solver
   "solver=eigh": lambda: dict(damping=1e-3, solver=rd.solvers.eigh()),
   "solver=eigh/levenberg_marquardt": lambda: dict(
@@ -182,7 +187,12 @@ def test_damping_is_bounded_at_an_exact_fit(name):
   final, state, (dampings, statuses) = run(params)
   dampings = np.asarray(dampings)
   assert np.all(np.isfinite(dampings)) and np.all(dampings >= 0) and np.all(dampings < 1e13)
-  assert set(np.unique(statuses)) <= {transform_lib.STATUS_OK, transform_lib.STATUS_REJECTED}
+  # r = 0: a zero direction says so (STATUS_ZERO_STEP), never "ok".
+  assert set(np.unique(statuses)) <= {
+    transform_lib.STATUS_OK,
+    transform_lib.STATUS_REJECTED,
+    transform_lib.STATUS_ZERO_STEP,
+  }
   assert _finite(state)
   np.testing.assert_allclose(models.flat(final), models.flat(params), atol=1e-4)
 

@@ -256,7 +256,8 @@ def test_damping_stays_bounded_for_hundreds_of_steps_at_an_exact_solution(name):
     scale = np.trace(jacobian @ jacobian.T) / 8
     bounds = (1e-8 * scale * 0.99, 1e2 * scale * 1.01)
   assert np.all(dampings >= bounds[0] * (1 - 1e-6)) and np.all(dampings <= bounds[1] * (1 + 1e-6))
-  assert set(np.unique(statuses)) <= {0, 4}  # ok or rejected, never a numerical failure
+  # ok, rejected, or a zero step (r = 0: nothing to apply), never a numerical failure
+  assert set(np.unique(statuses)) <= {0, 4, 6}
   np.testing.assert_allclose(models.flat(final), models.flat(params), atol=1e-4)
 
 

@@ -342,6 +342,46 @@ def _training(steps: int = 5, m: int = 32) -> dict:
   }
 
 
+def _coupled(mesh_kind: str, steps: int = 3, m: int = 16) -> dict:
+  """examples="coupled" (batch normalisation inside apply_fn): 3 LM steps, sharded and not."""
+  import jax
+  import optax
+
+  import rdescent as rd
+  from tests import models
+
+  def bn_apply(params, x):
+    return models.batch_norm_mlp_apply(params, x)
+
+  params = models.mlp_init(jax.random.PRNGKey(9), [3, 6, 2])
+  x = jax.random.normal(jax.random.PRNGKey(10), (m, 3))
+  y = jax.random.normal(jax.random.PRNGKey(11), (m, 2))
+  tx = rd.regression_descent(
+    bn_apply, 1.0, damping=rd.damping.levenberg_marquardt(initial=1e-2), examples="coupled"
+  )
+
+  @jax.jit
+  def train(params, batch):
+    def body(carry, _):
+      params, opt_state = carry
+      updates, opt_state = tx.update(None, opt_state, params, batch=batch)
+      return (optax.apply_updates(params, updates), opt_state), opt_state[0].status
+
+    (params, _), statuses = jax.lax.scan(body, (params, tx.init(params)), None, length=steps)
+    return params, statuses
+
+  expected, _ = train(params, (x, y))
+  mesh = _mesh(mesh_kind)
+  with jax.set_mesh(mesh):
+    trained, statuses = train(
+      rd.sharding.replicate(params, mesh), rd.sharding.shard_batch((x, y), mesh)
+    )
+  return {
+    "params_rel": _relative(trained, expected),
+    "statuses": [int(s) for s in statuses],
+  }
+
+
 def _tensor_parallel(mesh_kind: str) -> dict:
   """2 × 2 mesh: batch over "data", the first layer's units over "model"."""
   import jax
@@ -445,6 +485,7 @@ def _run_all() -> dict:
     [("training", _training)]
     + [(f"tensor-{k}", functools.partial(_tensor_parallel, k)) for k in MESHES]
     + [("per-output-repeated", _per_output_repeated)]
+    + [(f"coupled-{k}", functools.partial(_coupled, k)) for k in MESHES]
   ):
     try:
       results[name] = fn()
@@ -506,6 +547,13 @@ def test_sharded_training_run_matches_unsharded(multi_device):
   assert record["loss_rel"] <= TRAIN_RTOL, record
   # The parameters stay replicated (nothing sharded over "data").
   assert all(axis is None for spec in record["param_specs"] for axis in spec), record
+
+
+@pytest.mark.parametrize("mesh_kind", MESHES)
+def test_coupled_examples_step_on_a_mesh_equals_one_device(multi_device, mesh_kind):
+  record = _record(multi_device, f"coupled-{mesh_kind}")
+  assert record["statuses"] == [0, 0, 0], record
+  assert record["params_rel"] <= TRAIN_RTOL, record
 
 
 @pytest.mark.parametrize("case", row_block_cases())
