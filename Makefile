@@ -36,9 +36,10 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
-# The suite and the docstring examples (--doctest-modules and its flags are in pyproject.toml).
+# The suite and the docstring examples (--doctest-modules and its flags are in pyproject.toml);
+# loadgroup keeps each xdist_group on one worker (test_sharding's one subprocess).
 test: lint docs
-	$(BIN)/python -m pytest -q -n auto tests rdescent
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup tests rdescent
 
 clean:
 	rm -rf $(VENV) demo_output site .cache .mypy_cache .ruff_cache

@@ -21,6 +21,10 @@ import sys
 import numpy as np
 import pytest
 
+# One worker runs this file under pytest-xdist (`--dist loadgroup`), so the
+# subprocess behind the module fixture runs once, not once per worker.
+pytestmark = pytest.mark.xdist_group("sharding")
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_DEVICES = 4
 STEP_RTOL = 1e-5  # 1 device vs 4 devices, one step, float32
