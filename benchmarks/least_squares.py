@@ -25,7 +25,6 @@ Per problem, in float64, from the paper's standard start:
 
 from __future__ import annotations
 
-import inspect
 import pathlib
 import time
 from collections.abc import Mapping
@@ -53,11 +52,6 @@ QUICK_PROBLEMS = ("rosenbrock", "beale", "helical_valley")
 REACHED_RTOL, REACHED_ATOL = 1e-8, 1e-20
 
 
-def _coupled_supported() -> bool:
-  """Whether this rdescent has `examples="coupled"` (plain residual vectors)."""
-  return "examples" in inspect.signature(rd.regression_descent).parameters
-
-
 def _cost(problem: mgh.Problem, x) -> jax.Array:
   return 0.5 * jnp.sum(jnp.square(problem.residuals(x)))
 
@@ -72,24 +66,16 @@ def reached(cost: float | None, reference: float | None) -> bool | None:
 def run_rd(problem: mgh.Problem, max_steps: int = MAX_STEPS) -> dict[str, Any]:
   """RD + LM damping on `problem` (call inside `jax.enable_x64(True)`)."""
   m = problem.num_residuals
-  if _coupled_supported():
-    form = 'examples="coupled", apply_fn(x, None) = r(x)'
-    kwargs = {"examples": "coupled"}
-    inputs = None
+  form = 'examples="coupled", apply_fn(x, None) = r(x)'
+  inputs = None
 
-    def apply_fn(x, inputs):
-      del inputs
-      return problem.residuals(x)
+  def apply_fn(x, inputs):
+    del inputs
+    return problem.residuals(x)
 
-  else:  # older rdescent: one "example" per residual, picked by its index
-    form = "apply_fn(x, i) = r(x)[i], inputs = arange(m)"
-    kwargs = {}
-    inputs = jnp.arange(m, dtype=jnp.float64)[:, None]
-
-    def apply_fn(x, inputs):
-      return problem.residuals(x)[inputs[:, 0].astype(jnp.int32)]
-
-  tx = rd.regression_descent(apply_fn, 1.0, damping=rd.damping.levenberg_marquardt(), **kwargs)
+  tx = rd.regression_descent(
+    apply_fn, 1.0, damping=rd.damping.levenberg_marquardt(), examples="coupled"
+  )
   targets = jnp.zeros(m, jnp.float64)
 
   @jax.jit

@@ -2,7 +2,7 @@
 
 At parameters θ and a batch (X, Y) with m examples and k outputs, RD linearises
 the model, f(θ + δ; X) ≈ f(θ; X) + J δ, and solves the damped regression of
-the (loss-weighted) residual on the Jacobian. There are four forms of that
+the (loss-weighted) residual on the Jacobian. There are six forms of that
 system:
 
     full, dual:    α = (Lᵀ K L + λI)⁻¹ u,   d = Jᵀ L α          (m q × m q system)
@@ -263,7 +263,7 @@ class _Batch(NamedTuple):
 
 
 class _Form:
-  """Shared machinery of the four forms; subclasses set the system and its maps.
+  """Shared machinery of the system forms; subclasses set the system and its maps.
 
   A subclass sets `matrix`, `system`, `per_output` in `__init__` (before
   calling `_set_rhs`) and implements `_rhs_from(u)`, `_direction(solution)`,

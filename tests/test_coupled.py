@@ -177,3 +177,61 @@ def test_an_exact_fit_reports_a_zero_step_not_ok():
     _, state = models.first_update(tx, params, (x, y))
     assert int(state[0].status) == transform_lib.STATUS_ZERO_STEP, damping
     assert rd.STATUS_MESSAGES[transform_lib.STATUS_ZERO_STEP].startswith("zero direction")
+
+
+# Moré–Garbow–Hillstrom problems (benchmarks/mgh.py) as plain residual vectors, standard
+# starts: 14 of the 35 here (the `least_squares` benchmark runs all of them), covering
+# zero and non-zero optima, badly scaled and exponential-fitting problems.
+MGH_PROBLEMS = (
+  "rosenbrock",
+  "freudenstein_roth",
+  "brown_badly_scaled",
+  "beale",
+  "jennrich_sampson",
+  "helical_valley",
+  "bard",
+  "gaussian",
+  "meyer",
+  "box_3d",
+  "wood",
+  "kowalik_osborne",
+  "brown_dennis",
+  "osborne_1",
+)
+
+
+@pytest.mark.parametrize("name", MGH_PROBLEMS)
+def test_plain_residual_vectors_reach_minpack_cost(name):
+  scipy = pytest.importorskip("scipy")
+  del scipy
+  from benchmarks import mgh
+
+  problem = mgh.PROBLEMS[name]
+  with jax.enable_x64(True):
+    reference_cost, _, _, _ = mgh.scipy_reference(problem)
+    tx = rd.regression_descent(
+      lambda x, inputs: problem.residuals(x),
+      1.0,
+      damping=rd.damping.levenberg_marquardt(),
+      examples="coupled",
+    )
+    batch = (None, jnp.zeros(problem.num_residuals))
+
+    @jax.jit
+    def solve(x):
+      def body(_, carry):
+        x, state = carry
+        updates, state = tx.update(None, state, x, batch=batch)
+        return optax.apply_updates(x, updates), state
+
+      return jax.lax.fori_loop(0, 1000, body, (x, tx.init(x)))
+
+    x, state = solve(jnp.asarray(problem.start, jnp.float64))
+    cost = 0.5 * float(jnp.sum(problem.residuals(x) ** 2))
+    assert np.all(np.isfinite(np.asarray(x)))
+    assert cost <= reference_cost * (1 + 1e-8) + 1e-20, (cost, reference_cost)
+    assert int(state[0].status) in (
+      transform_lib.STATUS_OK,
+      transform_lib.STATUS_REJECTED,
+      transform_lib.STATUS_ZERO_STEP,
+    )
