@@ -97,6 +97,13 @@ class Trial(NamedTuple):
       Gauss-Newton model predicts for θ − η d, −(u·w + ½‖w‖²) with
       w = −η Lᵀ J d (½‖r‖² − ½‖r − η J d‖² for squared error).
     loss_after: the summed batch loss at θ − η d (one forward pass).
+    loss_noise: ε_f, the scale of the rounding error in the realised decrease
+      ℓ(θ) − ℓ(θ − η d) computed in the compute dtype, from first-order error
+      propagation through the outputs: ε (Σ_i |g_i|·(|z_i| + |z′_i|) + |ℓ| +
+      |ℓ′|), g = ∂ℓ/∂z, z and z′ the outputs before and after the step, ε the
+      dtype's machine epsilon (rounding inside the model adds a factor of a
+      few). Near a fit (|r| ≪ |z|) it is far above ε |ℓ|: the judges relax
+      their tests by it (`rdescent.damping`).
   """
 
   direction: Any
@@ -107,6 +114,7 @@ class Trial(NamedTuple):
   step_size: jax.Array
   predicted_reduction: jax.Array
   loss_after: jax.Array
+  loss_noise: jax.Array
 
   @property
   def healthy(self) -> jax.Array:
@@ -348,14 +356,25 @@ class _Form:
     w = -jnp.asarray(step_size, lifted.dtype) * lifted
     return -(jnp.sum(self.factors.rhs * w) + 0.5 * jnp.sum(jnp.square(w)))
 
-  def loss_at(self, params: Any) -> jax.Array:
+  def _outputs_at(self, params: Any) -> jax.Array:
     batch = self._batch
-    outputs = batch.apply_fn(params, batch.inputs).reshape(self.num_examples, -1)
-    return batch.loss_fn.value(outputs, self.targets)
+    return batch.apply_fn(params, batch.inputs).reshape(self.num_examples, -1)
+
+  def loss_at(self, params: Any) -> jax.Array:
+    return self._batch.loss_fn.value(self._outputs_at(params), self.targets)
+
+  def _loss_noise(self, outputs_after: jax.Array, loss_after: jax.Array) -> jax.Array:
+    """ε (Σ_i |g_i|·(|z_i| + |z′_i|) + |ℓ| + |ℓ′|): see `Trial.loss_noise`."""
+    gradient = jnp.abs(_output_gradient(self.factors))
+    scale = jnp.abs(self.outputs) + jnp.abs(outputs_after.astype(self.outputs.dtype))
+    eps = jnp.finfo(self.outputs.dtype).eps
+    return eps * (jnp.sum(gradient * scale) + jnp.abs(self.loss) + jnp.abs(loss_after))
 
   def _trial(self, direction, output_change, damping, solve_ok, jitter, step_size) -> Trial:
     dtype = self.outputs.dtype
     step_size = jnp.asarray(step_size, dtype)
+    outputs_after = self._outputs_at(step_params(self.params, direction, step_size))
+    loss_after = self._batch.loss_fn.value(outputs_after, self.targets).astype(dtype)
     return Trial(
       direction=direction,
       damping=jnp.asarray(damping, dtype),
@@ -364,7 +383,8 @@ class _Form:
       output_change=output_change.astype(dtype),
       step_size=step_size,
       predicted_reduction=self._predicted_reduction(output_change, step_size).astype(dtype),
-      loss_after=self.loss_at(step_params(self.params, direction, step_size)).astype(dtype),
+      loss_after=loss_after,
+      loss_noise=self._loss_noise(outputs_after, loss_after).astype(dtype),
     )
 
   def _solve_around(self, rhs, offset, offset_change, damping, step_size, solver) -> Trial:
@@ -410,6 +430,7 @@ class _Form:
       step_size=jnp.asarray(step_size, dtype),
       predicted_reduction=jnp.zeros([], dtype),
       loss_after=jnp.asarray(self.loss, dtype),
+      loss_noise=jnp.zeros([], dtype),
     )
 
   def eigen(self) -> solvers_lib.EigenSystem:

@@ -17,6 +17,7 @@ import scipy.optimize
 
 import rdescent as rd
 from rdescent import gram as gram_lib
+from rdescent.damping import _base
 from tests import models
 
 FEW = hypothesis.settings(max_examples=15, deadline=None)
@@ -582,3 +583,87 @@ def test_backtracking_checks_its_arguments():
     rd.damping.backtracking(1e-3, max_steps=0)
   with pytest.raises(ValueError, match="armijo"):
     rd.damping.backtracking(1e-3, armijo=-1.0)
+
+
+# ------------------------------------------------- noise-tolerant judging
+
+
+def _near_fit_problem():
+  """A float32 1D fit (64 points, MLP 1-16-16-1) taken to MSE ≈ 1e-8 by 300 LM steps."""
+  x = jnp.linspace(-1, 1, 64, dtype=jnp.float32)[:, None]
+  y = jnp.sin(3 * jnp.pi * x) * jnp.exp(-(x**2)) + 0.3 * jnp.cos(7 * x)
+  return models.mlp_init(jax.random.PRNGKey(0), [1, 16, 16, 1]), x, y
+
+
+def _lm_run(params, x, y, steps):
+  tx = rd.regression_descent(models.mlp_apply, 1.0, damping=rd.damping.levenberg_marquardt())
+
+  @jax.jit
+  def run(params):
+    def body(carry, _):
+      params, state = carry
+      updates, state = tx.update(None, state, params, batch=(x, y))
+      return (optax.apply_updates(params, updates), state), state[0].loss
+
+    (params, state), losses = jax.lax.scan(body, (params, tx.init(params)), None, length=steps)
+    return params, state, losses
+
+  return run(params)
+
+
+def test_loss_noise_is_the_scale_of_the_float32_rounding_of_the_decrease():
+  params, x, y = _near_fit_problem()
+  params, _, _ = _lm_run(params, x, y, 300)
+  loss = rd.losses.get("mse")
+  for damping in (1e-4, 1e-2, 1.0):
+    trial = jax.jit(
+      lambda p, damping=damping: rd.linearize(models.mlp_apply, p, x, y, loss=loss).solve(
+        damping, 1.0
+      )
+    )(params)
+    # The parameters actually stepped to (float32), evaluated in float32 and in float64.
+    stepped = jax.tree_util.tree_map(lambda p, d: p - d, params, trial.direction)
+    actual32 = float(loss.value(models.mlp_apply(params, x), y) - trial.loss_after)
+    with jax.enable_x64(True):
+      to64 = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), tree)
+      x64, y64 = to64(x), to64(y)
+      actual64 = float(loss.value(models.mlp_apply(to64(params), x64), y64)) - float(
+        loss.value(models.mlp_apply(to64(stepped), x64), y64)
+      )
+    noise = float(trial.loss_noise)
+    # ε_f is the rounding of the outputs themselves; rounding inside the network adds a
+    # factor of a few (3 here at λ = 1e-4). ε_f is far above ε |ℓ|.
+    assert abs(actual32 - actual64) <= 10 * noise, (damping, actual32, actual64, noise)
+    assert noise > 100 * np.finfo(np.float32).eps * float(trial.loss_after)
+
+
+def test_lm_keeps_descending_near_a_float32_fit(monkeypatch):
+  # With the plain ratio (NOISE_RELAXATION = 0) the decreases near the fit are
+  # rounding noise: ρ ≈ 0 on accepted steps pushes λ up until the steps stall.
+  params, x, y = _near_fit_problem()
+  monkeypatch.setattr(_base, "NOISE_RELAXATION", 0.0)
+  _, plain_state, plain = _lm_run(params, x, y, 1000)
+  monkeypatch.undo()
+  _, state, tolerant = _lm_run(params, x, y, 1000)
+  assert float(plain_state[0].damping) > 1.0  # the plain ratio's stall
+  assert float(tolerant[-1]) < 0.5 * float(plain[-1]), (float(tolerant[-1]), float(plain[-1]))
+  assert float(tolerant[-1]) < float(tolerant[-300])  # still descending
+
+
+def test_noise_tolerant_ratio_is_the_plain_ratio_far_from_the_noise():
+  trial = rd.Trial(
+    direction=None,
+    damping=jnp.asarray(1.0),
+    solve_ok=jnp.asarray(True),
+    jitter=jnp.asarray(0.0),
+    output_change=jnp.zeros((1, 1)),
+    step_size=jnp.asarray(1.0),
+    predicted_reduction=jnp.asarray(1.0),
+    loss_after=jnp.asarray(0.0),
+    loss_noise=jnp.asarray(1e-9),
+  )
+  np.testing.assert_allclose(_base.noise_tolerant_ratio(jnp.asarray(0.5), trial), 0.5, rtol=1e-6)
+  # Down at the noise level a decrease within ε_f of the prediction is not "bad".
+  noisy = trial._replace(predicted_reduction=jnp.asarray(1e-9))
+  ratio = _base.noise_tolerant_ratio(jnp.asarray(-0.5e-9), noisy)
+  np.testing.assert_allclose(ratio, (-0.5 + 2) / (1 + 2), rtol=1e-6)

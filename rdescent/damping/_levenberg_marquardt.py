@@ -4,9 +4,14 @@ For the step θ' = θ − η d(λ), compare the actual decrease of the batch los
 with the decrease predicted by the Gauss-Newton model (one extra forward
 pass, and J d from the system matrix or one JVP):
 
-    ρ = (ℓ(θ) − ℓ(θ')) / pred,     pred = −(g·Δz + ½ Δzᵀ H Δz),  Δz = −η J d
+    ρ = (ℓ(θ) − ℓ(θ') + r ε_f) / (pred + r ε_f),
+    pred = −(g·Δz + ½ Δzᵀ H Δz),  Δz = −η J d
 
-(for squared error pred = ½‖r‖² − ½‖r − η J d‖²). The step is accepted when
+(for squared error pred = ½‖r‖² − ½‖r − η J d‖²). ε_f (`Trial.loss_noise`)
+is the scale of the rounding error of the realised decrease and r = 2: the
+noise-tolerant ratio of Sun & Nocedal (2023), which is the plain ratio
+unless the decreases are down at the loss's rounding level (float32 near a
+fit), where the plain ratio is noise and would only push λ up. The step is accepted when
 ρ > `accept_ratio`; otherwise it is re-solved with λ ← ν λ, ν ← 2ν on the same
 system matrix (no new Jacobian) inside a bounded `lax.while_loop`. A failed
 Cholesky or a non-finite trial loss counts as a rejection. On acceptance λ
@@ -111,8 +116,7 @@ def levenberg_marquardt(
       i, damping, growth, _, _, _ = carry
       trial = problem.solve(damping, step_size)
       actual, negligible = _base.decrease(problem.loss, trial)
-      predicted = trial.predicted_reduction
-      ratio = jnp.where(negligible, 1.0, actual / jnp.where(negligible, 1.0, predicted))
+      ratio = jnp.where(negligible, 1.0, _base.noise_tolerant_ratio(actual, trial))
       accepted = trial.healthy & (negligible | (ratio > accept_ratio))
       new_damping, new_growth = nielsen_update(
         damping, growth, ratio, accepted, min_damping, max_damping

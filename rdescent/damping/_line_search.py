@@ -4,11 +4,13 @@
 direction d (and its λ), then shortens the step θ − η t d by t ← `shrink` · t,
 starting from t = 1, until the batch loss satisfies the Armijo-type condition
 
-    ℓ(θ) − ℓ(θ − η t d) ≥ c · pred(t),
+    ℓ(θ) − ℓ(θ − η t d) + r ε_f ≥ c · pred(t),
     pred(t) = −(u·w + ½‖w‖²),   w = −η t Lᵀ J d      (`Trial.predicted_reduction`)
 
 (for squared error pred(t) = ½‖r‖² − ½‖r − η t J d‖², the decrease the
-Gauss-Newton model predicts for the shortened step). Each trial costs one
+Gauss-Newton model predicts for the shortened step; r ε_f, r = 2, is the
+rounding error of the realised decrease, `Trial.loss_noise`, as in the
+noise-tolerant tests of `levenberg_marquardt`). Each trial costs one
 forward pass; J d comes with the wrapped controller's `Trial` (free in the
 full dual and the primal forms, one JVP in the per-output dual form). At most
 `max_steps` values of t are tried (t = 1, shrink, …, shrink^(max_steps−1))
@@ -106,8 +108,10 @@ def backtracking(
     def passes(t):
       shortened = problem.scale(trial, t)
       actual, negligible = _base.decrease(problem.loss, shortened)
+      # Armijo up to the rounding of the decrease (r ε_f, `_base.NOISE_RELAXATION`).
+      slack = _base.NOISE_RELAXATION * shortened.loss_noise
       return jnp.isfinite(actual) & (
-        negligible | (actual >= armijo * shortened.predicted_reduction)
+        negligible | (actual + slack >= armijo * shortened.predicted_reduction)
       )
 
     def cond(carry):
