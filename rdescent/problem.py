@@ -104,6 +104,9 @@ class Trial(NamedTuple):
       dtype's machine epsilon (rounding inside the model adds a factor of a
       few). Near a fit (|r| ≪ |z|) it is far above ε |ℓ|: the judges relax
       their tests by it (`rdescent.damping`).
+    solve_iterations: iterations of an iterative solver (`rdescent.solvers.
+      cg`; 0 for direct solvers), int32.
+    solve_residual: its relative residual at the end (0 for direct solvers).
   """
 
   direction: Any
@@ -115,6 +118,8 @@ class Trial(NamedTuple):
   predicted_reduction: jax.Array
   loss_after: jax.Array
   loss_noise: jax.Array
+  solve_iterations: jax.Array
+  solve_residual: jax.Array
 
   @property
   def healthy(self) -> jax.Array:
@@ -327,8 +332,29 @@ class _Form:
     # default solver's preparation is made when the problem is built, so
     # that solves inside a controller's loop reuse it.
     if solver.name not in self._prepared:
-      self._prepared[solver.name] = _mesh.replicated_call(solver.prepare)(self.matrix)
+      if solver.matrix_free:
+        self._prepared[solver.name] = solver.prepare(self._operator())
+      else:
+        self._prepared[solver.name] = _mesh.replicated_call(solver.prepare)(self._dense_matrix())
     return self._prepared[solver.name]
+
+  def _dense_matrix(self) -> jax.Array:
+    if self.matrix is None:
+      raise ValueError(
+        "this system was built for a matrix-free solver (solver='cg'): it has no matrix to "
+        "factorise or decompose; build it with a dense solver ('cholesky', 'eigh')."
+      )
+    return self.matrix
+
+  def _operator(self) -> solvers_lib.LinearOperator:
+    """The system matrix as a product v ↦ A v (from the matrix where there is one)."""
+    matrix = self._dense_matrix()
+    if matrix.ndim != 2:
+      raise ValueError(
+        "a matrix-free solver solves one system per step; outputs='per_output' has k "
+        "(use solver='cholesky', or outputs='full')."
+      )
+    return solvers_lib.LinearOperator(lambda v: matrix @ v, matrix.shape[-1], matrix.dtype)
 
   def _vjp_direction(self, coefficients: jax.Array) -> Any:
     """Jᵀ c for output-space coefficients c of shape (m, k): one VJP."""
@@ -385,20 +411,27 @@ class _Form:
       predicted_reduction=self._predicted_reduction(output_change, step_size).astype(dtype),
       loss_after=loss_after,
       loss_noise=self._loss_noise(outputs_after, loss_after).astype(dtype),
+      solve_iterations=jnp.zeros([], jnp.int32),
+      solve_residual=jnp.zeros([], dtype),
     )
 
   def _solve_around(self, rhs, offset, offset_change, damping, step_size, solver) -> Trial:
     """The trial of d = offset + (the system solved with `rhs`); no offset when None."""
     solver = self._solver if solver is None else solver
     prepared = self._prepare(solver)
-    dtype = self.matrix.dtype
-    result = _mesh.replicated_call(solver.solve)(prepared, rhs, jnp.asarray(damping, dtype))
+    dtype = self.rhs.dtype
+    solve = solver.solve if solver.matrix_free else _mesh.replicated_call(solver.solve)
+    result = solve(prepared, rhs, jnp.asarray(damping, dtype))
     direction = self._direction(result.solution)
     output_change = self._output_change(result.solution, direction)
     if offset is not None:
       direction = jax.tree_util.tree_map(lambda o, s: (o + s).astype(s.dtype), offset, direction)
       output_change = offset_change.astype(output_change.dtype) + output_change
-    return self._trial(direction, output_change, damping, result.ok, result.jitter, step_size)
+    trial = self._trial(direction, output_change, damping, result.ok, result.jitter, step_size)
+    return trial._replace(
+      solve_iterations=jnp.asarray(result.iterations, jnp.int32),
+      solve_residual=jnp.asarray(result.residual, dtype),
+    )
 
   def solve(self, damping, step_size, *, solver=None) -> Trial:
     return self._solve_around(self.rhs, None, None, damping, step_size, solver)
@@ -416,7 +449,7 @@ class _Form:
       trial.solve_ok,
       trial.jitter,
       trial.step_size,
-    )
+    )._replace(solve_iterations=trial.solve_iterations, solve_residual=trial.solve_residual)
 
   def null_trial(self, damping, step_size) -> Trial:
     dtype = self.outputs.dtype
@@ -431,9 +464,12 @@ class _Form:
       predicted_reduction=jnp.zeros([], dtype),
       loss_after=jnp.asarray(self.loss, dtype),
       loss_noise=jnp.zeros([], dtype),
+      solve_iterations=jnp.zeros([], jnp.int32),
+      solve_residual=jnp.zeros([], dtype),
     )
 
   def eigen(self) -> solvers_lib.EigenSystem:
+    self._dense_matrix()
     return self._prepare(solvers_lib.eigh())
 
   def _gcv_scores_of(self, rhs: jax.Array, residual: jax.Array, grid: jax.Array) -> jax.Array:
@@ -656,6 +692,82 @@ class _SketchedDual(_Form):
       return jnp.sqrt(jnp.maximum(flat @ (self._gram @ flat), 0.0))
     leaves = jax.tree_util.tree_leaves(self._vjp_direction(gradient))
     return jnp.linalg.norm(jnp.concatenate([jnp.ravel(x) for x in leaves]))
+
+
+class _OperatorForm(_Form):
+  """The full system as products (matrix-free solvers): A is never formed.
+
+  Every product with J is a JVP of the linearised batch function
+  (`jax.linearize`, once per step) and every product with Jᵀ a VJP.
+  """
+
+  per_output = False
+
+  def __init__(self, batch: _Batch, solver: solvers_lib.Solver, jvp: Callable[[Any], Any]):
+    super().__init__(batch, solver)
+    self._jvp = jvp
+    self._unravel = ravel_pytree(batch.params)[1]
+    self.matrix = None  # type: ignore[assignment]
+    self._set_rhs()
+
+  def _jvp_change(self, direction: Any) -> jax.Array:
+    return self._jvp(direction).reshape(self.num_examples, -1)
+
+  def _output_change(self, solution, direction):
+    del solution
+    return self._jvp_change(direction)
+
+  def _weigh(self, residual: jax.Array) -> jax.Array:
+    """L w for w of shape (m, q): output-space coefficients (m, k)."""
+    factor = self.factors.factor
+    return residual if factor is None else jnp.einsum("ikq,iq->ik", factor, residual)
+
+  def _flat_vjp(self, coefficients: jax.Array) -> jax.Array:
+    return ravel_pytree(self._vjp_direction(coefficients))[0]
+
+
+class _OperatorDual(_OperatorForm):
+  """α = (Lᵀ K L + λI)⁻¹ u with K v = J (Jᵀ v), d = Jᵀ L α; m q unknowns."""
+
+  system, _gcv_form = "dual", "dual"
+
+  def _rhs_from(self, residual):
+    return residual.reshape(-1)
+
+  def _direction(self, solution):
+    return self._vjp_direction(self._weigh(solution.reshape(self.num_examples, -1)))
+
+  def _operator(self) -> solvers_lib.LinearOperator:
+    def matvec(v):
+      change = self._jvp_change(self._direction(v))
+      return self._lift(change).reshape(-1).astype(v.dtype)
+
+    return solvers_lib.LinearOperator(matvec, self.rhs.size, self.rhs.dtype)
+
+  def gradient_norm(self):
+    return jnp.linalg.norm(self._flat_vjp(self._weigh(self.factors.rhs)))
+
+
+class _OperatorPrimal(_OperatorForm):
+  """d = (J̃ᵀ J̃ + λI)⁻¹ J̃ᵀ u with J̃ᵀ J̃ v = Jᵀ L Lᵀ (J v); p unknowns."""
+
+  system, _gcv_form = "primal", "primal"
+
+  def _rhs_from(self, residual):
+    return self._flat_vjp(self._weigh(residual))
+
+  def _direction(self, solution):
+    return self._unravel(solution)
+
+  def _operator(self) -> solvers_lib.LinearOperator:
+    def matvec(v):
+      lifted = self._lift(self._jvp_change(self._unravel(v)))
+      return self._flat_vjp(self._weigh(lifted)).astype(v.dtype)
+
+    return solvers_lib.LinearOperator(matvec, self.rhs.size, self.rhs.dtype)
+
+  def gradient_norm(self):
+    return jnp.linalg.norm(self.rhs)
 
 
 class _Primal(_Form):
@@ -890,11 +1002,22 @@ def linearize(
   if system == "auto":
     system = "primal" if num_params < dual_size else "dual"
 
+  form: _Form
+  if solver.matrix_free:
+    # Products only: one linearisation of the batch function (any examples).
+    if outputs != "full":
+      raise ValueError(
+        f"{name}: solver={solver.name!r} is matrix-free and solves the full system only; "
+        f"got outputs={outputs!r} (use outputs='full', or a dense solver such as 'cholesky')."
+      )
+    _, jvp = jax.linearize(lambda p: apply_fn(p, inputs), params)
+    form = (_OperatorPrimal if system == "primal" else _OperatorDual)(batch, solver, jvp)
+    form._prepare(solver)
+    return form
   # examples="coupled": J of the batch function, once; every form is built from it.
   coupled_jacobian = (
     _mesh.replicated_call(_jacobian.batch_jacobian)(apply_fn, params, inputs) if coupled else None
   )
-  form: _Form
   if system == "dual" and sketch is not None:
     # Squared error: the Gram of the sketched model, Sᵀ K S (s backward passes, not k).
     squared = factors.factor is None

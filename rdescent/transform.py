@@ -71,6 +71,11 @@ class RegressionDescentState(NamedTuple):
     num_rejected: steps not applied so far (controller rejections and
       numerical failures).
     status: code of the last step, see `STATUS_MESSAGES`.
+    solve_iterations: iterations of the last step's solve, for an iterative
+      solver (`solver="cg"`; 0 for direct solvers).
+    solve_residual: that solve's relative residual ‖b − (A + λI) x‖ / ‖b‖
+      (0 for direct solvers); above the solver's `tol` when it stopped at
+      `maxiter`: the step is still judged by the controller.
 
   The logit cap's scale and spread (`max_logit_change`) live in the state of
   its wrapper, `damping_state` (an `rdescent.damping.CapLogitChangeState`);
@@ -87,6 +92,8 @@ class RegressionDescentState(NamedTuple):
   solve_ok: jax.Array
   num_rejected: jax.Array
   status: jax.Array
+  solve_iterations: jax.Array
+  solve_residual: jax.Array
 
 
 def _scaled_outputs(apply_fn: ApplyFn, output_scale: Any) -> ApplyFn:
@@ -191,7 +198,12 @@ def scale_by_regression_descent(
       computed as on one device. The primal system is not affected.
     solver: how the damped system is solved: `"cholesky"` (the default,
       `rdescent.solvers.cholesky()`: a Cholesky factorisation with bounded
-      jitter retries) or an `rdescent.solvers.Solver`.
+      jitter retries), `"eigh"`, `"cg"` (`rdescent.solvers.cg()`:
+      matrix-free Nyström-preconditioned conjugate gradients; K and JᵀJ are
+      never formed, every product with J or Jᵀ is a JVP or VJP of the
+      linearised batch function; `outputs="full"` only, and not with a
+      controller that needs the matrix, `gcv`), or an
+      `rdescent.solvers.Solver`.
     momentum: μ ∈ [0, 1) (default 0: off). A shorthand for
       `damping=rdescent.damping.spring(damping, momentum=μ)`: SPRING
       momentum inside the regression, d_t = μ d_{t−1} + Jᵀ (K + λI)⁻¹
@@ -239,6 +251,11 @@ def scale_by_regression_descent(
       "examples='coupled' J is the batch function's, computed replicated: pass data_axis=None."
     )
   solver_obj = solvers_lib.get(solver)
+  if solver_obj.matrix_free and outputs != "full":
+    raise ValueError(
+      f"solver={solver_obj.name!r} is matrix-free and solves the full system only; got "
+      f"outputs={outputs!r} (use outputs='full', or solver='cholesky')."
+    )
   if not (_validation.is_concrete(output_scale) and output_scale == 1.0):
     apply_fn = _scaled_outputs(apply_fn, output_scale)
   controller = damping_lib.as_controller(damping)
@@ -248,6 +265,12 @@ def scale_by_regression_descent(
   if max_logit_change is not None:
     _validation.check_positive("max_logit_change", max_logit_change)
     controller = damping_lib.cap_logit_change(controller, bound=max_logit_change)
+  if solver_obj.matrix_free and controller.needs_matrix:
+    raise ValueError(
+      f"damping: this controller needs the system matrix (gcv scores λ from one "
+      f"eigendecomposition of K), which solver={solver_obj.name!r} never forms; use a "
+      "dense solver ('cholesky', 'eigh') with it, or another controller with 'cg'."
+    )
 
   def init_fn(params):
     _validation.check_params(params, name)
@@ -266,6 +289,8 @@ def scale_by_regression_descent(
       solve_ok=jnp.asarray(True),
       num_rejected=jnp.zeros([], jnp.int32),
       status=jnp.asarray(STATUS_OK, jnp.int32),
+      solve_iterations=jnp.zeros([], jnp.int32),
+      solve_residual=jnp.zeros([], dtype),
     )
 
   def update_fn(updates, state, params=None, *, batch=None, **extra_args):
@@ -437,6 +462,12 @@ def _next_state(
     solve_ok=jnp.asarray(step.solve_ok),
     num_rejected=state.num_rejected + (~applied).astype(jnp.int32),
     status=status,
+    solve_iterations=jnp.asarray(step.trial.solve_iterations, jnp.int32),
+    solve_residual=jnp.where(
+      jnp.isfinite(step.trial.solve_residual),
+      jnp.asarray(step.trial.solve_residual, dtype),
+      state.solve_residual,
+    ),
   )
 
 

@@ -19,6 +19,9 @@ optimizer state:
 * `undoes_steps`: True for controllers whose later updates undo an earlier
   step by the amount they applied (`next_batch_ratio`); wrappers that change
   a step after the controller chose it refuse them.
+* `needs_matrix`: True for controllers that read the system matrix itself
+  (`gcv`: its eigendecomposition); matrix-free solvers (`solver="cg"`) refuse
+  them. Wrappers inherit both flags from the controller they wrap.
 
 A plain float means `constant(value)`; a callable means an optax schedule of
 the step count. Wrappers (`backtracking`, `cap_logit_change`) are
@@ -79,6 +82,7 @@ class DampingController(NamedTuple):
   step: Callable[[Any, Any, jax.Array, jax.Array], DampingStep]
   fail: Callable[[Any], Any] = _unchanged
   undoes_steps: bool = False
+  needs_matrix: bool = False
 
 
 def accept(trial: problem_lib.Trial, state: Any) -> DampingStep:

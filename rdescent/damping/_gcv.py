@@ -108,4 +108,6 @@ def gcv(
     )
     return _base.accept(trial, new_state)
 
-  return _base.DampingController(init=init, current=current, step=step, fail=fail)
+  return _base.DampingController(
+    init=init, current=current, step=step, fail=fail, needs_matrix=True
+  )

@@ -145,5 +145,10 @@ def backtracking(
     )
 
   return _base.DampingController(
-    init=init, current=current, step=step, fail=fail, undoes_steps=inner.undoes_steps
+    init=init,
+    current=current,
+    step=step,
+    fail=fail,
+    undoes_steps=inner.undoes_steps,
+    needs_matrix=inner.needs_matrix,
   )

@@ -137,4 +137,6 @@ def cap_logit_change(controller: Any, bound: float = math.pi) -> _base.DampingCo
       state=new_state,
     )
 
-  return _base.DampingController(init=init, current=current, step=step, fail=fail)
+  return _base.DampingController(
+    init=init, current=current, step=step, fail=fail, needs_matrix=inner.needs_matrix
+  )

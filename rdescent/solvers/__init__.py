@@ -11,6 +11,10 @@ trial λ (see `rdescent.solvers._base`). Pass one as `solver=` to
   when it fails; n³/3 flops per λ.
 * `eigh()` (`"eigh"`): one eigendecomposition per step, then O(n²) per λ;
   the GCV damping controller uses it to score a grid of λ.
+* `cg(rank=20, maxiter=100, tol=None)` (`"cg"`): matrix-free conjugate
+  gradients from products v ↦ A v (one VJP and one JVP for K v), with a
+  randomized Nyström preconditioner of rank ℓ built once per step; A is never
+  formed (O(n ℓ) memory beyond one product).
 
 A new solver is one module in this package that returns a `Solver`, plus its
 entry in `SOLVERS` below and in the common test list
@@ -22,9 +26,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from rdescent.solvers._base import LinearOperator
 from rdescent.solvers._base import SolveResult
 from rdescent.solvers._base import Solver
 from rdescent.solvers._base import symmetrize
+from rdescent.solvers._cg import NystromPreconditioner
+from rdescent.solvers._cg import cg
+from rdescent.solvers._cg import nystrom
 from rdescent.solvers._cholesky import MAX_JITTER_TRIES
 from rdescent.solvers._cholesky import cholesky
 from rdescent.solvers._cholesky import damped_cholesky_solve
@@ -35,7 +43,7 @@ from rdescent.solvers._eigen import eigh
 from rdescent.solvers._eigen import gcv_scores
 
 # Built-in solvers by name, for `solver="..."`.
-SOLVERS: dict[str, Callable[[], Solver]] = {"cholesky": cholesky, "eigh": eigh}
+SOLVERS: dict[str, Callable[[], Solver]] = {"cholesky": cholesky, "eigh": eigh, "cg": cg}
 
 
 def get(solver: Any) -> Solver:
@@ -59,8 +67,11 @@ __all__ = (
   "MAX_JITTER_TRIES",
   "SOLVERS",
   "EigenSystem",
+  "LinearOperator",
+  "NystromPreconditioner",
   "SolveResult",
   "Solver",
+  "cg",
   "cholesky",
   "damped_cholesky_solve",
   "eigen_decomposition",
@@ -68,5 +79,6 @@ __all__ = (
   "eigh",
   "gcv_scores",
   "get",
+  "nystrom",
   "symmetrize",
 )

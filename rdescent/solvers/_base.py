@@ -13,12 +13,17 @@ batch (Levenberg-Marquardt, GCV) pays the λ-independent work once:
   that does not depend on λ, a preconditioner);
 * `solve(prepared, b, λ) -> SolveResult`: once per trial λ.
 
+A matrix-free solver (`Solver.matrix_free`, e.g. `cg`) never sees A as an
+array: `prepare` receives a `LinearOperator`, the product v ↦ A v (for RD,
+K v = J (Jᵀ v) by one VJP and one JVP), and A is never formed.
+
 Both are pure and jit-able; a failure never raises inside compiled code but
 shows in `SolveResult.ok`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -35,11 +40,35 @@ class SolveResult(NamedTuple):
       solution).
     jitter: extra damping added to λ to make the solve succeed (0 when the
       first attempt did), a scalar.
+    iterations: iterations of an iterative solver (0 for direct solvers).
+    residual: its relative residual ‖b − (A + λI) x‖ / ‖b‖ at the end (0
+      where not computed, for direct solvers).
   """
 
   solution: jax.Array
   ok: jax.Array
   jitter: jax.Array
+  iterations: jax.Array | int = 0
+  residual: jax.Array | float = 0.0
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class LinearOperator:
+  """A symmetric positive semi-definite A (n × n) given by its product.
+
+  A static pytree node (no array leaves), so that a prepared solve holding it
+  passes through `jax.jit`.
+
+  Attributes:
+    matvec: `matvec(v) -> A v` for v of shape (n,); jit- and vmap-able.
+    size: n.
+    dtype: the dtype of A.
+  """
+
+  matvec: Callable[[jax.Array], jax.Array]
+  size: int
+  dtype: Any
 
 
 class Solver(NamedTuple):
@@ -51,11 +80,14 @@ class Solver(NamedTuple):
       shape (..., n, n).
     solve: `solve(prepared, rhs, damping) -> SolveResult`; `rhs` has shape
       (..., n), `damping` is a scalar λ ≥ 0.
+    matrix_free: True when `prepare` takes a `LinearOperator` instead of the
+      matrix (the system is then never formed).
   """
 
   name: str
-  prepare: Callable[[jax.Array], Any]
+  prepare: Callable[[Any], Any]
   solve: Callable[[Any, jax.Array, jax.Array], SolveResult]
+  matrix_free: bool = False
 
 
 def symmetrize(matrix: jax.Array) -> jax.Array:
