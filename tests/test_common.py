@@ -102,6 +102,11 @@ VARIANTS = {
   "solver=cholesky(no jitter)": lambda: dict(
     damping=1e-3, solver=rd.solvers.cholesky(max_jitter_tries=0)
   ),
+  # matrix-free; a tight tolerance for the float64 reference (float32: √ε by default)
+  "solver=cg": lambda: dict(damping=1e-3, solver=rd.solvers.cg(tol=1e-13, maxiter=300)),
+  "solver=cg/levenberg_marquardt/primal": lambda: dict(
+    damping=rd.damping.levenberg_marquardt(), solver="cg", system="primal"
+  ),
 }
 
 NAMES = sorted(VARIANTS)

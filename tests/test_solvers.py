@@ -146,13 +146,24 @@ def test_every_solver_solves_the_damped_system_like_numpy(name):
 
     @jax.jit
     def solve(matrix, rhs, damping):
-      return solver.solve(solver.prepare(matrix), rhs, damping)
+      if not solver.matrix_free:
+        return solver.solve(solver.prepare(matrix), rhs, damping)
+      # One system per operator: the two blocks in turn, from their products.
+      results = [
+        solver.solve(
+          solver.prepare(rd.solvers.LinearOperator(lambda v, a=a: a @ v, 8, a.dtype)), b, damping
+        )
+        for a, b in zip(matrix, rhs)
+      ]
+      return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *results)
 
+    # cg stops at its default tolerance, a relative residual of √ε.
+    rtol = 1e-6 if solver.matrix_free else 1e-8
     for damping in (1e-3, 1.0, 10.0):
       result = solve(matrix, rhs, damping)
       expected = np.linalg.solve(matrix + damping * np.eye(8), rhs[..., None])[..., 0]
-      np.testing.assert_allclose(result.solution, expected, rtol=1e-8, atol=1e-10)
-      assert bool(result.ok) and float(result.jitter) == 0.0
+      np.testing.assert_allclose(result.solution, expected, rtol=rtol, atol=1e-10)
+      assert bool(jnp.all(result.ok)) and float(jnp.max(result.jitter)) == 0.0
 
 
 def test_cholesky_strategy_is_damped_cholesky_solve():
@@ -175,3 +186,66 @@ def test_get_names_the_choices():
     rd.solvers.cholesky(max_jitter_tries=-1)
   with pytest.raises(ValueError, match="solver must be one of"):
     rd.regression_descent(lambda p, x: x @ p, solver="lu")
+
+
+def _ill_conditioned(n=40, p=120, seed=0):
+  rng = np.random.default_rng(seed)
+  jacobian = rng.standard_normal((n, p)) * np.logspace(0, -4, p)
+  return jacobian @ jacobian.T, rng.standard_normal(n)
+
+
+@hypothesis.settings(max_examples=10, deadline=None)
+@hypothesis.given(
+  rank=st.sampled_from([0, 5, 20, 40]),
+  log_damping=st.floats(-6, 1),
+  seed=st.integers(0, 5),
+)
+def test_preconditioned_cg_equals_the_dense_solve_in_float64(rank, log_damping, seed):
+  with jax.enable_x64(True):
+    matrix, rhs = _ill_conditioned(seed=seed)
+    damping = 10.0**log_damping
+    operator = rd.solvers.LinearOperator(lambda v: jnp.asarray(matrix) @ v, 40, jnp.float64)
+    solver = rd.solvers.cg(rank=rank, maxiter=400, tol=1e-12)
+    result = jax.jit(solver.solve)(solver.prepare(operator), jnp.asarray(rhs), damping)
+    expected = np.linalg.solve(matrix + damping * np.eye(40), rhs)
+    condition = np.linalg.cond(matrix + damping * np.eye(40))
+    np.testing.assert_allclose(result.solution, expected, rtol=1e-12 * condition + 1e-10)
+    assert bool(result.ok) and float(result.residual) <= 1e-12
+    assert 0 < int(result.iterations) <= 400
+
+
+def test_nystrom_preconditioner_captures_a_low_rank_matrix_and_cuts_iterations():
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(3)
+    factor = rng.standard_normal((50, 8)) * np.logspace(0, -3, 8)
+    matrix = jnp.asarray(factor @ factor.T)  # rank 8
+    operator = rd.solvers.LinearOperator(lambda v: matrix @ v, 50, jnp.float64)
+    pre = rd.solvers.nystrom(operator, 10, jax.random.key(0))
+    approx = pre.basis @ jnp.diag(pre.eigenvalues) @ pre.basis.T
+    np.testing.assert_allclose(approx, matrix, atol=1e-10 * float(jnp.max(jnp.abs(matrix))))
+    rhs = jnp.asarray(rng.standard_normal(50))
+    iterations = {}
+    for rank in (0, 10):
+      solver = rd.solvers.cg(rank=rank, maxiter=500, tol=1e-10)
+      iterations[rank] = int(solver.solve(solver.prepare(operator), rhs, 1e-6).iterations)
+    assert iterations[10] <= 3 < iterations[0], iterations
+
+
+def test_cg_that_stops_early_says_how_far_it_got_and_checks_its_arguments():
+  with jax.enable_x64(True):
+    matrix, rhs = _ill_conditioned()
+    operator = rd.solvers.LinearOperator(lambda v: jnp.asarray(matrix) @ v, 40, jnp.float64)
+    solver = rd.solvers.cg(rank=0, maxiter=3, tol=1e-12)
+    result = solver.solve(solver.prepare(operator), jnp.asarray(rhs), 1e-6)
+    assert int(result.iterations) == 3 and float(result.residual) > 1e-12
+    assert bool(result.ok)  # finite: still a usable (inexact) solution
+  for kwargs, match in (
+    (dict(rank=-1), "rank"),
+    (dict(maxiter=0), "maxiter"),
+    (dict(tol=2.0), "tol"),
+    (dict(seed=1.5), "seed"),
+  ):
+    with pytest.raises(ValueError, match=match):
+      rd.solvers.cg(**kwargs)
+  with pytest.raises(TypeError, match="LinearOperator"):
+    rd.solvers.cg().prepare(jnp.eye(3))
