@@ -20,9 +20,15 @@ def _tight_cg(**kwargs):
   return rd.solvers.cg(rank=kwargs.pop("rank", 8), maxiter=400, tol=1e-12, **kwargs)
 
 
-@pytest.mark.parametrize("system", ["dual", "primal"])
-@pytest.mark.parametrize("loss_name", ["mse", "softmax_cross_entropy"])
-@pytest.mark.parametrize("examples", ["independent", "coupled"])
+@pytest.mark.parametrize(
+  "system,loss_name,examples",
+  [
+    ("dual", "mse", "independent"),
+    ("primal", "softmax_cross_entropy", "independent"),
+    ("dual", "softmax_cross_entropy", "coupled"),
+    ("primal", "mse", "coupled"),
+  ],
+)
 def test_cg_step_is_the_dense_step(system, loss_name, examples):
   with jax.enable_x64(True):
     params, x, y = models.mlp_problem(jax.random.PRNGKey(0), SIZES, m=M, dtype=jnp.float64)

@@ -90,7 +90,6 @@ VARIANTS = {
     damping=rd.damping.levenberg_marquardt(), outputs="sketched", sketch_size=1
   ),
   # any residual function (J of the whole-batch function)
-  "coupled": lambda: dict(damping=1e-3, examples="coupled"),
   "coupled/primal/levenberg_marquardt": lambda: dict(
     damping=rd.damping.levenberg_marquardt(), system="primal", examples="coupled"
   ),
@@ -103,9 +102,8 @@ VARIANTS = {
     damping=1e-3, solver=rd.solvers.cholesky(max_jitter_tries=0)
   ),
   # matrix-free; a tight tolerance for the float64 reference (float32: √ε by default)
-  "solver=cg": lambda: dict(damping=1e-3, solver=rd.solvers.cg(tol=1e-13, maxiter=300)),
-  "solver=cg/levenberg_marquardt/primal": lambda: dict(
-    damping=rd.damping.levenberg_marquardt(), solver="cg", system="primal"
+  "solver=cg/levenberg_marquardt": lambda: dict(
+    damping=rd.damping.levenberg_marquardt(), solver=rd.solvers.cg(tol=1e-13, maxiter=300)
   ),
 }
 

@@ -104,13 +104,13 @@ def test_coupled_trains_the_batch_norm_model():
     dict(system="dual"),
     dict(system="primal"),
     dict(outputs="per_output", system="dual"),
-    dict(outputs="per_output", system="primal"),
     dict(outputs="sketched", sketch_size=1, system="dual"),
-    dict(loss="softmax_cross_entropy", system="dual"),
     dict(loss="softmax_cross_entropy", system="primal"),
     dict(damping=rd.damping.gcv(), solver="eigh"),
   ],
-  ids=lambda options: "/".join(f"{k}={v}" for k, v in options.items()),
+  ids=lambda options: "/".join(
+    f"{k}={v if isinstance(v, (str, int, float)) else type(v).__name__}" for k, v in options.items()
+  ),
 )
 def test_coupled_step_of_an_independent_model_is_the_default_step(options):
   with jax.enable_x64(True):
@@ -180,7 +180,7 @@ def test_an_exact_fit_reports_a_zero_step_not_ok():
 
 
 # Moré–Garbow–Hillstrom problems (benchmarks/mgh.py) as plain residual vectors, standard
-# starts: 14 of the 35 here (the `least_squares` benchmark runs all of them), covering
+# starts: 12 of the 35 here (the `least_squares` benchmark runs all of them), covering
 # zero and non-zero optima, badly scaled and exponential-fitting problems.
 MGH_PROBLEMS = (
   "rosenbrock",
@@ -195,8 +195,6 @@ MGH_PROBLEMS = (
   "box_3d",
   "wood",
   "kowalik_osborne",
-  "brown_dennis",
-  "osborne_1",
 )
 
 

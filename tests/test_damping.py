@@ -661,6 +661,8 @@ def test_noise_tolerant_ratio_is_the_plain_ratio_far_from_the_noise():
     predicted_reduction=jnp.asarray(1.0),
     loss_after=jnp.asarray(0.0),
     loss_noise=jnp.asarray(1e-9),
+    solve_iterations=jnp.asarray(0),
+    solve_residual=jnp.asarray(0.0),
   )
   np.testing.assert_allclose(_base.noise_tolerant_ratio(jnp.asarray(0.5), trial), 0.5, rtol=1e-6)
   # Down at the noise level a decrease within ε_f of the prediction is not "bad".

@@ -194,7 +194,7 @@ def _ill_conditioned(n=40, p=120, seed=0):
   return jacobian @ jacobian.T, rng.standard_normal(n)
 
 
-@hypothesis.settings(max_examples=10, deadline=None)
+@hypothesis.settings(max_examples=6, deadline=None)
 @hypothesis.given(
   rank=st.sampled_from([0, 5, 20, 40]),
   log_damping=st.floats(-6, 1),

@@ -72,7 +72,7 @@ def nystrom(operator: LinearOperator, rank: int, key: jax.Array) -> NystromPreco
   Examples:
     >>> import jax, jax.numpy as jnp
     >>> from rdescent.solvers import LinearOperator, nystrom
-    >>> a = jnp.diag(jnp.array([4.0, 2.0, 1e-3]))
+    >>> a = jnp.diag(jnp.array([4.0, 2.0, 0.0]))  # rank 2: captured exactly
     >>> pre = nystrom(LinearOperator(lambda v: a @ v, 3, a.dtype), 2, jax.random.key(0))
     >>> jnp.round(pre.eigenvalues, 3)
     Array([4., 2.], dtype=float32)
