@@ -38,6 +38,7 @@ STUDY_MODULES = (
   "benchmarks.last_layer",
   "benchmarks.sharding",
   "benchmarks.least_squares",
+  "benchmarks.pinn_2d",
 )
 
 TableFn = Callable[[Mapping[str, Any]], str]

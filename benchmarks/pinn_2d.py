@@ -1,0 +1,717 @@
+"""The 2D Poisson PINN of Dangel et al. 2024 ("Kronecker-factored approximate curvature for
+physics-informed neural networks", NeurIPS 2024): RD + Levenberg-Marquardt against Adam and
+`optax.lbfgs`, relative L2 error against seconds.
+
+Problem: −Δu = 2π² sin(πx) sin(πy) on the unit square, u = 0 on its boundary; the exact
+solution is u* = sin(πx) sin(πy). u_θ is an MLP 2-64-1 (tanh; 257 parameters), float64
+(x64 is switched on for this study's run only, `jax.enable_x64(True)`).
+
+Collocation points (fixed, the same for every method and seed): a 30 × 30 grid of cell
+midpoints of the square (900 interior points) and 30 equispaced midpoints on each edge
+(120 boundary points). The residuals, all in one batch with target 0:
+
+* interior point x_i: r_i = −Δu_θ(x_i) − f(x_i), the Laplacian by forward-over-reverse
+  autodiff (`jax.jvp` of `jax.grad` along the two unit vectors), vmapped over points;
+* boundary point x_j: r_j = w u_θ(x_j) with w = √(N_Ω / N_∂Ω) = √7.5, so that ½ Σ r² is
+  N_Ω times the loss of Dangel et al., ½ mean_Ω r² + ½ mean_∂Ω r² (both terms averaged over
+  their own points).
+
+The batch's inputs are (n, 3): the point and a flag column (1 on the boundary);
+`apply_fn(params, inputs) -> (n,)` is the residual, the targets are zeros, the loss "mse"
+(RD: ½ Σ r²; Adam and L-BFGS: the mean of r², as the shared runner trains them).
+
+Metric: the relative L2 error ‖u_θ − u*‖ / ‖u*‖ on a fixed 100 × 100 test grid of [0, 1]²
+(boundary included), recorded against training seconds and steps (compile and evaluation
+excluded, DESIGN.md section 4 protocol), at steps 1, 2, 4, ... and every
+budget / `EVAL_POINTS` seconds. Methods: RD + LM with the dense Cholesky solver (the default)
+and with the matrix-free Nyström-PCG solver (`CG`), Adam over `ADAM_LRS`, `optax.lbfgs()`;
+`FULL["budget"]` seconds per run, `FULL["seeds"]` initialisation seeds.
+
+    python -m benchmarks run poisson_2d --out benchmarks/results/cpu
+    python -m benchmarks run poisson_2d --quick --out /tmp/x
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import pathlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+import rdescent as rd
+from benchmarks import models
+from benchmarks import plotting
+from benchmarks import registry
+from benchmarks.runner import StudyOptions
+from benchmarks.runner import machine_info
+
+FULL = {"grid": 30, "edge": 30, "hidden": 64, "test": 100, "seeds": 3, "budget": 30.0}
+QUICK = {"grid": 6, "edge": 6, "hidden": 8, "test": 20, "seeds": 1, "budget": 0.3}
+TARGET = 1e-7  # relative L2 error
+TARGET_SECONDS = 10.0  # the issue's target: TARGET within this many seconds
+EVAL_POINTS = 200
+ADAM_LRS = (1e-3, 3e-3, 1e-2)
+# Nyström rank ℓ, CG iterations and tolerance of the matrix-free solver (see the table note):
+# with ℓ = 20 the first steps (λ large) converge in 2-8 iterations to 1e-8, later ones stop
+# at maxiter; a larger ℓ costs ℓ products per step and did not pay, neither did truncated CG.
+CG = {"rank": 20, "maxiter": 50, "tol": 1e-8}
+# Dangel et al. 2024, Table/Figure of the 2D Poisson problem (MLP 2-64-1, 257 parameters),
+# best run of each method after 1,000 s on a GPU: relative L2 error.
+PUBLISHED = {"ENGD": 6.2e-8, "KFAC": 2.0e-7, "Adam": 9.4e-5, "L-BFGS": 1.8e-4}
+
+
+class Problem(NamedTuple):
+  """The collocation batch, the test grid and u_θ of one size."""
+
+  inputs: jax.Array  # (n, 3): point, boundary flag
+  targets: jax.Array  # (n,) zeros
+  test_points: jax.Array  # (t, 2)
+  exact: jax.Array  # (t,) u* on the test points
+  net: models.Model
+  apply: Callable[[Any, jax.Array], jax.Array]  # (params, inputs) -> (n,) residuals
+  num_interior: int
+  num_boundary: int
+  boundary_weight: float
+
+
+def exact_solution(points: jax.Array) -> jax.Array:
+  """u*(x, y) = sin(πx) sin(πy) of points (..., 2)."""
+  return jnp.sin(jnp.pi * points[..., 0]) * jnp.sin(jnp.pi * points[..., 1])
+
+
+def forcing(point: jax.Array) -> jax.Array:
+  """f = 2π² sin(πx) sin(πy), so that −Δu* = f."""
+  return 2.0 * jnp.pi**2 * exact_solution(point)
+
+
+def laplacian(u: Callable[[jax.Array], jax.Array], point: jax.Array) -> jax.Array:
+  """Δu at one point (2,): forward-over-reverse, Σ_i ∂_i (∇u)_i by `jax.jvp` of `jax.grad`."""
+  gradient = jax.grad(u)
+  eye = jnp.eye(point.shape[0], dtype=point.dtype)
+  return sum(jax.jvp(gradient, (point,), (eye[i],))[1][i] for i in range(point.shape[0]))
+
+
+def pde_residual(
+  u: Callable[[jax.Array], jax.Array], row: jax.Array, boundary_weight: float
+) -> jax.Array:
+  """The residual of one batch row (x, y, flag): −Δu − f inside, w u on the boundary."""
+  point, flag = row[:2], row[2]
+  interior = -laplacian(u, point) - forcing(point)
+  return jnp.where(flag > 0, boundary_weight * u(point), interior)
+
+
+def collocation(grid: int, edge: int) -> tuple[np.ndarray, np.ndarray]:
+  """Interior points (grid², 2), cell midpoints; boundary points (4 edge, 2), edge midpoints."""
+  g = (np.arange(grid) + 0.5) / grid
+  xs, ys = np.meshgrid(g, g, indexing="ij")
+  interior = np.stack([xs.ravel(), ys.ravel()], axis=1)
+  e = (np.arange(edge) + 0.5) / edge
+  zero, one = np.zeros(edge), np.ones(edge)
+  boundary = np.concatenate(
+    [
+      np.stack([e, zero], 1),
+      np.stack([e, one], 1),
+      np.stack([zero, e], 1),
+      np.stack([one, e], 1),
+    ]
+  )
+  return interior, boundary
+
+
+def make_problem(grid: int, edge: int, hidden: int, test: int) -> Problem:
+  """The problem at one size (call with x64 on: float64 arrays)."""
+  interior, boundary = collocation(grid, edge)
+  points = np.concatenate([interior, boundary])
+  flag = np.concatenate([np.zeros(len(interior)), np.ones(len(boundary))])
+  inputs = jnp.asarray(np.concatenate([points, flag[:, None]], axis=1), jnp.float64)
+  weight = math.sqrt(len(interior) / len(boundary))
+  net = models.mlp([2, hidden, 1], "tanh")
+
+  def apply(params, batch):
+    u = lambda point: net.apply(params, point[None])[0, 0]
+    return jax.vmap(lambda row: pde_residual(u, row, weight))(batch)
+
+  t = np.linspace(0.0, 1.0, test)
+  tx, ty = np.meshgrid(t, t, indexing="ij")
+  test_points = jnp.asarray(np.stack([tx.ravel(), ty.ravel()], axis=1), jnp.float64)
+  return Problem(
+    inputs=inputs,
+    targets=jnp.zeros(points.shape[0], jnp.float64),
+    test_points=test_points,
+    exact=exact_solution(test_points),
+    net=net,
+    apply=apply,
+    num_interior=len(interior),
+    num_boundary=len(boundary),
+    boundary_weight=weight,
+  )
+
+
+def init_params(problem: Problem, seed: int) -> Any:
+  """The seed's initial parameters (LeCun normal, zero biases), float64."""
+  params = problem.net.init(jax.random.PRNGKey(seed))
+  return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
+
+
+def relative_l2(problem: Problem, params: Any) -> jax.Array:
+  """‖u_θ − u*‖ / ‖u*‖ on the test grid."""
+  prediction = problem.net.apply(params, problem.test_points)[:, 0]
+  return jnp.linalg.norm(prediction - problem.exact) / jnp.linalg.norm(problem.exact)
+
+
+def mean_loss(problem: Problem, params: Any, inputs: jax.Array) -> jax.Array:
+  """The mean of r² over the batch rows (Adam's and L-BFGS's objective)."""
+  return jnp.mean(jnp.square(problem.apply(params, inputs)))
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+class Method(NamedTuple):
+  """A method of the study: `build(problem) -> (init, step)`, with
+  `init(params) -> state` and `step(params, state, inputs, targets) -> (params, state)`."""
+
+  label: str
+  family: str
+  hyperparams: Mapping[str, Any]
+  build: Callable[[Problem], tuple[Callable, Callable]]
+
+
+def rd_transform(problem: Problem, solver: Any = "cholesky") -> optax.GradientTransformation:
+  """RD + Levenberg-Marquardt (default controller) on the residual batch."""
+  return rd.regression_descent(
+    problem.apply,
+    1.0,
+    damping=rd.damping.levenberg_marquardt(),
+    gram="jacobian",  # the residual holds nested derivatives
+    solver=solver,
+  )
+
+
+def rd_method(label: str, solver: Any, describe: Mapping[str, Any]) -> Method:
+  def build(problem):
+    tx = rd_transform(problem, solver)
+
+    def step(params, state, inputs, targets):
+      updates, state = tx.update(None, state, params, batch=(inputs, targets))
+      return optax.apply_updates(params, updates), state
+
+    return tx.init, step
+
+  hyperparams = {"damping": "levenberg_marquardt()", "learning_rate": 1.0, **describe}
+  return Method(label, "rd", hyperparams, build)
+
+
+def adam_method(learning_rate: float) -> Method:
+  def build(problem):
+    tx = optax.adam(learning_rate)
+
+    def step(params, state, inputs, targets):
+      del targets
+      grads = jax.grad(mean_loss, argnums=1)(problem, params, inputs)
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+
+    return tx.init, step
+
+  return Method(f"adam lr={learning_rate:g}", "adam", {"learning_rate": learning_rate}, build)
+
+
+def lbfgs_method() -> Method:
+  def build(problem):
+    tx = optax.lbfgs()
+
+    def step(params, state, inputs, targets):
+      del targets
+      value_fn = lambda p: mean_loss(problem, p, inputs)
+      # The same loss every step: reuse the line search's last evaluation.
+      value, grads = optax.value_and_grad_from_state(value_fn)(params, state=state)
+      updates, state = tx.update(grads, state, params, value=value, grad=grads, value_fn=value_fn)
+      return optax.apply_updates(params, updates), state
+
+    return tx.init, step
+
+  return Method("optax.lbfgs", "lbfgs", {"memory_size": 10, "linesearch": "zoom"}, build)
+
+
+CHOLESKY_LABEL = "rd + lm (cholesky)"
+CG_LABEL = f"rd + lm (cg ℓ={CG['rank']})"
+
+
+def default_methods(quick: bool) -> list[Method]:
+  cg = rd.solvers.cg(**CG)
+  return [
+    rd_method(CHOLESKY_LABEL, "cholesky", {"solver": "cholesky"}),
+    rd_method(
+      CG_LABEL,
+      cg,
+      {"solver": f"cg(rank={CG['rank']}, maxiter={CG['maxiter']}, tol={CG['tol']:g})"},
+    ),
+    *(adam_method(lr) for lr in ((3e-3,) if quick else ADAM_LRS)),
+    lbfgs_method(),
+  ]
+
+
+def select(methods: Sequence[Method], wanted: Sequence[str] | None) -> list[Method]:
+  if not wanted:
+    return list(methods)
+  wanted = [w.strip() for w in wanted if w.strip()]
+  return [m for m in methods if m.family in wanted or m.label in wanted]
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def _rd_state(state: Any) -> Any:
+  """The `RegressionDescentState` inside an RD chain's state, or None."""
+  for leaf in jax.tree_util.tree_leaves(state, is_leaf=lambda s: hasattr(s, "solve_iterations")):
+    if hasattr(leaf, "solve_iterations"):
+      return leaf
+  return None
+
+
+def _round(value: float, digits: int = 5) -> float | None:
+  value = float(value)
+  return float(f"{value:.{digits}g}") if np.isfinite(value) else None
+
+
+def compile_method(problem: Problem, method: Method, cache: dict) -> tuple[Callable, Any, float]:
+  """`(init, compiled step, compile seconds)` of `method`, compiled once (kept in `cache`)."""
+  if method.label not in cache:
+    init, step = method.build(problem)
+    params = init_params(problem, 0)
+    state = jax.tree_util.tree_map(jnp.copy, init(params))
+    start = time.perf_counter()
+    compiled = (
+      jax.jit(step, donate_argnums=(0, 1))
+      .lower(params, state, problem.inputs, problem.targets)
+      .compile()
+    )
+    cache[method.label] = (init, compiled, time.perf_counter() - start)
+  return cache[method.label]
+
+
+def train(
+  problem: Problem,
+  method: Method,
+  seed: int,
+  *,
+  budget: float,
+  compiled_cache: dict,
+  max_steps: int | None = None,
+  eval_points: int = EVAL_POINTS,
+) -> dict[str, Any]:
+  """One run: the compiled step until `budget` seconds of training; the run record."""
+  params = init_params(problem, seed)
+  init, compiled, compile_seconds = compile_method(problem, method, compiled_cache)
+  state = jax.tree_util.tree_map(jnp.copy, init(params))
+  error_fn = jax.jit(lambda p: relative_l2(problem, p))
+  loss_fn = jax.jit(lambda p: mean_loss(problem, p, problem.inputs))
+  curve: dict[str, list] = {"step": [], "seconds": [], "rel_l2": [], "loss": []}
+  solver_curve: dict[str, list] = {"step": [], "damping": [], "iterations": [], "residual": []}
+
+  def evaluate(steps: int, seconds: float) -> float:
+    error = float(error_fn(params))
+    curve["step"].append(steps)
+    curve["seconds"].append(_round(seconds))
+    curve["rel_l2"].append(_round(error))
+    curve["loss"].append(_round(float(loss_fn(params))))
+    rd_state = _rd_state(state)
+    if rd_state is not None and steps > 0:
+      solver_curve["step"].append(steps)
+      solver_curve["damping"].append(_round(rd_state.damping))
+      solver_curve["iterations"].append(int(rd_state.solve_iterations))
+      solver_curve["residual"].append(_round(rd_state.solve_residual, 3))
+    return error
+
+  initial = evaluate(0, 0.0)
+  seconds, steps, diverged = 0.0, 0, False
+  next_power, interval = 1, budget / eval_points
+  next_time = interval
+  while seconds < budget and (max_steps is None or steps < max_steps):
+    start = time.perf_counter()
+    params, state = compiled(params, state, problem.inputs, problem.targets)
+    jax.block_until_ready(params)
+    seconds += time.perf_counter() - start
+    steps += 1
+    done = seconds >= budget or (max_steps is not None and steps >= max_steps)
+    if steps == next_power or seconds >= next_time or done:
+      if steps == next_power:
+        next_power *= 2
+      if seconds >= next_time:
+        next_time = seconds + interval
+      error = evaluate(steps, seconds)
+      if not np.isfinite(error) or error > 1e6 * initial:
+        diverged = True
+        break
+  final = curve["rel_l2"][-1]
+  record = {
+    "label": method.label,
+    "family": method.family,
+    "hyperparams": dict(method.hyperparams),
+    "seed": seed,
+    "steps": steps,
+    "train_seconds": round(seconds, 4),
+    "compile_seconds": round(compile_seconds, 4),
+    "ms_per_step": 1e3 * seconds / max(steps, 1),
+    "final_rel_l2": final if not diverged else None,
+    "best_rel_l2": min((e for e in curve["rel_l2"] if e is not None), default=None),
+    "final_loss": curve["loss"][-1],
+    "time_to_target": time_to_target(curve, TARGET),
+    "diverged": diverged,
+    "curve": curve,
+  }
+  rd_state = _rd_state(state)
+  if rd_state is not None:
+    record["num_rejected"] = int(rd_state.num_rejected)
+    record["final_damping"] = _round(rd_state.damping)
+    record["solver"] = solver_curve
+  return record
+
+
+def time_to_target(curve: Mapping[str, Sequence], target: float) -> float | None:
+  """Seconds of training until the curve's relative L2 first reaches `target` (None: never)."""
+  for seconds, error in zip(curve["seconds"], curve["rel_l2"]):
+    if error is not None and error <= target:
+      return seconds
+  return None
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _median_ms(fn: Callable, *args: Any, repeats: int = 20) -> float:
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return 1e3 * float(np.median(times))
+
+
+def first_step_update(problem: Problem, compiled: tuple[Callable, Any, float], params: Any) -> Any:
+  """θ₁ − θ₀ of one compiled step (`compile_method`) from `params` (the RD + LM update: η = 1)."""
+  init, step, _ = compiled
+  copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)
+  stepped, _ = step(copy(params), copy(init(params)), problem.inputs, problem.targets)
+  return jax.tree_util.tree_map(lambda a, b: a - b, stepped, params)
+
+
+def relative_difference(a: Any, b: Any) -> float:
+  fa, fb = ravel_pytree(a)[0], ravel_pytree(b)[0]
+  return float(jnp.linalg.norm(fa - fb) / jnp.linalg.norm(fb))
+
+
+def step_breakdown(problem: Problem, params: Any, rank: int, repeats: int = 20) -> dict[str, float]:
+  """Milliseconds of the parts of an RD step at `params` (median of repeats, jitted each):
+  the residuals (one forward pass of the batch), the per-point Jacobian J (n × p, vmapped
+  reverse mode over points), JᵀJ + its Cholesky solve (the dense primal system), one
+  matrix-free product JᵀJ v (a JVP of the linearised batch function and a VJP), and the ℓ
+  products of the Nyström sketch (vmapped over ℓ vectors)."""
+  flat, unravel = ravel_pytree(params)
+  inputs = problem.inputs
+  fn = lambda f: problem.apply(unravel(f), inputs)
+
+  def one_residual(f, row):
+    return problem.apply(unravel(f), row[None])[0]
+
+  jacobian = jax.jit(jax.vmap(jax.jacrev(one_residual), in_axes=(None, 0)))
+  matrix = jacobian(flat, inputs)
+  residuals = fn(flat)
+
+  def dense_solve(j, r):
+    a = j.T @ j + 1e-6 * jnp.eye(j.shape[1], dtype=j.dtype)
+    return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(a), j.T @ r)
+
+  def product(f, v):
+    _, jvp = jax.linearize(fn, f)
+    _, vjp = jax.vjp(fn, f)
+    return vjp(jvp(v))[0]
+
+  def sketch(f, vs):
+    _, jvp = jax.linearize(fn, f)
+    _, vjp = jax.vjp(fn, f)
+    return jax.vmap(lambda v: vjp(jvp(v))[0])(vs)
+
+  vectors = jnp.ones((rank, flat.size), flat.dtype)
+  return {
+    "residuals_ms": _median_ms(jax.jit(fn), flat, repeats=repeats),
+    "jacobian_ms": _median_ms(jacobian, flat, inputs, repeats=repeats),
+    "normal_matrix_and_cholesky_ms": _median_ms(
+      jax.jit(dense_solve), matrix, residuals, repeats=repeats
+    ),
+    "product_ms": _median_ms(jax.jit(product), flat, flat, repeats=repeats),
+    f"sketch_{rank}_products_ms": _median_ms(jax.jit(sketch), flat, vectors, repeats=repeats),
+  }
+
+
+# ----------------------------------------------------------------------------- study
+
+
+def run(options: StudyOptions) -> dict[str, Any]:
+  sizes = QUICK if options.quick else FULL
+  seeds = options.seeds or sizes["seeds"]
+  budget = options.budget or sizes["budget"]
+  methods = select(default_methods(options.quick), options.optimizers)
+  if not methods:
+    raise SystemExit(f"poisson_2d: no method matches --optimizers {','.join(options.optimizers)}.")
+  runs = []
+  with jax.enable_x64(True):
+    problem = make_problem(sizes["grid"], sizes["edge"], sizes["hidden"], sizes["test"])
+    params0 = init_params(problem, 0)
+    cache: dict = {}
+    for method in methods:  # compiled before any clock starts
+      compile_method(problem, method, cache)
+    rd_labels = [m.label for m in methods if m.family == "rd"]
+    checks: dict[str, Any] = {
+      "exact_residual_max": float(
+        jnp.max(
+          jnp.abs(
+            jax.vmap(lambda row: pde_residual(exact_solution, row, problem.boundary_weight))(
+              problem.inputs
+            )
+          )
+        )
+      ),
+      "first_step_cg_vs_cholesky": None,
+    }
+    if CHOLESKY_LABEL in rd_labels and CG_LABEL in rd_labels:
+      updates = [first_step_update(problem, cache[k], params0) for k in (CG_LABEL, CHOLESKY_LABEL)]
+      checks["first_step_cg_vs_cholesky"] = relative_difference(*updates)
+    breakdown = step_breakdown(problem, params0, CG["rank"], repeats=5 if options.quick else 50)
+    for seed in range(seeds):  # seed-major, so that machine load affects all alike
+      for method in methods:
+        record = train(problem, method, seed, budget=budget, compiled_cache=cache)
+        runs.append(record)
+        if options.progress:
+          print(
+            f"poisson_2d {method.label:24s} seed {seed}: rel L2 {record['final_rel_l2']} "
+            f"after {record['steps']} steps ({record['ms_per_step']:.3g} ms/step), "
+            f"1e-7 at {record['time_to_target']} s",
+            flush=True,
+          )
+    num_params = models.num_params(params0)
+  return {
+    "study": "poisson_2d",
+    "kind": "pinn_2d",
+    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "command": options.command,
+    "machine": machine_info(),
+    "task": {
+      "name": "2D Poisson PINN −Δu = 2π² sin(πx) sin(πy), u = 0 on ∂[0,1]² (Dangel et al. 2024)",
+      "model": f"MLP 2-{sizes['hidden']}-1 (tanh)",
+      "num_params": num_params,
+      "interior_points": problem.num_interior,
+      "boundary_points": problem.num_boundary,
+      "boundary_weight": problem.boundary_weight,
+      "test_grid": f"{sizes['test']} × {sizes['test']} on [0, 1]²",
+      "dtype": "float64",
+      "loss": "rd: ½ Σ r²; adam, lbfgs: mean r² (r: interior −Δu − f, boundary w u)",
+    },
+    "config": {
+      "seeds": seeds,
+      "budget_seconds": budget,
+      "target_rel_l2": TARGET,
+      "target_seconds": TARGET_SECONDS,
+      "eval_points": EVAL_POINTS,
+      "cg": dict(CG),
+      "quick": options.quick,
+      "published_gpu_1000s": dict(PUBLISHED),
+    },
+    "methods": [
+      {"label": m.label, "family": m.family, "hyperparams": dict(m.hyperparams)} for m in methods
+    ],
+    "checks": checks,
+    "step_breakdown": breakdown,
+    "runs": runs,
+  }
+
+
+# ----------------------------------------------------------------------------- table, plot
+
+
+def _by_label(result: Mapping[str, Any]) -> dict[str, list[dict]]:
+  groups: dict[str, list[dict]] = {}
+  for record in result["runs"]:
+    groups.setdefault(record["label"], []).append(record)
+  return groups
+
+
+def _median(values: Sequence[float | None]) -> float:
+  values = [math.inf if v is None else v for v in values]
+  return float(np.median(values)) if values else math.inf
+
+
+def _fmt(value: float | None, spec: str = ".3g") -> str:
+  if value is None or not np.isfinite(value):
+    return "not reached" if value in (None, math.inf) else "nan"
+  return format(value, spec)
+
+
+def summary_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+  rows = []
+  for label, records in _by_label(result).items():
+    finals = [r["final_rel_l2"] for r in records]
+    times = [r["time_to_target"] for r in records]
+    iterations = [i for r in records for i in r.get("solver", {}).get("iterations", [])]
+    rows.append(
+      {
+        "label": label,
+        "family": records[0]["family"],
+        "seeds": len(records),
+        "final_rel_l2": _median(finals),
+        "final_min": min((f for f in finals if f is not None), default=math.inf),
+        "final_max": max((f for f in finals if f is not None), default=math.inf),
+        "time_to_target": _median(times),
+        "reached": sum(t is not None for t in times),
+        "steps": float(np.median([r["steps"] for r in records])),
+        "ms_per_step": float(np.median([r["ms_per_step"] for r in records])),
+        "compile_seconds": float(np.median([r["compile_seconds"] for r in records])),
+        "iterations": float(np.median(iterations)) if iterations else None,
+      }
+    )
+  return rows
+
+
+def markdown_table(result: Mapping[str, Any]) -> str:
+  """Per method: final relative L2 (median [min–max] of seeds), time to 1e-7, steps, ms/step."""
+  config = result["config"]
+  target = config["target_rel_l2"]
+  head = [
+    "method",
+    "final rel. L2 [min–max]",
+    f"time to {target:g} s (reached)",
+    "steps",
+    "ms/step",
+    "compile s",
+    "CG iterations (median)",
+  ]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  rows = summary_rows(result)
+  for row in rows:
+    cells = [
+      row["label"],
+      f"{_fmt(row['final_rel_l2'])} [{_fmt(row['final_min'])}–{_fmt(row['final_max'])}]",
+      f"{_fmt(row['time_to_target'])} ({row['reached']}/{row['seeds']})",
+      f"{row['steps']:.0f}",
+      f"{row['ms_per_step']:.3g}",
+      f"{row['compile_seconds']:.2f}",
+      "–" if row["iterations"] is None or row["iterations"] == 0 else f"{row['iterations']:.0f}",
+    ]
+    lines.append("| " + " | ".join(cells) + " |")
+  task, checks, parts = result["task"], result["checks"], result["step_breakdown"]
+  published = ", ".join(f"{k} {v:.2g}" for k, v in config["published_gpu_1000s"].items())
+  lines += [
+    "",
+    f"{task['name']}; {task['model']}, {task['num_params']} parameters, float64; "
+    f"{task['interior_points']} interior + {task['boundary_points']} boundary points "
+    f"(boundary residuals weighted by √(N_Ω/N_∂Ω) = {task['boundary_weight']:.4g}); relative "
+    f"L2 error on the {task['test_grid']} test grid; {config['budget_seconds']:g} s of training "
+    f"per run, {config['seeds']} seed(s), medians [min–max] over seeds. cg: "
+    f"rdescent.solvers.cg(rank={config['cg']['rank']}, maxiter={config['cg']['maxiter']}, "
+    f"tol={config['cg']['tol']:g}); CG iterations: of the last solve of a step, at the "
+    "evaluation points.",
+    "",
+    f"Published (Dangel et al. 2024, GPU, after 1,000 s): {published}.",
+    "",
+  ]
+  target_seconds = config["target_seconds"]
+  verdicts = []
+  for row in rows:
+    if row["family"] != "rd":
+      continue
+    met = row["reached"] == row["seeds"] and row["time_to_target"] <= target_seconds
+    verdicts.append(
+      f"{row['label']}: {'**met**' if met else '**not met**'} "
+      f"(median time to {target:g}: {_fmt(row['time_to_target'])}"
+      + (" s)" if np.isfinite(row["time_to_target"]) else ")")
+    )
+  lines.append(
+    f"Target: relative L2 ≤ {target:g} within {target_seconds:g} s of training — "
+    + "; ".join(verdicts)
+    + "."
+  )
+  lines += [
+    "",
+    "Checks: first RD + LM step, cg vs cholesky, relative difference "
+    + (
+      "–"
+      if checks["first_step_cg_vs_cholesky"] is None
+      else f"{checks['first_step_cg_vs_cholesky']:.2g}"
+    )
+    + f"; max |residual| of the exact u* "
+    f"{checks['exact_residual_max']:.2g}. Step parts at the initial parameters (ms): "
+    + ", ".join(f"{k.removesuffix('_ms')} {v:.3g}" for k, v in parts.items())
+    + ".",
+  ]
+  return "\n".join(lines)
+
+
+def _median_curve(records: Sequence[Mapping], axis: str, grid: np.ndarray) -> np.ndarray:
+  values = []
+  for record in records:
+    xs = np.asarray(record["curve"][axis], float)
+    ys = np.asarray([np.nan if v is None else v for v in record["curve"]["rel_l2"]], float)
+    index = np.searchsorted(xs, grid, side="right") - 1
+    row = np.where(index >= 0, ys[np.clip(index, 0, None)], np.nan)
+    row[grid > xs[-1]] = np.nan
+    values.append(row)
+  with np.errstate(all="ignore"):
+    return np.nanmedian(np.asarray(values), axis=0)
+
+
+def plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
+  """Relative L2 against seconds and against steps (median over seeds, log scales)."""
+  plt = plotting.pyplot()
+  groups = _by_label(result)
+  fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.6))
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for i, (label, records) in enumerate(groups.items()):
+    style = "-" if records[0]["family"] == "rd" else "--"
+    for ax, axis in zip(axes, ("seconds", "step")):
+      end = max(max(r["curve"][axis]) for r in records)
+      grid = (
+        np.linspace(0.0, end, 400)
+        if axis == "seconds"
+        else np.unique(np.geomspace(1, max(end, 1), 400).round())
+      )
+      ax.plot(
+        grid, _median_curve(records, axis, grid), style, color=colors[i % len(colors)], label=label
+      )
+  config = result["config"]
+  for ax in axes:
+    ax.set_yscale("log")
+    ax.axhline(config["target_rel_l2"], color="gray", lw=0.8, ls=":", label="target 1e-7")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_ylabel("relative L2 error of u_θ (test grid)")
+  if config["budget_seconds"] >= config["target_seconds"]:
+    axes[0].axvline(config["target_seconds"], color="gray", lw=0.8, ls="-.")
+  axes[0].set_xlabel("training seconds (compile and evaluation excluded)")
+  axes[1].set_xscale("log")
+  axes[1].set_xlabel("steps")
+  axes[0].legend(fontsize=7)
+  fig.suptitle(
+    f"poisson_2d: {result['task']['model']}, float64 — {result['machine']['device']}, "
+    f"median over {config['seeds']} seed(s)",
+    fontsize=9,
+  )
+  return plotting.save_figure(fig, path)
+
+
+registry.register(
+  "poisson_2d",
+  run,
+  "2D Poisson PINN (Dangel et al. 2024), RD + LM (cholesky, cg) vs Adam and optax.lbfgs, float64",
+  in_all=False,
+  table=markdown_table,
+  plot=plot,
+)
