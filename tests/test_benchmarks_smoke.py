@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -186,6 +188,7 @@ def test_gram_speed_quick_writes_json_and_table(tmp_path):
   assert "| jacobian / structured |" in done.stdout
 
 
+@pytest.mark.slow  # compile-bound (about 50 s); the CI smoke test of the runner is run_all above
 def test_step_cost_quick_writes_json_plot_and_table(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO))
   command = [

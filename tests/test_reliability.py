@@ -337,7 +337,7 @@ def test_orbax_checkpoint_resume_is_bitwise_identical(tmp_path, controller):
 # ------------------------------------------------------ property tests
 
 
-@hypothesis.settings(max_examples=8, deadline=None)  # each example compiles anew
+@hypothesis.settings(max_examples=5, deadline=None)  # each example compiles anew
 @hypothesis.given(
   m=st.integers(1, 6),
   k=st.integers(1, 3),
