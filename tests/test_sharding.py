@@ -498,7 +498,7 @@ def _run_all() -> dict:
   return results
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept even when xdist interleaves other modules' tests
 def multi_device():
   # Optimisation level 0 of the CPU backend halves the compile time; both the
   # 1-device and the 4-device programs are compiled with it.

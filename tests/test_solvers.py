@@ -184,6 +184,9 @@ def test_get_names_the_choices():
     rd.solvers.get("qr")
   with pytest.raises(ValueError, match="max_jitter_tries"):
     rd.solvers.cholesky(max_jitter_tries=-1)
+  with pytest.raises(ValueError, match="products must be one of"):
+    rd.solvers.cg(products="dense")
+  assert rd.solvers.cg(products="jacobian").products == "jacobian"
   with pytest.raises(ValueError, match="solver must be one of"):
     rd.regression_descent(lambda p, x: x @ p, solver="lu")
 
@@ -200,6 +203,7 @@ def _ill_conditioned(n=40, p=120, seed=0):
   log_damping=st.floats(-6, 1),
   seed=st.integers(0, 5),
 )
+@hypothesis.example(rank=0, log_damping=0.5, seed=2)  # a CI draw: a 5e-6 component off by 9e-9
 def test_preconditioned_cg_equals_the_dense_solve_in_float64(rank, log_damping, seed):
   with jax.enable_x64(True):
     matrix, rhs = _ill_conditioned(seed=seed)
@@ -209,7 +213,11 @@ def test_preconditioned_cg_equals_the_dense_solve_in_float64(rank, log_damping, 
     result = jax.jit(solver.solve)(solver.prepare(operator), jnp.asarray(rhs), damping)
     expected = np.linalg.solve(matrix + damping * np.eye(40), rhs)
     condition = np.linalg.cond(matrix + damping * np.eye(40))
-    np.testing.assert_allclose(result.solution, expected, rtol=1e-12 * condition + 1e-10)
+    # CG stops on the residual, ||b - A x|| <= tol ||b||, which bounds the error
+    # norm-wise: ||x - x*|| / ||x*|| <= cond(A) tol. Tiny components of x* carry
+    # no element-wise guarantee.
+    error = np.linalg.norm(np.asarray(result.solution) - expected) / np.linalg.norm(expected)
+    assert error <= 1e-12 * condition + 1e-10, (error, condition)
     assert bool(result.ok) and float(result.residual) <= 1e-12
     assert 0 < int(result.iterations) <= 400
 
