@@ -396,7 +396,9 @@ class _Form:
     eps = jnp.finfo(self.outputs.dtype).eps
     return eps * (jnp.sum(gradient * scale) + jnp.abs(self.loss) + jnp.abs(loss_after))
 
-  def _trial(self, direction, output_change, damping, solve_ok, jitter, step_size) -> Trial:
+  def _trial(
+    self, direction, output_change, damping, solve_ok, jitter, step_size, iterations=0, residual=0
+  ) -> Trial:
     dtype = self.outputs.dtype
     step_size = jnp.asarray(step_size, dtype)
     outputs_after = self._outputs_at(step_params(self.params, direction, step_size))
@@ -411,8 +413,8 @@ class _Form:
       predicted_reduction=self._predicted_reduction(output_change, step_size).astype(dtype),
       loss_after=loss_after,
       loss_noise=self._loss_noise(outputs_after, loss_after).astype(dtype),
-      solve_iterations=jnp.zeros([], jnp.int32),
-      solve_residual=jnp.zeros([], dtype),
+      solve_iterations=jnp.asarray(iterations, jnp.int32),
+      solve_residual=jnp.asarray(residual, dtype),
     )
 
   def _solve_around(self, rhs, offset, offset_change, damping, step_size, solver) -> Trial:
@@ -427,10 +429,15 @@ class _Form:
     if offset is not None:
       direction = jax.tree_util.tree_map(lambda o, s: (o + s).astype(s.dtype), offset, direction)
       output_change = offset_change.astype(output_change.dtype) + output_change
-    trial = self._trial(direction, output_change, damping, result.ok, result.jitter, step_size)
-    return trial._replace(
-      solve_iterations=jnp.asarray(result.iterations, jnp.int32),
-      solve_residual=jnp.asarray(result.residual, dtype),
+    return self._trial(
+      direction,
+      output_change,
+      damping,
+      result.ok,
+      result.jitter,
+      step_size,
+      result.iterations,
+      result.residual,
     )
 
   def solve(self, damping, step_size, *, solver=None) -> Trial:
@@ -770,6 +777,65 @@ class _OperatorPrimal(_OperatorForm):
     return jnp.linalg.norm(self.rhs)
 
 
+class _JacobianProducts:
+  """Products from a materialised J instead of the network.
+
+  J is held as column blocks, J = [J_1 … J_L] with J_l (m k × p_l): one per
+  parameter leaf (the per-example Jacobians, never concatenated: on XLA:CPU
+  the concatenation of a large J costs more than computing it), or a single
+  block (the batch Jacobian of coupled examples, flat in `ravel_pytree`
+  order). J d = Σ_l J_l d_l, and Jᵀ c is the row of blocks cᵀ J_l, which
+  XLA:CPU runs as fast as J d (a transposed product Jᵀ c is several times
+  slower).
+  """
+
+  num_examples: int
+  _blocks: list[jax.Array]
+  _split: Callable[[Any], list[jax.Array]]
+  _join: Callable[[list[jax.Array]], Any]
+
+  def _set_jacobian(self, jacobian: Any, params: Any) -> None:
+    if isinstance(jacobian, jax.Array):  # one flat (m, k, p) block
+      unravel = ravel_pytree(params)[1]
+      self._blocks = [jacobian.reshape(-1, jacobian.shape[-1])]
+      self._split = lambda tree: [ravel_pytree(tree)[0]]
+      self._join = lambda vectors: unravel(vectors[0])
+      return
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    shapes = [leaf.shape for leaf in leaves]
+    blocks = jax.tree_util.tree_leaves(jacobian)
+    self._blocks = [block.reshape(-1, leaf.size) for block, leaf in zip(blocks, leaves)]
+    self._split = lambda tree: [leaf.reshape(-1) for leaf in jax.tree_util.tree_leaves(tree)]
+    self._join = lambda vectors: jax.tree_util.tree_unflatten(
+      treedef, [v.reshape(shape) for v, shape in zip(vectors, shapes)]
+    )
+
+  def _jvp_change(self, direction: Any) -> jax.Array:
+    pieces = self._split(direction)
+    change = sum(block @ piece.astype(block.dtype) for block, piece in zip(self._blocks, pieces))
+    return jnp.asarray(change).reshape(self.num_examples, -1)
+
+  def _vjp_direction(self, coefficients: jax.Array) -> Any:
+    flat = coefficients.reshape(-1)
+    return self._join([flat.astype(block.dtype) @ block for block in self._blocks])
+
+
+class _JacobianDual(_JacobianProducts, _OperatorDual):
+  """`_OperatorDual` with its products from J: K v = J (vᵀ J)ᵀ."""
+
+  def __init__(self, batch: _Batch, solver: solvers_lib.Solver, jacobian: Any):
+    self._set_jacobian(jacobian, batch.params)
+    super().__init__(batch, solver, self._jvp_change)
+
+
+class _JacobianPrimal(_JacobianProducts, _OperatorPrimal):
+  """`_OperatorPrimal` with its products from J: JᵀJ v = ((J v)ᵀ J)ᵀ."""
+
+  def __init__(self, batch: _Batch, solver: solvers_lib.Solver, jacobian: Any):
+    self._set_jacobian(jacobian, batch.params)
+    super().__init__(batch, solver, self._jvp_change)
+
+
 class _Primal(_Form):
   """The primal forms share J (m, k, p), materialised: J d is one matmul."""
 
@@ -1010,13 +1076,26 @@ def linearize(
         f"{name}: solver={solver.name!r} is matrix-free and solves the full system only; "
         f"got outputs={outputs!r} (use outputs='full', or a dense solver such as 'cholesky')."
       )
-    _, jvp = jax.linearize(lambda p: apply_fn(p, inputs), params)
-    form = (_OperatorPrimal if system == "primal" else _OperatorDual)(batch, solver, jvp)
+    if solver.products == "jacobian":
+      # Per-leaf blocks (independent examples) or the flat batch Jacobian (coupled).
+      jacobian = (
+        _flat_jacobian(apply_fn, params, inputs, True, num_examples, num_outputs, chunk_size)
+        if coupled
+        else _mesh.replicated_call(gram_lib.per_example_jacobian)(
+          apply_fn, params, inputs, num_outputs=num_outputs, chunk_size=chunk_size
+        )
+      )
+      form = (_JacobianPrimal if system == "primal" else _JacobianDual)(batch, solver, jacobian)
+    else:
+      _, jvp = jax.linearize(lambda p: apply_fn(p, inputs), params)
+      form = (_OperatorPrimal if system == "primal" else _OperatorDual)(batch, solver, jvp)
     form._prepare(solver)
     return form
   # examples="coupled": J of the batch function, once; every form is built from it.
   coupled_jacobian = (
-    _mesh.replicated_call(_jacobian.batch_jacobian)(apply_fn, params, inputs) if coupled else None
+    _flat_jacobian(apply_fn, params, inputs, True, num_examples, num_outputs, chunk_size)
+    if coupled
+    else None
   )
   if system == "dual" and sketch is not None:
     # Squared error: the Gram of the sketched model, Sᵀ K S (s backward passes, not k).
@@ -1038,16 +1117,8 @@ def linearize(
     if coupled_jacobian is not None:
       jacobian = coupled_jacobian
     else:
-      jacobian = gram_lib.flat_jacobian(
-        _mesh.replicated_call(gram_lib.per_example_jacobian)(
-          apply_fn,
-          params,
-          inputs,
-          num_outputs=num_outputs,
-          chunk_size=chunk_size,
-        ),
-        num_examples,
-        num_outputs,
+      jacobian = _flat_jacobian(
+        apply_fn, params, inputs, False, num_examples, num_outputs, chunk_size
       )
     if sketch is not None:
       form = _SketchedPrimal(batch, solver, jacobian, sketch)
@@ -1055,6 +1126,18 @@ def linearize(
       form = (_PerOutputPrimal if per_output else _FullPrimal)(batch, solver, jacobian)
   form._prepare(solver)
   return form
+
+
+def _flat_jacobian(
+  apply_fn, params, inputs, coupled, num_examples, num_outputs, chunk_size
+) -> jax.Array:
+  """J as an (m, k, p) array: of the batch function (coupled examples) or per example."""
+  if coupled:
+    return _mesh.replicated_call(_jacobian.batch_jacobian)(apply_fn, params, inputs)
+  per_example = _mesh.replicated_call(gram_lib.per_example_jacobian)(
+    apply_fn, params, inputs, num_outputs=num_outputs, chunk_size=chunk_size
+  )
+  return gram_lib.flat_jacobian(per_example, num_examples, num_outputs)
 
 
 def _check_single_example(

@@ -201,9 +201,10 @@ def scale_by_regression_descent(
       jitter retries), `"eigh"`, `"cg"` (`rdescent.solvers.cg()`:
       matrix-free Nyström-preconditioned conjugate gradients; K and JᵀJ are
       never formed, every product with J or Jᵀ is a JVP or VJP of the
-      linearised batch function; `outputs="full"` only, and not with a
-      controller that needs the matrix, `gcv`), or an
-      `rdescent.solvers.Solver`.
+      linearised batch function, or with `cg(products="jacobian")` a
+      matrix-vector product with J materialised once per step;
+      `outputs="full"` only, and not with a controller that needs the
+      matrix, `gcv`), or an `rdescent.solvers.Solver`.
     momentum: μ ∈ [0, 1) (default 0: off). A shorthand for
       `damping=rdescent.damping.spring(damping, momentum=μ)`: SPRING
       momentum inside the regression, d_t = μ d_{t−1} + Jᵀ (K + λI)⁻¹

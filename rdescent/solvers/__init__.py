@@ -14,7 +14,9 @@ trial λ (see `rdescent.solvers._base`). Pass one as `solver=` to
 * `cg(rank=20, maxiter=100, tol=None)` (`"cg"`): matrix-free conjugate
   gradients from products v ↦ A v (one VJP and one JVP for K v), with a
   randomized Nyström preconditioner of rank ℓ built once per step; A is never
-  formed (O(n ℓ) memory beyond one product).
+  formed (O(n ℓ) memory beyond one product). `cg(products="jacobian")` takes
+  its products from J materialised once per step (m k p numbers): for models
+  whose passes are expensive, such as PINN residuals.
 
 A new solver is one module in this package that returns a `Solver`, plus its
 entry in `SOLVERS` below and in the common test list

@@ -82,12 +82,17 @@ class Solver(NamedTuple):
       (..., n), `damping` is a scalar λ ≥ 0.
     matrix_free: True when `prepare` takes a `LinearOperator` instead of the
       matrix (the system is then never formed).
+    products: for a matrix-free solver, where the operator's products come
+      from: `"network"` (a JVP and a VJP through the model per product; no
+      Jacobian) or `"jacobian"` (J, m k × p, materialised once per step; each
+      product two matrix-vector products). None for dense solvers.
   """
 
   name: str
   prepare: Callable[[Any], Any]
   solve: Callable[[Any, jax.Array, jax.Array], SolveResult]
   matrix_free: bool = False
+  products: str | None = None
 
 
 def symmetrize(matrix: jax.Array) -> jax.Array:

@@ -28,6 +28,17 @@ it got, and `ok` is False only when the result is not finite.
 **Memory**: the Nyström basis U and Ω (n × ℓ each), the Y of the ℓ products
 (n × ℓ), and the CG vectors (a few n): O(n ℓ) numbers beyond what one product
 needs; no n × n array.
+
+**Products** (`products=`). `"network"` (the default): every product is a
+JVP and a VJP through the model, from one `jax.linearize` per step; no
+Jacobian is formed, and one product costs about three forward passes.
+`"jacobian"`: J (m k × p) is materialised once per step (the per-example
+Jacobians, or the batch Jacobian with `examples="coupled"`), and every
+product is two matrix-vector products with it, J (vᵀJ)ᵀ; the ℓ products of the
+preconditioner become two matrix-matrix products. That costs m k p numbers
+of memory (still no (m k)² or p² array) and pays where a pass through the
+model is expensive against a pass over J: residuals that hold input
+derivatives (PINNs), or many CG iterations per step.
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ from rdescent.solvers._base import Solver
 
 DEFAULT_RANK = 20
 DEFAULT_MAXITER = 100
+PRODUCTS = ("network", "jacobian")
 
 
 class NystromPreconditioner(NamedTuple):
@@ -165,6 +177,7 @@ def cg(
   maxiter: int = DEFAULT_MAXITER,
   tol: float | None = None,
   seed: int = 0,
+  products: str = "network",
 ) -> Solver:
   """Matrix-free Nyström-preconditioned conjugate gradients (module docstring).
 
@@ -175,10 +188,15 @@ def cg(
     tol: relative residual ‖b − (A + λI) x‖ / ‖b‖ to stop at; None: √ε of
       the system's dtype (3.5e-4 in float32, 1.5e-8 in float64).
     seed: seed of the preconditioner's random test matrix.
+    products: `"network"` (JVP and VJP through the model per product; no
+      Jacobian) or `"jacobian"` (J materialised once per step, m k × p
+      numbers; products are matrix-vector products). See the module
+      docstring for which pays.
 
   Returns:
     A matrix-free `Solver` named `"cg"`: `prepare` takes a
-    `LinearOperator`; the RD step then never forms K or JᵀJ.
+    `LinearOperator`; the RD step then never forms K or JᵀJ (with
+    `products="jacobian"` it forms J).
 
   Examples:
     >>> import jax.numpy as jnp, rdescent as rd
@@ -194,6 +212,8 @@ def cg(
       raise ValueError(f"cg: {name} must be an int >= {low}; got {value!r}.")
   if tol is not None and not (isinstance(tol, (int, float)) and 0 < tol < 1):
     raise ValueError(f"cg: tol must be None or a float in (0, 1); got {tol!r}.")
+  if products not in PRODUCTS:
+    raise ValueError(f"cg: products must be one of {PRODUCTS}; got {products!r}.")
 
   def prepare(operator: Any) -> NystromPreconditioner:
     if not isinstance(operator, LinearOperator):
@@ -210,4 +230,4 @@ def cg(
     stop = jnp.sqrt(jnp.finfo(dtype).eps) if tol is None else tol
     return pcg(prepared, rhs, jnp.asarray(damping, dtype), tol=stop, maxiter=maxiter)
 
-  return Solver(name="cg", prepare=prepare, solve=solve, matrix_free=True)
+  return Solver(name="cg", prepare=prepare, solve=solve, matrix_free=True, products=products)
