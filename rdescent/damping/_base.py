@@ -85,6 +85,28 @@ class DampingController(NamedTuple):
   needs_matrix: bool = False
 
 
+def wrapper(
+  inner: DampingController,
+  *,
+  init: Callable[[Any], Any],
+  current: Callable[[Any, jax.Array], jax.Array],
+  step: Callable[[Any, Any, jax.Array, jax.Array], DampingStep],
+  fail: Callable[[Any], Any] = _unchanged,
+  undoes_steps: bool | None = None,
+) -> DampingController:
+  """A controller that wraps `inner`: it inherits `inner`'s flags (`undoes_steps`,
+  `needs_matrix`), unless `undoes_steps` is given (a wrapper that refuses such an inner
+  controller says False)."""
+  return DampingController(
+    init=init,
+    current=current,
+    step=step,
+    fail=fail,
+    undoes_steps=inner.undoes_steps if undoes_steps is None else undoes_steps,
+    needs_matrix=inner.needs_matrix,
+  )
+
+
 def accept(trial: problem_lib.Trial, state: Any) -> DampingStep:
   """The step of a controller that takes its trial as it is."""
   return DampingStep(

@@ -144,11 +144,4 @@ def backtracking(
       state=new_state,
     )
 
-  return _base.DampingController(
-    init=init,
-    current=current,
-    step=step,
-    fail=fail,
-    undoes_steps=inner.undoes_steps,
-    needs_matrix=inner.needs_matrix,
-  )
+  return _base.wrapper(inner, init=init, current=current, step=step, fail=fail)

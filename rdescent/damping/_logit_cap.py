@@ -137,6 +137,5 @@ def cap_logit_change(controller: Any, bound: float = math.pi) -> _base.DampingCo
       state=new_state,
     )
 
-  return _base.DampingController(
-    init=init, current=current, step=step, fail=fail, needs_matrix=inner.needs_matrix
-  )
+  # The cap refuses controllers that undo steps (above), so it never undoes one itself.
+  return _base.wrapper(inner, init=init, current=current, step=step, fail=fail, undoes_steps=False)

@@ -139,11 +139,4 @@ def spring(controller: Any, momentum: float = 0.9) -> _base.DampingController:
     )
     return inner_step._replace(state=SpringState(inner=inner_step.state, previous=previous))
 
-  return _base.DampingController(
-    init=init,
-    current=current,
-    step=step,
-    fail=fail,
-    undoes_steps=inner.undoes_steps,
-    needs_matrix=inner.needs_matrix,
-  )
+  return _base.wrapper(inner, init=init, current=current, step=step, fail=fail)
