@@ -216,8 +216,8 @@ def study_section(result: Mapping[str, Any], plot_prefix: str = "") -> str:
   if task:
     lines.append(
       f"{task.get('name', '')}; model {task.get('model', '')} "
-      f"({task.get('num_params', '?')} parameters), loss {task.get('loss', '')}, "
-      f"{task.get('train_size', '?')} training examples."
+      f"({task.get('num_params', '?')} parameters), loss {task.get('loss', '')}"
+      + (f", {task['train_size']} training examples." if "train_size" in task else ".")
     )
   if config:
     lines.append(

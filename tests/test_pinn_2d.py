@@ -71,3 +71,24 @@ def test_quick_study_writes_json_table_and_plot(tmp_path):
   assert "time to 1e-07 s (reached)" in table and "ms/step" in table
   assert "Published (Dangel et al. 2024" in table and "Target: relative L2" in table
   assert report.plot_study(saved, tmp_path / "poisson_2d.png").stat().st_size > 0
+
+
+def test_quick_scale_study_records_memory_and_its_targets(tmp_path):
+  options = runner.StudyOptions(
+    quick=True,
+    progress=False,
+    command="test",
+    budget=0.1,
+    optimizers=(pinn_2d.CG_JACOBIAN_LABEL,),  # the baselines run in the poisson_2d test
+  )
+  result = pinn_2d.run_scale(options)
+  saved = json.loads(runner.save(result, tmp_path).read_text())
+  assert saved["study"] == "poisson_2d_scale" and saved["config"]["target_rel_l2"] == 1e-6
+  assert [run["label"] for run in saved["runs"]] == [pinn_2d.CG_JACOBIAN_LABEL]
+  for run in saved["runs"]:
+    assert run["steps"] > 0 and run["process_peak_bytes"] > 0
+    assert run["step_memory_bytes"] is None or run["step_memory_bytes"] > 0
+  parts = saved["step_breakdown"]
+  assert parts["jacobian_product_ms"] > 0 and "normal_matrix_and_cholesky_ms" not in parts
+  table = report.markdown_table(saved)
+  assert "peak RSS GB" in table and "Targets: " in table and "target 100×" in table
