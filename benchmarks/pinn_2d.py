@@ -591,20 +591,63 @@ def step_breakdown(
 # ----------------------------------------------------------------------------- study
 
 
+def _header(study: str, options: StudyOptions) -> dict[str, Any]:
+  """The results JSON's first entries: study, kind, when, the command and the machine."""
+  return {
+    "study": study,
+    "kind": "pinn_2d",
+    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "command": options.command,
+    "machine": machine_info(),
+  }
+
+
+def task_record(
+  name: str, problem: Problem, sizes: Mapping[str, Any], num_params: int
+) -> dict[str, Any]:
+  """The results JSON's "task" entry of one problem size."""
+  hidden = sizes["hidden"]
+  widths = str(hidden) if isinstance(hidden, int) else "-".join(str(w) for w in hidden)
+  return {
+    "name": name,
+    "model": f"MLP 2-{widths}-1 (tanh)",
+    "num_params": num_params,
+    "interior_points": problem.num_interior,
+    "boundary_points": problem.num_boundary,
+    "boundary_weight": problem.boundary_weight,
+    "test_grid": f"{sizes['test']} × {sizes['test']} on [0, 1]²",
+    "dtype": "float64",
+    "loss": "rd: ½ Σ r²; adam, lbfgs: mean r² (r: interior −Δu − f, boundary w u)",
+  }
+
+
+def _settings(
+  study: str, options: StudyOptions, full: Mapping[str, Any], quick: Mapping[str, Any], methods
+) -> tuple[Mapping[str, Any], int, float, list[Method]]:
+  """(sizes, seeds, budget, the selected methods) of a run of `study`."""
+  sizes = quick if options.quick else full
+  chosen = select(methods(options.quick), options.optimizers)
+  if not chosen:
+    wanted = ",".join(options.optimizers or ())
+    raise SystemExit(f"{study}: no method matches --optimizers {wanted}.")
+  return sizes, options.seeds or sizes["seeds"], options.budget or sizes["budget"], chosen
+
+
+def _compiled(sizes: Mapping[str, Any], methods: Sequence[Method]) -> tuple[Problem, Any, dict]:
+  """The problem, seed 0's parameters and every method compiled before any clock starts
+  (call with x64 on)."""
+  problem = make_problem(sizes["grid"], sizes["edge"], sizes["hidden"], sizes["test"])
+  cache: dict = {}
+  for method in methods:
+    compile_method(problem, method, cache)
+  return problem, init_params(problem, 0), cache
+
+
 def run(options: StudyOptions) -> dict[str, Any]:
-  sizes = QUICK if options.quick else FULL
-  seeds = options.seeds or sizes["seeds"]
-  budget = options.budget or sizes["budget"]
-  methods = select(default_methods(options.quick), options.optimizers)
-  if not methods:
-    raise SystemExit(f"poisson_2d: no method matches --optimizers {','.join(options.optimizers)}.")
+  sizes, seeds, budget, methods = _settings("poisson_2d", options, FULL, QUICK, default_methods)
   runs = []
   with jax.enable_x64(True):
-    problem = make_problem(sizes["grid"], sizes["edge"], sizes["hidden"], sizes["test"])
-    params0 = init_params(problem, 0)
-    cache: dict = {}
-    for method in methods:  # compiled before any clock starts
-      compile_method(problem, method, cache)
+    problem, params0, cache = _compiled(sizes, methods)
     rd_labels = [m.label for m in methods if m.family == "rd"]
     checks: dict[str, Any] = {
       "exact_residual_max": float(
@@ -635,22 +678,13 @@ def run(options: StudyOptions) -> dict[str, Any]:
           )
     num_params = models.num_params(params0)
   return {
-    "study": "poisson_2d",
-    "kind": "pinn_2d",
-    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    "command": options.command,
-    "machine": machine_info(),
-    "task": {
-      "name": "2D Poisson PINN −Δu = 2π² sin(πx) sin(πy), u = 0 on ∂[0,1]² (Dangel et al. 2024)",
-      "model": f"MLP 2-{sizes['hidden']}-1 (tanh)",
-      "num_params": num_params,
-      "interior_points": problem.num_interior,
-      "boundary_points": problem.num_boundary,
-      "boundary_weight": problem.boundary_weight,
-      "test_grid": f"{sizes['test']} × {sizes['test']} on [0, 1]²",
-      "dtype": "float64",
-      "loss": "rd: ½ Σ r²; adam, lbfgs: mean r² (r: interior −Δu − f, boundary w u)",
-    },
+    **_header("poisson_2d", options),
+    "task": task_record(
+      "2D Poisson PINN −Δu = 2π² sin(πx) sin(πy), u = 0 on ∂[0,1]² (Dangel et al. 2024)",
+      problem,
+      sizes,
+      num_params,
+    ),
     "config": {
       "seeds": seeds,
       "budget_seconds": budget,
@@ -672,21 +706,12 @@ def run(options: StudyOptions) -> dict[str, Any]:
 
 def run_scale(options: StudyOptions) -> dict[str, Any]:
   """The issue's target (ii): the 2D Poisson PINN with 10,800 residuals and 8,577 parameters."""
-  sizes = SCALE_QUICK if options.quick else SCALE
-  seeds = options.seeds or sizes["seeds"]
-  budget = options.budget or sizes["budget"]
-  methods = select(scale_methods(options.quick), options.optimizers)
-  if not methods:
-    raise SystemExit(
-      f"poisson_2d_scale: no method matches --optimizers {','.join(options.optimizers)}."
-    )
+  sizes, seeds, budget, methods = _settings(
+    "poisson_2d_scale", options, SCALE, SCALE_QUICK, scale_methods
+  )
   runs = []
   with jax.enable_x64(True):
-    problem = make_problem(sizes["grid"], sizes["edge"], sizes["hidden"], sizes["test"])
-    params0 = init_params(problem, 0)
-    cache: dict = {}
-    for method in methods:  # compiled before any clock starts
-      compile_method(problem, method, cache)
+    problem, params0, cache = _compiled(sizes, methods)
     breakdown = step_breakdown(
       problem,
       params0,
@@ -713,24 +738,14 @@ def run_scale(options: StudyOptions) -> dict[str, Any]:
             flush=True,
           )
     num_params = models.num_params(params0)
-  widths = "-".join(str(w) for w in sizes["hidden"])
   return {
-    "study": "poisson_2d_scale",
-    "kind": "pinn_2d",
-    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    "command": options.command,
-    "machine": machine_info(),
-    "task": {
-      "name": "2D Poisson PINN at scale, −Δu = 2π² sin(πx) sin(πy), u = 0 on ∂[0,1]²",
-      "model": f"MLP 2-{widths}-1 (tanh)",
-      "num_params": num_params,
-      "interior_points": problem.num_interior,
-      "boundary_points": problem.num_boundary,
-      "boundary_weight": problem.boundary_weight,
-      "test_grid": f"{sizes['test']} × {sizes['test']} on [0, 1]²",
-      "dtype": "float64",
-      "loss": "rd: ½ Σ r²; adam, lbfgs: mean r² (r: interior −Δu − f, boundary w u)",
-    },
+    **_header("poisson_2d_scale", options),
+    "task": task_record(
+      "2D Poisson PINN at scale, −Δu = 2π² sin(πx) sin(πy), u = 0 on ∂[0,1]²",
+      problem,
+      sizes,
+      num_params,
+    ),
     "config": {
       "seeds": seeds,
       "budget_seconds": budget,
@@ -762,32 +777,19 @@ def scale_table(result: Mapping[str, Any]) -> str:
   """Per method: final relative L2, time to 1e-6, steps, ms/step, memory; the verdicts."""
   config, task = result["config"], result["task"]
   target = config["target_rel_l2"]
-  head = [
-    "method",
-    "final rel. L2 [min–max]",
-    f"time to {target:g} s (reached)",
-    "steps",
-    "ms/step",
-    "step memory GB (XLA)",
-    "peak RSS GB (own process)",
-    "CG iterations (median)",
-  ]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  rows = summary_rows(result)
   groups = _by_label(result)
-  for row in rows:
-    first = groups[row["label"]][0]
-    cells = [
-      row["label"],
-      f"{_fmt(row['final_rel_l2'])} [{_fmt(row['final_min'])}–{_fmt(row['final_max'])}]",
-      f"{_fmt(row['time_to_target'])} ({row['reached']}/{row['seeds']})",
-      f"{row['steps']:.0f}",
-      f"{row['ms_per_step']:.4g}",
-      _gigabytes(first.get("step_memory_bytes")),
-      _gigabytes(first.get("process_peak_bytes")),
-      "–" if not row["iterations"] else f"{row['iterations']:.0f}",
-    ]
-    lines.append("| " + " | ".join(cells) + " |")
+
+  def memory(key: str) -> Callable[[dict[str, Any]], str]:
+    return lambda row: _gigabytes(groups[row["label"]][0].get(key))
+
+  lines, rows = _method_table(
+    result,
+    [
+      ("step memory GB (XLA)", memory("step_memory_bytes")),
+      ("peak RSS GB (own process)", memory("process_peak_bytes")),
+    ],
+    ms_format=".4g",
+  )
   lines += [
     "",
     f"{task['name']}; {task['model']}, {task['num_params']} parameters, float64; "
@@ -877,17 +879,22 @@ def summary_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
   return rows
 
 
-def markdown_table(result: Mapping[str, Any]) -> str:
-  """Per method: final relative L2 (median [min–max] of seeds), time to 1e-7, steps, ms/step."""
-  config = result["config"]
-  target = config["target_rel_l2"]
+def _method_table(
+  result: Mapping[str, Any],
+  columns: Sequence[tuple[str, Callable[[dict[str, Any]], str]]],
+  *,
+  ms_format: str,
+) -> tuple[list[str], list[dict[str, Any]]]:
+  """The per-method table lines (`summary_rows`): error, time to target, steps, ms/step, the
+  study's own `columns` (header, cell of a row), CG iterations; and the rows."""
+  target = result["config"]["target_rel_l2"]
   head = [
     "method",
     "final rel. L2 [min–max]",
     f"time to {target:g} s (reached)",
     "steps",
     "ms/step",
-    "compile s",
+    *(name for name, _ in columns),
     "CG iterations (median)",
   ]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -898,11 +905,21 @@ def markdown_table(result: Mapping[str, Any]) -> str:
       f"{_fmt(row['final_rel_l2'])} [{_fmt(row['final_min'])}–{_fmt(row['final_max'])}]",
       f"{_fmt(row['time_to_target'])} ({row['reached']}/{row['seeds']})",
       f"{row['steps']:.0f}",
-      f"{row['ms_per_step']:.3g}",
-      f"{row['compile_seconds']:.2f}",
-      "–" if row["iterations"] is None or row["iterations"] == 0 else f"{row['iterations']:.0f}",
+      format(row["ms_per_step"], ms_format),
+      *(cell(row) for _, cell in columns),
+      "–" if not row["iterations"] else f"{row['iterations']:.0f}",
     ]
     lines.append("| " + " | ".join(cells) + " |")
+  return lines, rows
+
+
+def markdown_table(result: Mapping[str, Any]) -> str:
+  """Per method: final relative L2 (median [min–max] of seeds), time to 1e-7, steps, ms/step."""
+  config = result["config"]
+  target = config["target_rel_l2"]
+  lines, rows = _method_table(
+    result, [("compile s", lambda row: f"{row['compile_seconds']:.2f}")], ms_format=".3g"
+  )
   task, checks, parts = result["task"], result["checks"], result["step_breakdown"]
   published = ", ".join(f"{k} {v:.2g}" for k, v in config["published_gpu_1000s"].items())
   lines += [
