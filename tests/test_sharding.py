@@ -17,12 +17,14 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-# One worker runs this file under pytest-xdist (`--dist loadgroup`), so the
-# subprocess behind the module fixture runs once, not once per worker.
+# The subprocess behind `multi_device` runs once per test run, also under
+# pytest-xdist (see the fixture); the group keeps this file's tests together
+# where the scheduler honours it.
 pytestmark = pytest.mark.xdist_group("sharding")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -498,8 +500,7 @@ def _run_all() -> dict:
   return results
 
 
-@pytest.fixture(scope="session")  # kept even when xdist interleaves other modules' tests
-def multi_device():
+def _multi_device_results() -> dict:
   # Optimisation level 0 of the CPU backend halves the compile time; both the
   # 1-device and the 4-device programs are compiled with it.
   env = dict(
@@ -514,6 +515,34 @@ def multi_device():
   )
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def multi_device(tmp_path_factory, worker_id):
+  """The subprocess's records, computed once per test run.
+
+  Under pytest-xdist the workers share a base temporary directory: the first
+  worker to ask runs the subprocess (holding a lock file) and writes the
+  records there; the others wait for them and read them.
+  """
+  if worker_id == "master":
+    return _multi_device_results()
+  shared = tmp_path_factory.getbasetemp().parent
+  results, lock = shared / "multi_device.json", shared / "multi_device.lock"
+  try:
+    os.close(os.open(lock, os.O_CREAT | os.O_EXCL))
+  except FileExistsError:
+    deadline = time.monotonic() + 900
+    while not results.exists():
+      if time.monotonic() > deadline:
+        pytest.fail("the multi-device subprocess of another worker did not finish")
+      time.sleep(1.0)
+    return json.loads(results.read_text())
+  records = _multi_device_results()
+  partial = shared / "multi_device.json.partial"
+  partial.write_text(json.dumps(records))
+  partial.replace(results)
+  return records
 
 
 def _record(results, name):
