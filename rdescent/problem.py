@@ -777,8 +777,9 @@ class _OperatorPrimal(_OperatorForm):
     return jnp.linalg.norm(self.rhs)
 
 
-class _JacobianProducts:
-  """Products from a materialised J instead of the network.
+class _JacobianProducts(_OperatorForm):
+  """Products from a materialised J instead of the network (a mixin of the
+  operator forms: `_JacobianDual`, `_JacobianPrimal`).
 
   J is held as column blocks, J = [J_1 … J_L] with J_l (m k × p_l): one per
   parameter leaf (the per-example Jacobians, never concatenated: on XLA:CPU
@@ -789,10 +790,13 @@ class _JacobianProducts:
   slower).
   """
 
-  num_examples: int
   _blocks: list[jax.Array]
   _split: Callable[[Any], list[jax.Array]]
   _join: Callable[[list[jax.Array]], Any]
+
+  def __init__(self, batch: _Batch, solver: solvers_lib.Solver, jacobian: Any):
+    self._set_jacobian(jacobian, batch.params)
+    super().__init__(batch, solver, self._jvp_change)
 
   def _set_jacobian(self, jacobian: Any, params: Any) -> None:
     if isinstance(jacobian, jax.Array):  # one flat (m, k, p) block
@@ -823,17 +827,9 @@ class _JacobianProducts:
 class _JacobianDual(_JacobianProducts, _OperatorDual):
   """`_OperatorDual` with its products from J: K v = J (vᵀ J)ᵀ."""
 
-  def __init__(self, batch: _Batch, solver: solvers_lib.Solver, jacobian: Any):
-    self._set_jacobian(jacobian, batch.params)
-    super().__init__(batch, solver, self._jvp_change)
-
 
 class _JacobianPrimal(_JacobianProducts, _OperatorPrimal):
   """`_OperatorPrimal` with its products from J: JᵀJ v = ((J v)ᵀ J)ᵀ."""
-
-  def __init__(self, batch: _Batch, solver: solvers_lib.Solver, jacobian: Any):
-    self._set_jacobian(jacobian, batch.params)
-    super().__init__(batch, solver, self._jvp_change)
 
 
 class _Primal(_Form):
@@ -1079,11 +1075,9 @@ def linearize(
     if solver.products == "jacobian":
       # Per-leaf blocks (independent examples) or the flat batch Jacobian (coupled).
       jacobian = (
-        _flat_jacobian(apply_fn, params, inputs, True, num_examples, num_outputs, chunk_size)
+        _batch_jacobian(apply_fn, params, inputs)
         if coupled
-        else _mesh.replicated_call(gram_lib.per_example_jacobian)(
-          apply_fn, params, inputs, num_outputs=num_outputs, chunk_size=chunk_size
-        )
+        else _per_example_jacobian(apply_fn, params, inputs, num_outputs, chunk_size)
       )
       form = (_JacobianPrimal if system == "primal" else _JacobianDual)(batch, solver, jacobian)
     else:
@@ -1092,11 +1086,7 @@ def linearize(
     form._prepare(solver)
     return form
   # examples="coupled": J of the batch function, once; every form is built from it.
-  coupled_jacobian = (
-    _flat_jacobian(apply_fn, params, inputs, True, num_examples, num_outputs, chunk_size)
-    if coupled
-    else None
-  )
+  coupled_jacobian = _batch_jacobian(apply_fn, params, inputs) if coupled else None
   if system == "dual" and sketch is not None:
     # Squared error: the Gram of the sketched model, Sᵀ K S (s backward passes, not k).
     squared = factors.factor is None
@@ -1117,8 +1107,10 @@ def linearize(
     if coupled_jacobian is not None:
       jacobian = coupled_jacobian
     else:
-      jacobian = _flat_jacobian(
-        apply_fn, params, inputs, False, num_examples, num_outputs, chunk_size
+      jacobian = gram_lib.flat_jacobian(
+        _per_example_jacobian(apply_fn, params, inputs, num_outputs, chunk_size),
+        num_examples,
+        num_outputs,
       )
     if sketch is not None:
       form = _SketchedPrimal(batch, solver, jacobian, sketch)
@@ -1128,16 +1120,16 @@ def linearize(
   return form
 
 
-def _flat_jacobian(
-  apply_fn, params, inputs, coupled, num_examples, num_outputs, chunk_size
-) -> jax.Array:
-  """J as an (m, k, p) array: of the batch function (coupled examples) or per example."""
-  if coupled:
-    return _mesh.replicated_call(_jacobian.batch_jacobian)(apply_fn, params, inputs)
-  per_example = _mesh.replicated_call(gram_lib.per_example_jacobian)(
+def _batch_jacobian(apply_fn, params, inputs) -> jax.Array:
+  """J of the batch function (coupled examples), an (m, k, p) array, replicated."""
+  return _mesh.replicated_call(_jacobian.batch_jacobian)(apply_fn, params, inputs)
+
+
+def _per_example_jacobian(apply_fn, params, inputs, num_outputs, chunk_size) -> Any:
+  """The per-example Jacobians, a pytree like `params` of (m, k, *leaf) arrays, replicated."""
+  return _mesh.replicated_call(gram_lib.per_example_jacobian)(
     apply_fn, params, inputs, num_outputs=num_outputs, chunk_size=chunk_size
   )
-  return gram_lib.flat_jacobian(per_example, num_examples, num_outputs)
 
 
 def _check_single_example(
