@@ -64,6 +64,7 @@ import rdescent as rd
 from benchmarks import models
 from benchmarks import plotting
 from benchmarks import registry
+from benchmarks.runner import EvaluationSchedule
 from benchmarks.runner import StudyOptions
 from benchmarks.runner import machine_info
 
@@ -446,8 +447,7 @@ def train(
 
   initial = evaluate(0, 0.0)
   seconds, steps, diverged = 0.0, 0, False
-  next_power, interval = 1, budget / eval_points
-  next_time = interval
+  schedule = EvaluationSchedule(budget / eval_points)
   while seconds < budget and (max_steps is None or steps < max_steps):
     start = time.perf_counter()
     params, state = compiled(params, state, problem.inputs, problem.targets)
@@ -455,11 +455,7 @@ def train(
     seconds += time.perf_counter() - start
     steps += 1
     done = seconds >= budget or (max_steps is not None and steps >= max_steps)
-    if steps == next_power or seconds >= next_time or done:
-      if steps == next_power:
-        next_power *= 2
-      if seconds >= next_time:
-        next_time = seconds + interval
+    if schedule.due(steps, seconds, done):
       error = evaluate(steps, seconds)
       if not np.isfinite(error) or error > 1e6 * initial:
         diverged = True

@@ -111,6 +111,25 @@ class StudyOptions:
   command: str = ""
 
 
+class EvaluationSchedule:
+  """When a timed training loop evaluates: after steps 1, 2, 4, 8, ..., whenever `interval`
+  seconds of training have passed since the last timed evaluation, and at the end."""
+
+  def __init__(self, interval: float):
+    self.interval = interval
+    self.next_power = 1
+    self.next_time = interval
+
+  def due(self, steps: int, seconds: float, done: bool) -> bool:
+    """Whether to evaluate after `steps` steps and `seconds` of training (`done`: the last)."""
+    power, timed = steps == self.next_power, seconds >= self.next_time
+    if power:
+      self.next_power *= 2
+    if timed:
+      self.next_time = seconds + self.interval
+    return power or timed or done
+
+
 def mean_loss(loss: str, outputs: jax.Array, targets: jax.Array) -> jax.Array:
   """The reported loss: mean squared error over all entries, or mean cross-entropy."""
   outputs = outputs.reshape(outputs.shape[0], -1)
@@ -294,8 +313,7 @@ def train_run(
 
   initial_loss = evaluate(0, 0.0)
   train_seconds, steps, diverged = 0.0, 0, False
-  next_power, interval = 1, budget / eval_points
-  next_time = interval
+  schedule = EvaluationSchedule(budget / eval_points)
   bar = tqdm(
     total=round(budget, 2),
     desc=f"{spec.label} seed={seed}",
@@ -315,11 +333,7 @@ def train_run(
     steps += 1
     bar.update(min(elapsed, max(budget - bar.n, 0.0)))
     done = train_seconds >= budget or (max_steps is not None and steps >= max_steps)
-    if steps == next_power or train_seconds >= next_time or done:
-      if steps == next_power:
-        next_power *= 2
-      if train_seconds >= next_time:
-        next_time = train_seconds + interval
+    if schedule.due(steps, train_seconds, done):
       loss = evaluate(steps, train_seconds)
       bar.set_postfix_str(f"loss={loss:.3g} steps={steps}")
       if not np.isfinite(loss) or loss > 1e6 * max(initial_loss, 1e-12):
