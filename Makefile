@@ -38,8 +38,10 @@ docs: $(STAMP)
 
 # The suite and the docstring examples (--doctest-modules and its flags are in pyproject.toml);
 # loadgroup keeps each xdist_group on one worker (test_sharding's one subprocess).
+# One docs build per run: tests/test_site.py reads the site that `docs` just built
+# (RDESCENT_SITE_DIR); run alone, it builds one of its own.
 test: lint docs
-	$(BIN)/python -m pytest -q -n auto --dist loadgroup tests rdescent
+	RDESCENT_SITE_DIR=$(abspath site) $(BIN)/python -m pytest -q -n auto --dist loadgroup tests rdescent
 
 clean:
 	rm -rf $(VENV) demo_output site .cache .mypy_cache .ruff_cache
