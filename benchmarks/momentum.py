@@ -34,7 +34,9 @@ from benchmarks import mnist
 from benchmarks import models
 from benchmarks import plotting
 from benchmarks import registry
+from benchmarks import report
 from benchmarks import runner
+from benchmarks import training
 from benchmarks.saturation import SIZES
 
 EMA_DECAY = 0.99
@@ -125,17 +127,26 @@ def train(task: runner.Task, config: Config, seed: int, checkpoints, batch_size:
   state = jax.tree_util.tree_map(jnp.copy, tx.init(params))
   average = jax.tree_util.tree_map(jnp.zeros_like, params)
   count = jnp.zeros([], jnp.int32)
-  step = _step_fn(config, tx, model.apply)
   losses, ema_losses = {}, {}
-  done = 0
-  for checkpoint in checkpoints:
-    while done < checkpoint:
-      params, state, average, count = step(
-        params, state, average, count, task.train_inputs, task.train_targets, order(done)
-      )
-      done += 1
-    losses[str(checkpoint)] = evaluator.curve_loss(params)
-    ema_losses[str(checkpoint)] = evaluator.curve_loss(_debiased(average, checkpoint))
+
+  def evaluate(carry: tuple, steps: int, seconds: float) -> float:
+    params, _, average, _ = carry
+    losses[str(steps)] = evaluator.curve_loss(params)
+    ema_losses[str(steps)] = evaluator.curve_loss(_debiased(average, steps))
+    return losses[str(steps)]
+
+  # Steps, not seconds: no budget, no evaluation before the first step, no divergence stop.
+  loop = training.train_loop(
+    _step_fn(config, tx, model.apply),
+    (params, state, average, count),
+    lambda steps: (task.train_inputs, task.train_targets, order(steps)),
+    evaluate,
+    lambda steps, seconds, done: steps in checkpoints,
+    max_steps=max(checkpoints),
+    initial=False,
+    divergence=None,
+  )
+  state, done = loop.carry[1], loop.steps
   record = {
     "label": config.label,
     "hyperparams": dict(config.hyperparams),
@@ -193,20 +204,13 @@ def _median(rows, key, step) -> float:
   return float(np.median(values)) if values else float("nan")
 
 
-def _by_label(result: Mapping[str, Any]) -> dict[str, list[dict]]:
-  groups: dict[str, list[dict]] = {}
-  for row in result["rows"]:
-    groups.setdefault(row["label"], []).append(row)
-  return groups
-
-
 def markdown_table(result: Mapping[str, Any]) -> str:
   """Eval MSE (median over seeds) at the table steps, for the params and their EMA."""
   steps = result["config"]["table_steps"]
   head = ["optimizer"] + [f"eval MSE @ {s}" for s in steps]
   head += [f"EMA({result['config']['ema_decay']:g}) @ {s}" for s in steps] + ["rejected"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for label, rows in _by_label(result).items():
+  for label, rows in report.by_label(result, "rows").items():
     cells = [label] + [f"{_median(rows, 'loss', s):.4g}" for s in steps]
     cells += [f"{_median(rows, 'ema_loss', s):.4g}" for s in steps]
     rejected = [r.get("num_rejected") for r in rows if r.get("num_rejected") is not None]
@@ -226,7 +230,7 @@ def plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
   """Eval MSE against steps (median over seeds), params solid and their EMA dashed."""
   plt = plotting.pyplot()
   steps = result["config"]["checkpoints"]
-  groups = _by_label(result)
+  groups = report.by_label(result, "rows")
   fig, ax = plt.subplots(figsize=(7.5, 4.5 + 0.17 * len(groups)))
   colors = plt.get_cmap("tab20").colors
   for i, (label, rows) in enumerate(groups.items()):

@@ -22,7 +22,8 @@ The batch's inputs are (n, 3): the point and a flag column (1 on the boundary);
 
 Metric: the relative L2 error ‖u_θ − u*‖ / ‖u*‖ on a fixed 100 × 100 test grid of [0, 1]²
 (boundary included), recorded against training seconds and steps (compile and evaluation
-excluded, DESIGN.md section 4 protocol), at steps 1, 2, 4, ... and every
+excluded: the runner's protocol, docs/benchmarks.md, and its loop, `training.train_loop`), at
+steps 1, 2, 4, ... and every
 budget / `EVAL_POINTS` seconds. Methods: RD + LM with the dense Cholesky solver (the default)
 and with the matrix-free Nyström-PCG solver (`CG`), Adam over `ADAM_LRS`, `optax.lbfgs()`;
 `FULL["budget"]` seconds per run, `FULL["seeds"]` initialisation seeds.
@@ -64,9 +65,15 @@ import rdescent as rd
 from benchmarks import models
 from benchmarks import plotting
 from benchmarks import registry
-from benchmarks.runner import EvaluationSchedule
+from benchmarks import report
+from benchmarks import training
+from benchmarks.report import by_label
+from benchmarks.report import format_number
+from benchmarks.report import median
 from benchmarks.runner import StudyOptions
 from benchmarks.runner import machine_info
+from benchmarks.runner import select
+from benchmarks.training import rounded
 
 FULL = {"grid": 30, "edge": 30, "hidden": 64, "test": 100, "seeds": 3, "budget": 30.0}
 QUICK = {"grid": 6, "edge": 6, "hidden": 8, "test": 20, "seeds": 1, "budget": 0.3}
@@ -313,13 +320,6 @@ def scale_methods(quick: bool) -> list[Method]:
   ]
 
 
-def select(methods: Sequence[Method], wanted: Sequence[str] | None) -> list[Method]:
-  if not wanted:
-    return list(methods)
-  wanted = [w.strip() for w in wanted if w.strip()]
-  return [m for m in methods if m.family in wanted or m.label in wanted]
-
-
 # ----------------------------------------------------------------------------- runs
 
 
@@ -329,11 +329,6 @@ def _rd_state(state: Any) -> Any:
     if hasattr(leaf, "solve_iterations"):
       return leaf
   return None
-
-
-def _round(value: float, digits: int = 5) -> float | None:
-  value = float(value)
-  return float(f"{value:.{digits}g}") if np.isfinite(value) else None
 
 
 def compile_method(problem: Problem, method: Method, cache: dict) -> tuple[Callable, Any, float]:
@@ -431,35 +426,32 @@ def train(
   curve: dict[str, list] = {"step": [], "seconds": [], "rel_l2": [], "loss": []}
   solver_curve: dict[str, list] = {"step": [], "damping": [], "iterations": [], "residual": []}
 
-  def evaluate(steps: int, seconds: float) -> float:
+  def evaluate(carry: tuple, steps: int, seconds: float) -> float:
+    params, state = carry
     error = float(error_fn(params))
     curve["step"].append(steps)
-    curve["seconds"].append(_round(seconds))
-    curve["rel_l2"].append(_round(error))
-    curve["loss"].append(_round(float(loss_fn(params))))
+    curve["seconds"].append(rounded(seconds))
+    curve["rel_l2"].append(rounded(error))
+    curve["loss"].append(rounded(loss_fn(params)))
     rd_state = _rd_state(state)
     if rd_state is not None and steps > 0:
       solver_curve["step"].append(steps)
-      solver_curve["damping"].append(_round(rd_state.damping))
+      solver_curve["damping"].append(rounded(rd_state.damping))
       solver_curve["iterations"].append(int(rd_state.solve_iterations))
-      solver_curve["residual"].append(_round(rd_state.solve_residual, 3))
+      solver_curve["residual"].append(rounded(rd_state.solve_residual, 3))
     return error
 
-  initial = evaluate(0, 0.0)
-  seconds, steps, diverged = 0.0, 0, False
-  schedule = EvaluationSchedule(budget / eval_points)
-  while seconds < budget and (max_steps is None or steps < max_steps):
-    start = time.perf_counter()
-    params, state = compiled(params, state, problem.inputs, problem.targets)
-    jax.block_until_ready(params)
-    seconds += time.perf_counter() - start
-    steps += 1
-    done = seconds >= budget or (max_steps is not None and steps >= max_steps)
-    if schedule.due(steps, seconds, done):
-      error = evaluate(steps, seconds)
-      if not np.isfinite(error) or error > 1e6 * initial:
-        diverged = True
-        break
+  loop = training.train_loop(
+    compiled,
+    (params, state),
+    lambda _: (problem.inputs, problem.targets),
+    evaluate,
+    training.EvaluationSchedule(budget / eval_points).due,
+    budget=budget,
+    max_steps=max_steps,
+  )
+  (params, state), steps, seconds, diverged = loop.carry, loop.steps, loop.seconds, loop.diverged
+  reached = report.time_to_target({"curve": curve}, target, key="rel_l2")
   final = curve["rel_l2"][-1]
   record = {
     "label": method.label,
@@ -473,7 +465,7 @@ def train(
     "final_rel_l2": final if not diverged else None,
     "best_rel_l2": min((e for e in curve["rel_l2"] if e is not None), default=None),
     "final_loss": curve["loss"][-1],
-    "time_to_target": time_to_target(curve, target),
+    "time_to_target": reached if math.isfinite(reached) else None,
     "diverged": diverged,
     "curve": curve,
   }
@@ -481,17 +473,9 @@ def train(
   rd_state = _rd_state(state)
   if rd_state is not None:
     record["num_rejected"] = int(rd_state.num_rejected)
-    record["final_damping"] = _round(rd_state.damping)
+    record["final_damping"] = rounded(rd_state.damping)
     record["solver"] = solver_curve
   return record
-
-
-def time_to_target(curve: Mapping[str, Sequence], target: float) -> float | None:
-  """Seconds of training until the curve's relative L2 first reaches `target` (None: never)."""
-  for seconds, error in zip(curve["seconds"], curve["rel_l2"]):
-    if error is not None and error <= target:
-      return seconds
-  return None
 
 
 # ----------------------------------------------------------------------------- checks
@@ -773,7 +757,7 @@ def scale_table(result: Mapping[str, Any]) -> str:
   """Per method: final relative L2, time to 1e-6, steps, ms/step, memory; the verdicts."""
   config, task = result["config"], result["task"]
   target = config["target_rel_l2"]
-  groups = _by_label(result)
+  groups = by_label(result)
 
   def memory(key: str) -> Callable[[dict[str, Any]], str]:
     return lambda row: _gigabytes(groups[row["label"]][0].get(key))
@@ -821,7 +805,7 @@ def scale_table(result: Mapping[str, Any]) -> str:
       against = "no L-BFGS or Adam run to compare with (target 100× below them)"
     verdicts.append(
       f"{row['label']}: ≤ {target:g} in {config['target_seconds']:g} s "
-      f"{_verdict(within)} (final {_fmt(row['final_rel_l2'])}); {against}; peak memory "
+      f"{_verdict(within)} (final {format_number(row['final_rel_l2'])}); {against}; peak memory "
       f"{_gigabytes(memory)} GB ({_verdict(memory <= config['target_memory_bytes'])}, "
       f"target {config['target_memory_bytes'] / 1e9:g} GB)"
     )
@@ -832,27 +816,9 @@ def scale_table(result: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------- table, plot
 
 
-def _by_label(result: Mapping[str, Any]) -> dict[str, list[dict]]:
-  groups: dict[str, list[dict]] = {}
-  for record in result["runs"]:
-    groups.setdefault(record["label"], []).append(record)
-  return groups
-
-
-def _median(values: Sequence[float | None]) -> float:
-  values = [math.inf if v is None else v for v in values]
-  return float(np.median(values)) if values else math.inf
-
-
-def _fmt(value: float | None, spec: str = ".3g") -> str:
-  if value is None or not np.isfinite(value):
-    return "not reached" if value in (None, math.inf) else "nan"
-  return format(value, spec)
-
-
 def summary_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
   rows = []
-  for label, records in _by_label(result).items():
+  for label, records in by_label(result).items():
     finals = [r["final_rel_l2"] for r in records]
     times = [r["time_to_target"] for r in records]
     iterations = [i for r in records for i in r.get("solver", {}).get("iterations", [])]
@@ -861,10 +827,10 @@ def summary_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         "label": label,
         "family": records[0]["family"],
         "seeds": len(records),
-        "final_rel_l2": _median(finals),
+        "final_rel_l2": median(finals),
         "final_min": min((f for f in finals if f is not None), default=math.inf),
         "final_max": max((f for f in finals if f is not None), default=math.inf),
-        "time_to_target": _median(times),
+        "time_to_target": median(times),
         "reached": sum(t is not None for t in times),
         "steps": float(np.median([r["steps"] for r in records])),
         "ms_per_step": float(np.median([r["ms_per_step"] for r in records])),
@@ -898,8 +864,9 @@ def _method_table(
   for row in rows:
     cells = [
       row["label"],
-      f"{_fmt(row['final_rel_l2'])} [{_fmt(row['final_min'])}–{_fmt(row['final_max'])}]",
-      f"{_fmt(row['time_to_target'])} ({row['reached']}/{row['seeds']})",
+      f"{format_number(row['final_rel_l2'])} "
+      f"[{format_number(row['final_min'])}–{format_number(row['final_max'])}]",
+      f"{format_number(row['time_to_target'])} ({row['reached']}/{row['seeds']})",
       f"{row['steps']:.0f}",
       format(row["ms_per_step"], ms_format),
       *(cell(row) for _, cell in columns),
@@ -940,7 +907,7 @@ def markdown_table(result: Mapping[str, Any]) -> str:
     met = row["reached"] == row["seeds"] and row["time_to_target"] <= target_seconds
     verdicts.append(
       f"{row['label']}: {'**met**' if met else '**not met**'} "
-      f"(median time to {target:g}: {_fmt(row['time_to_target'])}"
+      f"(median time to {target:g}: {format_number(row['time_to_target'])}"
       + (" s)" if np.isfinite(row["time_to_target"]) else ")")
     )
   lines.append(
@@ -964,23 +931,10 @@ def markdown_table(result: Mapping[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def _median_curve(records: Sequence[Mapping], axis: str, grid: np.ndarray) -> np.ndarray:
-  values = []
-  for record in records:
-    xs = np.asarray(record["curve"][axis], float)
-    ys = np.asarray([np.nan if v is None else v for v in record["curve"]["rel_l2"]], float)
-    index = np.searchsorted(xs, grid, side="right") - 1
-    row = np.where(index >= 0, ys[np.clip(index, 0, None)], np.nan)
-    row[grid > xs[-1]] = np.nan
-    values.append(row)
-  with np.errstate(all="ignore"):
-    return np.nanmedian(np.asarray(values), axis=0)
-
-
 def plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
   """Relative L2 against seconds and against steps (median over seeds, log scales)."""
   plt = plotting.pyplot()
-  groups = _by_label(result)
+  groups = by_label(result)
   fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.6))
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for i, (label, records) in enumerate(groups.items()):
@@ -993,7 +947,11 @@ def plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
         else np.unique(np.geomspace(1, max(end, 1), 400).round())
       )
       ax.plot(
-        grid, _median_curve(records, axis, grid), style, color=colors[i % len(colors)], label=label
+        grid,
+        report.median_curve(records, axis, grid, key="rel_l2")[0],
+        style,
+        color=colors[i % len(colors)],
+        label=label,
       )
   config = result["config"]
   for ax in axes:

@@ -27,24 +27,26 @@ from benchmarks import registry
 INF = float("inf")
 
 
-def time_to_target(run: Mapping[str, Any], target: float) -> float:
-  """Seconds of training until the curve first reaches `target` (inf if never)."""
+def time_to_target(run: Mapping[str, Any], target: float, key: str = "loss") -> float:
+  """Seconds of training until the curve's `key` first reaches `target` (inf if never)."""
   curve = run["curve"]
-  for seconds, loss in zip(curve["seconds"], curve["loss"]):
-    if loss is not None and np.isfinite(loss) and loss <= target:
+  for seconds, value in zip(curve["seconds"], curve[key]):
+    if value is not None and np.isfinite(value) and value <= target:
       return float(seconds)
   return INF
 
 
-def _median(values: Sequence[float]) -> float:
+def median(values: Sequence[float | None]) -> float:
+  """The median, None and NaN counted as inf (not reached); inf when empty."""
   values = [INF if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in values]
   return float(np.median(values)) if values else INF
 
 
-def _by_label(result: Mapping[str, Any]) -> dict[str, list[dict]]:
+def by_label(result: Mapping[str, Any], key: str = "runs") -> dict[str, list[dict]]:
+  """The records of `result[key]` grouped by their label, in order of first appearance."""
   groups: dict[str, list[dict]] = {}
-  for run in result["runs"]:
-    groups.setdefault(run["label"], []).append(run)
+  for record in result[key]:
+    groups.setdefault(record["label"], []).append(record)
   return groups
 
 
@@ -55,15 +57,15 @@ def reference_target(result: Mapping[str, Any]) -> tuple[float, str]:
     return float(config["target_loss"]), "fixed target"
   reference = config.get("reference_family", "adam")
   best, best_loss = None, INF
-  for label, runs in _by_label(result).items():
+  for label, runs in by_label(result).items():
     if runs[0]["family"] != reference:
       continue
-    loss = _median([r["final_loss"] for r in runs])
+    loss = median([r["final_loss"] for r in runs])
     if loss < best_loss:
       best, best_loss = label, loss
   if best is None:  # no reference family: the best final loss of all configurations
-    for label, runs in _by_label(result).items():
-      loss = _median([r["final_loss"] for r in runs])
+    for label, runs in by_label(result).items():
+      loss = median([r["final_loss"] for r in runs])
       if loss < best_loss:
         best, best_loss = label, loss
   return best_loss, f"median final loss of {best}"
@@ -73,7 +75,7 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
   """Per-configuration medians and spreads, best of each family, RD / Adam ratio."""
   target, target_source = reference_target(result)
   rows = []
-  for label, runs in _by_label(result).items():
+  for label, runs in by_label(result).items():
     finals = [r["final_loss"] for r in runs]
     ttts = [time_to_target(r, target) for r in runs]
     accs = [r.get("test_accuracy") for r in runs if r.get("test_accuracy") is not None]
@@ -87,10 +89,10 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
         "steps": float(np.median([r["steps"] for r in runs])),
         "ms_per_step": 1e3 * float(np.median([r["seconds_per_step"] for r in runs])),
         "compile_seconds": float(np.median([r["compile_seconds"] for r in runs])),
-        "final_loss": _median(finals),
+        "final_loss": median(finals),
         "final_loss_min": min(finite_finals) if finite_finals else INF,
         "final_loss_max": max(finite_finals) if finite_finals else INF,
-        "time_to_target": _median(ttts),
+        "time_to_target": median(ttts),
         "time_to_target_min": min(ttts),
         "time_to_target_max": max(ttts),
         "reached": sum(np.isfinite(t) for t in ttts),
@@ -98,7 +100,7 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
         "test_accuracy": float(np.median(accs)) if accs else None,
         "test_accuracy_min": min(accs) if accs else None,
         "test_accuracy_max": max(accs) if accs else None,
-        "test_loss": _median([r.get("test_loss") for r in runs]),
+        "test_loss": median([r.get("test_loss") for r in runs]),
       }
     )
   best: dict[str, dict] = {}
@@ -119,7 +121,8 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
   }
 
 
-def _num(value: float | None, fmt: str = ".3g") -> str:
+def format_number(value: float | None, fmt: str = ".3g") -> str:
+  """`value` in `fmt`; "–" for None, "not reached" for inf, "nan" for another non-finite."""
   if value is None:
     return "–"
   if not np.isfinite(value):
@@ -164,22 +167,23 @@ def training_table(result: Mapping[str, Any]) -> str:
   for row in summary["rows"]:
     label = f"**{row['label']}**" if row["label"] in best_labels else row["label"]
     ttt = (
-      f"{_num(row['time_to_target'])} [{_num(row['time_to_target_min'])}–"
-      f"{_num(row['time_to_target_max'])}] ({row['reached']}/{row['seeds']})"
+      f"{format_number(row['time_to_target'])} [{format_number(row['time_to_target_min'])}–"
+      f"{format_number(row['time_to_target_max'])}] ({row['reached']}/{row['seeds']})"
     )
     final = (
-      f"{_num(row['final_loss'], '.4g')} [{_num(row['final_loss_min'], '.4g')}–"
-      f"{_num(row['final_loss_max'], '.4g')}]"
+      f"{format_number(row['final_loss'], '.4g')} [{format_number(row['final_loss_min'], '.4g')}–"
+      f"{format_number(row['final_loss_max'], '.4g')}]"
     )
     if row["diverged"]:
       final += f" ({row['diverged']} diverged)"
     if classification:
       last = (
-        f"{_num(row['test_accuracy'], '.4f')} [{_num(row['test_accuracy_min'], '.4f')}–"
-        f"{_num(row['test_accuracy_max'], '.4f')}]"
+        f"{format_number(row['test_accuracy'], '.4f')} "
+        f"[{format_number(row['test_accuracy_min'], '.4f')}–"
+        f"{format_number(row['test_accuracy_max'], '.4f')}]"
       )
     else:
-      last = _num(row["test_loss"], ".4g")
+      last = format_number(row["test_loss"], ".4g")
     cells = [
       label,
       str(row["batch_size"]),
@@ -195,7 +199,7 @@ def training_table(result: Mapping[str, Any]) -> str:
   verdict = ""
   if ratio is not None:
     verdict = (
-      f" Best RD / best Adam time-to-target: **{_num(ratio, '.2f')}** "
+      f" Best RD / best Adam time-to-target: **{format_number(ratio, '.2f')}** "
       f"({'meets' if ratio <= 0.6 else 'misses'} the paper's ≤ 0.6)."
     )
   lines.append("")
@@ -238,12 +242,15 @@ def study_section(result: Mapping[str, Any], plot_prefix: str = "") -> str:
 # ----------------------------------------------------------------------------- plots
 
 
-def _median_curve(runs: Sequence[Mapping], axis: str, grid: np.ndarray) -> np.ndarray:
-  """Median over seeds of the loss as a step function of `axis`, on `grid`."""
+def median_curve(
+  runs: Sequence[Mapping], axis: str, grid: np.ndarray, key: str = "loss"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Median, min and max over seeds of the curve's `key` as a step function of `axis` (the
+  curve's "seconds" or "step"), on `grid`."""
   values = []
   for run in runs:
     xs = np.asarray(run["curve"][axis], float)
-    ys = np.asarray([np.nan if v is None else v for v in run["curve"]["loss"]], float)
+    ys = np.asarray([np.nan if v is None else v for v in run["curve"][key]], float)
     index = np.searchsorted(xs, grid, side="right") - 1
     row = np.where(index >= 0, ys[np.clip(index, 0, None)], np.nan)
     row[grid > xs[-1]] = np.nan
@@ -272,7 +279,7 @@ def plot_study(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
 def training_plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
   """PNG with loss vs seconds, loss vs steps, and test accuracy vs seconds where it applies."""
   plt = plotting.pyplot()
-  groups = _by_label(result)
+  groups = by_label(result)
   labels = plotted_labels(result)
   classification = any("accuracy" in r["curve"] for r in result["runs"])
   panels = 3 if classification else 2
@@ -294,7 +301,7 @@ def training_plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path
         if axis == "seconds"
         else np.unique(np.geomspace(1, max(end, 1), 300).round())
       )
-      med, low, high = _median_curve(runs, axis, grid)
+      med, low, high = median_curve(runs, axis, grid)
       ax.plot(grid, med, style, color=color, label=label)
       if len(runs) > 1:
         ax.fill_between(grid, low, high, color=color, alpha=0.15)

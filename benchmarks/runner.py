@@ -1,13 +1,14 @@
 """The shared benchmark runner: one training run, one study, JSON results.
 
-Protocol (DESIGN.md section 4), the same for every optimizer of a study:
+Protocol (docs/benchmarks.md, "Protocol"), the same for every optimizer of a study:
 
 * same process, same data, same data order (a permutation per epoch drawn
   from the seed), same initial parameters (drawn from the seed);
 * the training step is compiled before the clock starts (`jit(...).lower(...)
   .compile()`); compile time is reported separately;
 * the clock counts only training steps (each step is waited for with
-  `block_until_ready`); evaluations stop the clock;
+  `block_until_ready`); evaluations stop the clock (`training.train_loop`, the
+  loop that every study shares);
 * the loss curve is the mean loss on a fixed evaluation subset of the training
   set, evaluated at steps 1, 2, 4, 8, ... and every `budget / eval_points`
   seconds of training; time-to-target is read off that curve afterwards;
@@ -26,7 +27,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,7 @@ import numpy as np
 import optax
 
 from benchmarks import models as models_lib
+from benchmarks import training
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -111,25 +113,6 @@ class StudyOptions:
   command: str = ""
 
 
-class EvaluationSchedule:
-  """When a timed training loop evaluates: after steps 1, 2, 4, 8, ..., whenever `interval`
-  seconds of training have passed since the last timed evaluation, and at the end."""
-
-  def __init__(self, interval: float):
-    self.interval = interval
-    self.next_power = 1
-    self.next_time = interval
-
-  def due(self, steps: int, seconds: float, done: bool) -> bool:
-    """Whether to evaluate after `steps` steps and `seconds` of training (`done`: the last)."""
-    power, timed = steps == self.next_power, seconds >= self.next_time
-    if power:
-      self.next_power *= 2
-    if timed:
-      self.next_time = seconds + self.interval
-    return power or timed or done
-
-
 def mean_loss(loss: str, outputs: jax.Array, targets: jax.Array) -> jax.Array:
   """The reported loss: mean squared error over all entries, or mean cross-entropy."""
   outputs = outputs.reshape(outputs.shape[0], -1)
@@ -141,7 +124,10 @@ def mean_loss(loss: str, outputs: jax.Array, targets: jax.Array) -> jax.Array:
   raise ValueError(f"loss={loss!r}; expected 'mse' or 'softmax_cross_entropy'.")
 
 
-def select(specs: Sequence[OptimizerSpec], wanted: Sequence[str] | None) -> list[OptimizerSpec]:
+Spec = TypeVar("Spec")  # an `OptimizerSpec`, or any configuration with a family and a label
+
+
+def select(specs: Sequence[Spec], wanted: Sequence[str] | None) -> list[Spec]:
   """The specs whose family or label is in `wanted` (all when None)."""
   if not wanted:
     return list(specs)
@@ -252,13 +238,10 @@ def _rd_diagnostics(opt_state) -> dict[str, Any]:
 
 
 def _round(values: Sequence[float | None], digits: int = 5) -> list[float | None]:
-  out = []
-  for v in values:
-    if v is None or not np.isfinite(v):
-      out.append(None if v is None else float("nan"))
-    else:
-      out.append(float(f"{v:.{digits}g}"))
-  return out
+  """`training.rounded` of each value, a value that is not finite kept as NaN (null in the JSON)."""
+  return [
+    training.rounded(v, digits) if v is None or np.isfinite(v) else float("nan") for v in values
+  ]
 
 
 def train_run(
@@ -275,8 +258,6 @@ def train_run(
   progress: bool = True,
 ) -> dict[str, Any]:
   """Trains `task.model` with `spec` from the seed's initialisation; returns the run record."""
-  from tqdm.auto import tqdm
-
   evaluator = evaluator or Evaluator(task)
   batch_size = spec.batch_size or batch_size
   order = BatchOrder(task.train_inputs.shape[0], batch_size, seed)
@@ -286,7 +267,6 @@ def train_run(
   tx = spec.build(task)
   # One buffer per leaf: a state whose leaves share an array cannot be donated.
   opt_state = jax.tree_util.tree_map(jnp.copy, tx.init(params))
-  compile_seconds = None
   if key not in cache:
     start = time.perf_counter()
     step = _make_step(task, spec, tx, full_batch=batch_size == task.train_inputs.shape[0])
@@ -297,50 +277,27 @@ def train_run(
   compiled, compile_seconds = cache[key]
 
   curve = {"step": [], "seconds": [], "loss": [], "accuracy": []}
-  eval_seconds = 0.0
 
-  def evaluate(step_count: int, seconds: float) -> float:
-    nonlocal eval_seconds
-    start = time.perf_counter()
-    loss = evaluator.curve_loss(params)
-    accuracy = evaluator.curve_accuracy(params)
-    eval_seconds += time.perf_counter() - start
-    curve["step"].append(step_count)
+  def evaluate(carry: tuple, steps: int, seconds: float) -> float:
+    loss = evaluator.curve_loss(carry[0])
+    curve["step"].append(steps)
     curve["seconds"].append(seconds)
     curve["loss"].append(loss)
-    curve["accuracy"].append(accuracy)
+    curve["accuracy"].append(evaluator.curve_accuracy(carry[0]))
     return loss
 
-  initial_loss = evaluate(0, 0.0)
-  train_seconds, steps, diverged = 0.0, 0, False
-  schedule = EvaluationSchedule(budget / eval_points)
-  bar = tqdm(
-    total=round(budget, 2),
-    desc=f"{spec.label} seed={seed}",
-    unit="s",
-    disable=not progress,
-    leave=False,
-    mininterval=1.0,
-    bar_format="{l_bar}{bar}| {n:.1f}/{total}s {postfix}",
+  loop = training.train_loop(
+    compiled,
+    (params, opt_state),
+    lambda steps: (task.train_inputs, task.train_targets, order(steps)),
+    evaluate,
+    training.EvaluationSchedule(budget / eval_points).due,
+    budget=budget,
+    max_steps=max_steps,
+    floor=1e-12,
+    progress=f"{spec.label} seed={seed}" if progress else None,
   )
-  while train_seconds < budget and (max_steps is None or steps < max_steps):
-    indices = order(steps)
-    start = time.perf_counter()
-    params, opt_state = compiled(params, opt_state, task.train_inputs, task.train_targets, indices)
-    jax.block_until_ready(params)
-    elapsed = time.perf_counter() - start
-    train_seconds += elapsed
-    steps += 1
-    bar.update(min(elapsed, max(budget - bar.n, 0.0)))
-    done = train_seconds >= budget or (max_steps is not None and steps >= max_steps)
-    if schedule.due(steps, train_seconds, done):
-      loss = evaluate(steps, train_seconds)
-      bar.set_postfix_str(f"loss={loss:.3g} steps={steps}")
-      if not np.isfinite(loss) or loss > 1e6 * max(initial_loss, 1e-12):
-        diverged = True
-        break
-  bar.close()
-
+  (params, opt_state), diverged = loop.carry, loop.diverged
   record = {
     "label": spec.label,
     "family": spec.family,
@@ -348,10 +305,10 @@ def train_run(
     "seed": seed,
     "batch_size": batch_size,
     "compile_seconds": round(compile_seconds, 4),
-    "steps": steps,
-    "train_seconds": round(train_seconds, 4),
-    "eval_seconds": round(eval_seconds, 4),
-    "seconds_per_step": train_seconds / max(steps, 1),
+    "steps": loop.steps,
+    "train_seconds": round(loop.seconds, 4),
+    "eval_seconds": round(loop.eval_seconds, 4),
+    "seconds_per_step": loop.seconds / max(loop.steps, 1),
     "final_loss": _round(curve["loss"][-1:])[0] if not diverged else float("nan"),
     "diverged": diverged,
     "curve": {
