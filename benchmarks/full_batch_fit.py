@@ -24,8 +24,8 @@ methods by orders of magnitude:
   are outside the structured engine's recognised operations).
 
 RD runs with each damping controller and a few constant λ; Adam over a
-learning-rate grid; the same wall-clock budget for all (DESIGN.md section 4
-protocol, see `benchmarks.runner`).
+learning-rate grid; the same wall-clock budget for all (the protocol of docs/benchmarks.md, see
+`benchmarks.runner`).
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 Baselines train on the mean loss of the batch (SGD with momentum 0.9, Adam),
 each over a small learning-rate grid. RD variants use the summed loss of
-`rdescent` (λ in the units of DESIGN.md). Damping controllers and losses
-that other parts of the package provide are included only when present, and so
-are the peer libraries of the `peers` extra (`somax`: exact Gauss-Newton).
+`rdescent` (λ as in docs/guide/damping.md: each step solves (K + λI) α = r with
+K the Gram matrix of that summed loss). Damping controllers and losses that
+other parts of the package provide are included only when present, and so are
+the peer libraries of the `peers` extra (`somax`: exact Gauss-Newton).
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ def _make_damping(damping: Any) -> Any:
   return damping
 
 
-# Controllers tried when they exist, with the arguments DESIGN.md gives them.
+# Controllers tried when they exist, with the arguments docs/guide/damping.md lists for them.
 CONTROLLERS: tuple[tuple[str, dict[str, Any]], ...] = (
   ("next_batch_ratio", {"initial": 1e-5}),
   ("levenberg_marquardt", {"initial": 1e-3}),
