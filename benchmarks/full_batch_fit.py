@@ -30,7 +30,6 @@ learning-rate grid; the same wall-clock budget for all (the protocol of docs/ben
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -43,6 +42,7 @@ from benchmarks import optimizers as opt
 from benchmarks import peers as peers_lib
 from benchmarks import plotting
 from benchmarks import registry
+from benchmarks import report
 from benchmarks.runner import OptimizerSpec
 from benchmarks.runner import StudyOptions
 from benchmarks.runner import Task
@@ -496,9 +496,7 @@ def fit_1d_plot(result: Mapping[str, Any], path: Any) -> Any:
   plt = plotting.pyplot()
   config = result["config"]
   rows = {r["label"]: r for r in fit_1d_rows(result)}
-  groups: dict[str, list[dict]] = {}
-  for run in result["runs"]:
-    groups.setdefault(run["label"], []).append(run)
+  groups = report.by_label(result)
   adam = [label for label, runs in groups.items() if runs[0]["family"] == "adam"]
   best_adam = min(adam, key=lambda label: np.nanmedian(rows[label]["mse"]), default=None)
   fig, axes = plt.subplots(1, 2, figsize=(11.5, 5.4))
@@ -510,23 +508,8 @@ def fit_1d_plot(result: Mapping[str, Any], path: Any) -> Any:
     color = colors[index % 10]
     index += 1
     for ax, axis in zip(axes, ("seconds", "step")):
-      end = max(max(r["curve"][axis]) for r in runs)
-      grid = (
-        np.linspace(0, end, 300)
-        if axis == "seconds"
-        else np.unique(np.geomspace(1, max(end, 1), 300).round())
-      )
-      values = []
-      for run in runs:
-        xs = np.asarray(run["curve"][axis], float)
-        ys = np.asarray([np.nan if v is None else v for v in run["curve"]["loss"]], float)
-        at = np.searchsorted(xs, grid, side="right") - 1
-        line = np.where(at >= 0, ys[np.clip(at, 0, None)], np.nan)
-        line[grid > xs[-1]] = np.nan
-        values.append(line)
-      with warnings.catch_warnings():  # all-NaN columns after a run diverged
-        warnings.simplefilter("ignore", RuntimeWarning)
-        median = np.nanmedian(np.asarray(values), axis=0)
+      grid = report.curve_grid(runs, axis, 300)
+      median = report.median_curve(runs, axis, grid)[0]
       style = "-" if runs[0]["family"] == "rd" else "--"
       ax.plot(grid, median, style, color=color, label=label, lw=1.8 if style == "-" else 1.2)
   for record in result.get("peers", {}).get("whole_solves", []):

@@ -940,12 +940,7 @@ def plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
   for i, (label, records) in enumerate(groups.items()):
     style = "-" if records[0]["family"] == "rd" else "--"
     for ax, axis in zip(axes, ("seconds", "step")):
-      end = max(max(r["curve"][axis]) for r in records)
-      grid = (
-        np.linspace(0.0, end, 400)
-        if axis == "seconds"
-        else np.unique(np.geomspace(1, max(end, 1), 400).round())
-      )
+      grid = report.curve_grid(records, axis, 400)
       ax.plot(
         grid,
         report.median_curve(records, axis, grid, key="rel_l2")[0],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -242,6 +243,15 @@ def study_section(result: Mapping[str, Any], plot_prefix: str = "") -> str:
 # ----------------------------------------------------------------------------- plots
 
 
+def curve_grid(runs: Sequence[Mapping], axis: str, points: int) -> np.ndarray:
+  """Where to draw the runs' curves against `axis`: `points` seconds from 0 to the longest
+  run's end, or whole steps from 1 log-spaced (`points` at most)."""
+  end = max(max(run["curve"][axis]) for run in runs)
+  if axis == "seconds":
+    return np.linspace(0, end, points)
+  return np.unique(np.geomspace(1, max(end, 1), points).round())
+
+
 def median_curve(
   runs: Sequence[Mapping], axis: str, grid: np.ndarray, key: str = "loss"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -256,7 +266,8 @@ def median_curve(
     row[grid > xs[-1]] = np.nan
     values.append(row)
   values = np.asarray(values)
-  with np.errstate(all="ignore"):
+  with np.errstate(all="ignore"), warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns after a run diverged
     return np.nanmedian(values, axis=0), np.nanmin(values, axis=0), np.nanmax(values, axis=0)
 
 
@@ -295,12 +306,7 @@ def training_plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path
     color = colors[i % len(colors)]
     style = "-" if runs[0]["family"] == "rd" else "--"
     for ax, axis in zip(axes[:2], ("seconds", "step")):
-      end = max(max(r["curve"][axis]) for r in runs)
-      grid = (
-        np.linspace(0, end, 300)
-        if axis == "seconds"
-        else np.unique(np.geomspace(1, max(end, 1), 300).round())
-      )
+      grid = curve_grid(runs, axis, 300)
       med, low, high = median_curve(runs, axis, grid)
       ax.plot(grid, med, style, color=color, label=label)
       if len(runs) > 1:
