@@ -244,9 +244,14 @@ def test_cg_that_stops_early_says_how_far_it_got_and_checks_its_arguments():
     matrix, rhs = _ill_conditioned()
     operator = rd.solvers.LinearOperator(lambda v: jnp.asarray(matrix) @ v, 40, jnp.float64)
     solver = rd.solvers.cg(rank=0, maxiter=3, tol=1e-12)
+    # Stopped at maxiter having halved the residual: a usable (inexact) solution.
+    result = solver.solve(solver.prepare(operator), jnp.asarray(rhs), 10.0)
+    assert int(result.iterations) == 3 and 1e-12 < float(result.residual) <= 0.5
+    assert bool(result.ok)
+    # Stopped with a residual above ‖b‖/2 (x = 0 has ‖b‖): a failed solve (issue 27).
     result = solver.solve(solver.prepare(operator), jnp.asarray(rhs), 1e-6)
-    assert int(result.iterations) == 3 and float(result.residual) > 1e-12
-    assert bool(result.ok)  # finite: still a usable (inexact) solution
+    assert int(result.iterations) == 3 and float(result.residual) > 0.5
+    assert not bool(result.ok)
   for kwargs, match in (
     (dict(rank=-1), "rank"),
     (dict(maxiter=0), "maxiter"),
@@ -257,3 +262,93 @@ def test_cg_that_stops_early_says_how_far_it_got_and_checks_its_arguments():
       rd.solvers.cg(**kwargs)
   with pytest.raises(TypeError, match="LinearOperator"):
     rd.solvers.cg().prepare(jnp.eye(3))
+
+
+def _solve_with(solver, matrix, rhs, damping):
+  if solver.matrix_free:
+    size = matrix.shape[-1]
+    prepared = solver.prepare(rd.solvers.LinearOperator(lambda v: matrix @ v, size, matrix.dtype))
+  else:
+    prepared = solver.prepare(matrix)
+  return jax.jit(solver.solve)(prepared, rhs, damping)
+
+
+@pytest.mark.parametrize(
+  "name, solver",
+  [
+    ("cholesky", rd.solvers.cholesky()),
+    ("cholesky_without_jitter", rd.solvers.cholesky(max_jitter_tries=0)),
+    ("eigh", rd.solvers.eigh()),
+    ("cg", rd.solvers.cg()),
+  ],
+)
+def test_every_solver_reports_a_solve_that_round_off_wrecked(name, solver):
+  """Issue 27: `ok` agrees with the float64 truth of the float32 solution, λ from 1e-12 to 1e2.
+
+  A is rank 4 of size 16 with ‖A‖ ≈ 2e4 and b leans on its null space: below
+  λ ≈ ε ‖A‖ the float32 solves are wrecked (relative residual against the
+  float64 matrix up to 1e8). Whenever a solver says ok, its solution's true
+  relative residual is below 1 and ‖x‖ ≤ 2‖b‖/λ (the shared rule allows ½, the
+  rest is float32 round-off); a wrecked one (residual above 10) is never ok.
+  """
+  rng = np.random.default_rng(0)
+  factor = rng.standard_normal((16, 4)) * 30
+  matrix64, rhs64 = factor @ factor.T, rng.standard_normal(16)
+  matrix, rhs = jnp.asarray(matrix64, jnp.float32), jnp.asarray(rhs64, jnp.float32)
+  oks, wrecked = [], []
+  for damping in 10.0 ** np.arange(-12.0, 3.0):
+    result = _solve_with(solver, matrix, rhs, damping)
+    used = damping + float(result.jitter)
+    x = np.asarray(result.solution, np.float64)
+    residual = np.linalg.norm(matrix64 @ x + used * x - rhs64) / np.linalg.norm(rhs64)
+    if bool(result.ok):
+      assert residual < 1.0 and used * np.linalg.norm(x) <= 2 * np.linalg.norm(rhs64), damping
+    oks.append(bool(result.ok))
+    wrecked.append(not np.isfinite(residual) or residual > 10.0)
+  assert all(oks[-3:])  # λ ≥ 1: well posed in float32
+  assert not any(ok and bad for ok, bad in zip(oks, wrecked))
+  if name == "cholesky":
+    assert all(oks)  # the jitter retries repair every small λ
+  else:
+    assert not any(oks[:6])  # λ ≤ 1e-7 ≈ ε ‖A‖ / 10⁴: refused
+
+
+def test_the_shared_rule_bounds_the_solution_by_the_damping():
+  """‖(A + λI)⁻¹ b‖ ≤ ‖b‖/λ for PSD A (float64), and the rule flags twice that."""
+  from rdescent.solvers import _health
+
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(1)
+    factor = rng.standard_normal((10, 3))
+    matrix, rhs = factor @ factor.T, rng.standard_normal(10)
+    for damping in (1e-9, 1e-3, 1.0, 1e3):
+      exact = np.linalg.solve(matrix + damping * np.eye(10), rhs)
+      assert np.linalg.norm(exact) <= np.linalg.norm(rhs) / damping * (1 + 1e-12)
+      zero = jnp.zeros(())
+      assert bool(_health.healthy(jnp.asarray(exact), jnp.asarray(rhs), damping, zero))
+      too_long = 2.5 * np.linalg.norm(rhs) / damping * exact / np.linalg.norm(exact)
+      assert not bool(_health.healthy(jnp.asarray(too_long), jnp.asarray(rhs), damping, zero))
+    assert not bool(_health.healthy(jnp.asarray(rhs), jnp.asarray(rhs), 0.0, jnp.asarray(0.6)))
+    assert not bool(_health.healthy(jnp.asarray(rhs) * jnp.nan, jnp.asarray(rhs), 1.0, zero))
+    assert bool(_health.healthy(jnp.zeros(10), jnp.zeros(10), 1.0, jnp.asarray(0.0)))
+
+
+def test_jax_grad_differentiates_through_the_cholesky_retries():
+  """The jitter retries are a fixed-count loop: reverse mode works through a failing solve."""
+  factor = jax.random.normal(jax.random.PRNGKey(0), (6, 2))
+  matrix, rhs = factor @ factor.T, jnp.arange(6.0)
+
+  def loss(scale):
+    # λ = 0 on a rank-2 matrix: the first factorisation fails, a retry succeeds.
+    result = solve_lib.damped_cholesky_solve(scale * matrix, rhs, 0.0)
+    return jnp.sum(result.solution**2), result
+
+  (value, result), grad = jax.value_and_grad(loss, has_aux=True)(1.0)
+  assert bool(result.ok) and float(result.jitter) > 0
+  assert np.isfinite(float(grad)) and np.isfinite(float(value))
+  # The healthy path too, against a central difference in float64.
+  with jax.enable_x64(True):
+    m64, b64 = jnp.asarray(matrix, jnp.float64), jnp.asarray(rhs, jnp.float64)
+    f = lambda s: jnp.sum(solve_lib.damped_cholesky_solve(s * m64, b64, 0.5).solution ** 2)
+    numeric = (f(1.0 + 1e-6) - f(1.0 - 1e-6)) / 2e-6
+    np.testing.assert_allclose(jax.grad(f)(1.0), numeric, rtol=1e-6)

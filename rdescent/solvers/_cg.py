@@ -21,9 +21,13 @@ the preparation costs ℓ products once per step, each solve its iterations.
 
 **Iterations.** Preconditioned CG from x₀ = 0 inside a `lax.while_loop`,
 until ‖r‖ ≤ tol ‖b‖ or `maxiter` iterations. A solve that stops at
-`maxiter` is still returned (it is a descent direction for the regression
-whenever it is finite): `SolveResult.iterations` and `residual` say how far
-it got, and `ok` is False only when the result is not finite.
+`maxiter` is still returned: `SolveResult.iterations` and `residual` say how
+far it got. `ok` follows the rule every solver shares (`rdescent.solvers.
+_health`): False when the result is not finite, when ‖x‖ > 2‖b‖/λ, or when
+its true relative residual ‖(A + λI) x − b‖ / ‖b‖ (one more product) is
+above ½. A solve stopped at `maxiter` that has at least halved the residual
+is used (inexact, and judged by the controller as usual); one that has not
+(x = 0 has residual 1; with λ far below A's scale CG can end above it) fails.
 
 **Memory**: the Nyström basis U and Ω (n × ℓ each), the Y of the ℓ products
 (n × ℓ), and the CG vectors (a few n): O(n ℓ) numbers beyond what one product
@@ -50,6 +54,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy import linalg as jsp_linalg
 
+from rdescent.solvers import _health
 from rdescent.solvers._base import LinearOperator
 from rdescent.solvers._base import SolveResult
 from rdescent.solvers._base import Solver
@@ -161,7 +166,10 @@ def pcg(
   start = (jnp.asarray(0, jnp.int32), x, residual, direction, rz)
   iterations, x, residual, _, _ = lax.while_loop(cond, body, start)
   relative = jnp.linalg.norm(residual) / jnp.maximum(rhs_norm, jnp.finfo(dtype).tiny)
-  ok = jnp.all(jnp.isfinite(x))
+  # Health by the shared rule, on the true residual (one more product; the
+  # recurrence's drifts from it in round-off).
+  true_relative = _health.relative_residual(damped(x) - rhs, rhs)
+  ok = _health.healthy(x, rhs, damping, true_relative)
   return SolveResult(
     solution=x,
     ok=ok,

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from rdescent import _batch_linalg
+from rdescent.solvers import _health
 from rdescent.solvers._base import SolveResult
 from rdescent.solvers._base import Solver
 from rdescent.solvers._base import symmetrize
@@ -55,15 +56,22 @@ def eigen_solve(system: EigenSystem, rhs: jax.Array, damping: jax.Array | float)
     damping: λ ≥ 0, a scalar.
 
   Returns:
-    `SolveResult(solution (..., n), ok)`; ok is False when λ + min s ≤ 0 or
-    anything is non-finite.
+    `SolveResult(solution (..., n), ok)`; ok is False when
+    λ + min s ≤ 0, anything is non-finite, or the solve fails the rule every
+    solver shares (`rdescent.solvers._health`): here the residual against A
+    is estimated from the decomposition's backward error, ε max s ‖x‖ / ‖b‖,
+    which exceeds ½ when x leans on eigenvalues below λ's resolution
+    (s + λ ≲ ε max s).
   """
   damping = jnp.asarray(damping, system.values.dtype)
   shifted = system.values + damping
   coefficients = _project(system, rhs) / shifted
   solution = jnp.einsum("...ij,...j->...i", system.vectors, coefficients)
+  residual = _health.eigen_residual_bound(system.values, solution, rhs)
   ok = (
-    jnp.all(shifted > 0) & jnp.all(jnp.isfinite(system.vectors)) & jnp.all(jnp.isfinite(solution))
+    jnp.all(shifted > 0)
+    & jnp.all(jnp.isfinite(system.vectors))
+    & _health.healthy(solution, rhs, damping, residual)
   )
   return SolveResult(solution=solution, ok=ok, jitter=jnp.zeros([], solution.dtype))
 
