@@ -16,7 +16,8 @@ from benchmarks import training
 
 
 def _counter_step(factor: float = 1.0, pause: float = 0.0):
-  """A step of carry (x, calls): x ← factor x + argument, after `pause` seconds."""
+  """A step of carry (x, calls): x ← factor x + argument, after `pause` seconds (Python floats:
+  nothing to compile inside the clock)."""
 
   def step(x, calls, argument):
     time.sleep(pause)
@@ -35,11 +36,11 @@ def test_only_the_steps_are_timed_and_the_arguments_come_by_step_number():
 
   def argument(steps):
     arguments.append(steps)
-    return (jnp.float32(steps),)
+    return (float(steps),)
 
   loop = training.train_loop(
     _counter_step(pause=0.01),
-    (jnp.float32(0.0), 0),
+    (0.0, 0),
     argument,
     evaluate,
     training.EvaluationSchedule(math.inf).due,
@@ -49,7 +50,7 @@ def test_only_the_steps_are_timed_and_the_arguments_come_by_step_number():
   assert arguments == [0, 1, 2, 3] and loop.steps == 4 and loop.carry[1] == 4
   # Evaluated at 0 and after steps 1, 2, 4 (the last); x = 0 + 0 + 1 + 2 + 3.
   assert evaluations == [(0, 0.0), (1, 0.0), (2, 1.0), (4, 6.0)]
-  assert loop.eval_seconds >= 0.4 and 0.04 <= loop.seconds < 0.3, loop
+  assert loop.eval_seconds >= 0.4 and 0.04 <= loop.seconds < loop.eval_seconds, loop
   assert not loop.diverged
 
 
@@ -62,8 +63,8 @@ def test_schedule_powers_of_two_and_the_end_and_the_budget_stops_the_run():
 
   loop = training.train_loop(
     _counter_step(),
-    (jnp.float32(0.0), 0),
-    lambda steps: (jnp.float32(1.0),),
+    (0.0, 0),
+    lambda steps: (1.0,),
     evaluate,
     training.EvaluationSchedule(math.inf).due,
     max_steps=10,
@@ -71,13 +72,13 @@ def test_schedule_powers_of_two_and_the_end_and_the_budget_stops_the_run():
   assert steps_seen == [0, 1, 2, 4, 8, 10] and loop.steps == 10
   loop = training.train_loop(
     _counter_step(pause=0.02),
-    (jnp.float32(0.0), 0),
-    lambda steps: (jnp.float32(1.0),),
+    (0.0, 0),
+    lambda steps: (1.0,),
     lambda carry, steps, seconds: 1.0,
     training.EvaluationSchedule(math.inf).due,
     budget=0.1,
   )
-  assert loop.seconds >= 0.1 and 2 <= loop.steps <= 6, loop
+  assert loop.seconds >= 0.1 and 1 <= loop.steps <= 5, loop  # each step 0.02 s or more
 
 
 def test_divergence_stops_against_the_first_evaluation_and_can_be_switched_off():
@@ -90,8 +91,8 @@ def test_divergence_stops_against_the_first_evaluation_and_can_be_switched_off()
 
     loop = training.train_loop(
       _counter_step(factor=10.0),
-      (jnp.float32(1.0), 0),
-      lambda steps: (jnp.float32(0.0),),
+      (1.0, 0),
+      lambda steps: (0.0,),
       evaluate,
       lambda steps, seconds, done: True,
       max_steps=12,
