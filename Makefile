@@ -9,7 +9,7 @@ RDESCENT_DATA_DIR ?= $(abspath ../shared/data)
 export RDESCENT_DATA_DIR
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test lint docs venv clean
+.PHONY: demo test lint docs venv clean bench-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ docs: $(STAMP)
 # (RDESCENT_SITE_DIR); run alone, it builds one of its own.
 test: lint docs
 	RDESCENT_SITE_DIR=$(abspath site) $(BIN)/python -m pytest -q -n auto --dist loadgroup tests rdescent
+
+# Every benchmark study at --quick sizes (3-6 minutes on 2 cores; the default suite runs two).
+bench-smoke: $(STAMP)
+	$(BIN)/python -m pytest -q -n 0 --run-slow -m benchmark_smoke tests/test_benchmarks_smoke.py
 
 clean:
 	rm -rf $(VENV) demo_output site .cache .mypy_cache .ruff_cache

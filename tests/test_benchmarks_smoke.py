@@ -1,4 +1,11 @@
-"""Smoke test of the benchmark suite: every study at `--quick` sizes, into a temp directory."""
+"""Smoke tests of the benchmark suite at `--quick` sizes, into a temp directory.
+
+The default suite runs two studies (one training race through the runner, one of the
+non-training studies) and the page table; every study of `run all` at quick sizes, several
+minutes on a 2-core machine, is the `benchmark_smoke` test (`make bench-smoke`, or
+`pytest --run-slow -m benchmark_smoke tests/test_benchmarks_smoke.py`). Subprocess limits are
+there to stop a hang, not to time a run: generous, far above what a busy machine takes.
+"""
 
 from __future__ import annotations
 
@@ -15,38 +22,37 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_run_all_quick_writes_json_plots_and_table(tmp_path):
+HANG_SECONDS = 1800  # a limit that only a hung subprocess reaches (a quick study: 10-60 s)
+ALL_STUDIES_HANG_SECONDS = 3600  # `run all --quick`: 3-6 minutes on a busy 2-core machine
+
+
+def _run_quick(study: str, out: pathlib.Path, timeout: float) -> None:
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  command = [
-    sys.executable,
-    "-m",
-    "benchmarks",
-    "run",
-    "all",
-    "--quick",
-    "--no-progress",
-    "--out",
-    str(tmp_path),
-  ]
-  done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  command = [sys.executable, "-m", "benchmarks", "run", study, "--quick", "--no-progress"]
+  done = subprocess.run(
+    [*command, "--out", str(out)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-  for study in (
-    "lorenz96",
-    "mnist",
-    "mnist_ce",
-    "fashion_mnist",
-    "saturation",
-    "batch_size",
-    "scaling",
-  ):
-    result = json.loads((tmp_path / f"{study}.json").read_text())
+
+
+def _check_results_and_table(out: pathlib.Path, studies: tuple[str, ...]) -> None:
+  """Each study's JSON and PNG; then the page's tables from the JSON, figures redrawn."""
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  for study in studies:
+    result = json.loads((out / f"{study}.json").read_text())
     assert result["study"] == study
-    assert (tmp_path / f"{study}.png").stat().st_size > 0
+    assert (out / f"{study}.png").stat().st_size > 0
     if result["kind"] == "training":
       assert {run["family"] for run in result["runs"]} >= {"adam"}
       assert all(run["steps"] > 0 and run["compile_seconds"] > 0 for run in result["runs"])
-  doc = tmp_path / "benchmarks.md"
-  (tmp_path / "lorenz96.png").unlink()  # `--plots` redraws it from the JSON
+  doc = out / "benchmarks.md"
+  first = studies[0]
+  (out / f"{first}.png").unlink()  # `--plots` redraws it from the JSON
   table = subprocess.run(
     [
       sys.executable,
@@ -54,7 +60,7 @@ def test_run_all_quick_writes_json_plots_and_table(tmp_path):
       "benchmarks",
       "table",
       "--results",
-      str(tmp_path),
+      str(out),
       "--doc",
       str(doc),
       "--plots",
@@ -63,15 +69,42 @@ def test_run_all_quick_writes_json_plots_and_table(tmp_path):
     env=env,
     capture_output=True,
     text=True,
+    timeout=HANG_SECONDS,
   )
   assert table.returncode == 0, table.stderr
-  assert (tmp_path / "lorenz96.png").stat().st_size > 0
+  assert (out / f"{first}.png").stat().st_size > 0
   text = doc.read_text()
-  assert "### lorenz96" in text and "time to target" in text and "lorenz96.png" in text
+  assert f"### {first}" in text and "time to target" in text and f"{first}.png" in text
   # Every image link resolves from the doc (MkDocs needs them inside docs_dir: copied there).
   links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
   assert links and all(link.startswith("assets/benchmarks/") for link in links), links
   assert all((doc.parent / link).stat().st_size > 0 for link in links)
+
+
+def test_two_quick_studies_write_json_plots_and_table(tmp_path):
+  """A training race (saturation: MNIST through the runner) and the sharding study."""
+  studies = ("saturation", "sharding")
+  for study in studies:
+    _run_quick(study, tmp_path, HANG_SECONDS)
+  _check_results_and_table(tmp_path, studies)
+
+
+@pytest.mark.slow
+@pytest.mark.benchmark_smoke
+def test_run_all_quick_writes_json_plots_and_table(tmp_path):
+  _run_quick("all", tmp_path, ALL_STUDIES_HANG_SECONDS)
+  _check_results_and_table(
+    tmp_path,
+    (
+      "lorenz96",
+      "mnist",
+      "mnist_ce",
+      "fashion_mnist",
+      "saturation",
+      "batch_size",
+      "scaling",
+    ),
+  )
 
 
 def test_demo_quick_writes_table_json_and_one_figure(tmp_path):
@@ -82,7 +115,7 @@ def test_demo_quick_writes_table_json_and_one_figure(tmp_path):
     env=env,
     capture_output=True,
     text=True,
-    timeout=300,
+    timeout=HANG_SECONDS,
   )
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   assert "time to target" in done.stdout and "Lorenz96" in done.stdout
@@ -161,7 +194,7 @@ def test_unknown_study_and_quick_without_out_are_refused():
       env=env,
       capture_output=True,
       text=True,
-      timeout=120,
+      timeout=HANG_SECONDS,
     )
     assert done.returncode == 2, done.stderr
 
@@ -178,7 +211,9 @@ def test_gram_speed_quick_writes_json_and_table(tmp_path):
     "--out",
     str(tmp_path),
   ]
-  done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  done = subprocess.run(
+    command, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_SECONDS
+  )
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   result = json.loads((tmp_path / "gram_speed.json").read_text())
   assert result["study"] == "gram_speed" and len(result["rows"]) == 3
@@ -202,7 +237,9 @@ def test_step_cost_quick_writes_json_plot_and_table(tmp_path):
     "--out",
     str(tmp_path),
   ]
-  done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  done = subprocess.run(
+    command, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_SECONDS
+  )
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   result = json.loads((tmp_path / "step_cost.json").read_text())
   assert result["study"] == "step_cost" and result["kind"] == "step_cost"
@@ -258,7 +295,7 @@ def test_step_cost_quick_writes_json_plot_and_table(tmp_path):
     env=env,
     capture_output=True,
     text=True,
-    timeout=120,
+    timeout=HANG_SECONDS,
   )
   assert table.returncode == 0, table.stderr
   text = doc.read_text()
