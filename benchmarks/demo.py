@@ -66,6 +66,27 @@ COLUMNS = (
 )
 
 
+FIT_ADAM_LR = 3e-3  # the best of 1e-3 / 3e-3 / 1e-2 on the 1D fit
+LORENZ_ADAM_LR = 1e-3  # the best of the Lorenz96 study's grid
+PAPER_DAMPING = 1e-5  # the paper's constant λ (per-output systems)
+LORENZ_LM_INITIAL = 1e-3
+
+# The figure's plain names and one colour per optimizer, the same in both panels (by the
+# spec labels below); the settings behind each name are in the caption.
+RD_LM, RD_PAPER, ADAM, LBFGS = (
+  "RD, Levenberg-Marquardt damping",
+  "RD, the paper's setting",
+  "Adam",
+  "L-BFGS",
+)
+METHOD_STYLE = {  # name -> (colour, line style)
+  RD_LM: ("tab:blue", "-"),
+  RD_PAPER: ("tab:purple", "-"),
+  ADAM: ("tab:orange", "--"),
+  LBFGS: ("tab:green", "-."),
+}
+
+
 def fit_specs() -> list[runner.OptimizerSpec]:
   """RD + Levenberg-Marquardt, Adam(3e-3), `optax.lbfgs()`."""
   return [
@@ -75,7 +96,7 @@ def fit_specs() -> list[runner.OptimizerSpec]:
       damping=("levenberg_marquardt", {}),
       describe="levenberg_marquardt()",
     ),
-    *opt.adam_grid([3e-3]),
+    *opt.adam_grid([FIT_ADAM_LR]),
     opt.lbfgs_spec("optax.lbfgs"),
   ]
 
@@ -83,15 +104,59 @@ def fit_specs() -> list[runner.OptimizerSpec]:
 def lorenz_specs() -> list[runner.OptimizerSpec]:
   """RD in the paper's setting, RD full mode + Levenberg-Marquardt, Adam(1e-3)."""
   return [
-    opt.rd_spec("rd paper (per-output λ=1e-5)", damping=1e-5, outputs="per_output"),
+    opt.rd_spec("rd paper (per-output λ=1e-5)", damping=PAPER_DAMPING, outputs="per_output"),
     opt.rd_spec(
       "rd full + levenberg_marquardt",
       outputs="full",
-      damping=("levenberg_marquardt", {"initial": 1e-3}),
+      damping=("levenberg_marquardt", {"initial": LORENZ_LM_INITIAL}),
       describe="levenberg_marquardt(initial=1e-3)",
     ),
-    *opt.adam_grid([1e-3]),
+    *opt.adam_grid([LORENZ_ADAM_LR]),
   ]
+
+
+def method_name(run: Mapping[str, Any]) -> str:
+  """The figure's plain name of a run (one of METHOD_STYLE), from its family and label."""
+  if run["family"] == "adam":
+    return ADAM
+  if run["family"] == "lbfgs":
+    return LBFGS
+  if run["family"] == "rd":
+    return RD_LM if "levenberg_marquardt" in run["label"] else RD_PAPER
+  return run["label"]
+
+
+def _sci(value: float) -> str:
+  """3e-3, 1e-5: a setting as one writes it."""
+  return f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+def caption(results: Sequence[Mapping[str, Any]]) -> str:
+  """What each name of the figure ran, and what each panel's target is."""
+  lines = [
+    f"{RD_LM}: rd.regression_descent(apply_fn, damping=rd.damping.levenberg_marquardt()), "
+    f"the full system (outputs='full'), learning rate 1; in (b) LM starts at "
+    f"λ = {_sci(LORENZ_LM_INITIAL)}.",
+    f"{RD_PAPER}: one m × m system per output (outputs='per_output'), constant "
+    f"λ = {_sci(PAPER_DAMPING)}, as in the paper's code.",
+    f"{ADAM}: optax.adam, learning rate {_sci(FIT_ADAM_LR)} in (a) and {_sci(LORENZ_ADAM_LR)} in "
+    f"(b), "
+    f"each the best of a grid.  {LBFGS}: optax.lbfgs() (memory 10, zoom line search).",
+  ]
+  for panel, result in zip("ab", results):
+    lines.append(f"Target ({panel}): {target_meaning(result)}.")
+  return "\n".join(lines)
+
+
+def target_meaning(result: Mapping[str, Any]) -> str:
+  """The target line in words: a fixed loss, or Adam's own final loss (the race's bar)."""
+  target, source = report.reference_target(result)
+  if source.startswith("median final loss of adam"):
+    return (
+      f"{target:.3g}, Adam's own final loss after the same seconds: a method beats Adam "
+      "when it gets there sooner"
+    )
+  return f"{target:.3g}, a fixed loss set for this task"
 
 
 def table_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -201,32 +266,46 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def plot(results: Sequence[Mapping[str, Any]], path: pathlib.Path) -> pathlib.Path:
-  """One figure, one panel per task: training loss against training seconds (log-log)."""
+  """One figure, one panel per task: training loss against training seconds (log-log).
+
+  One colour per optimizer in both panels (METHOD_STYLE), plain names in the legends, the
+  target's meaning next to its line, the settings in the caption below the panels.
+  """
   plt = plotting.pyplot()
-  fig, axes = plt.subplots(1, len(results), figsize=(6.2 * len(results), 5.4))
-  styles = {"rd": "-", "adam": "--", "lbfgs": "-.", "sgd": ":"}
-  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  fig, axes = plt.subplots(1, len(results), figsize=(6.2 * len(results), 6.6))
   for panel, (ax, result) in enumerate(zip(np.atleast_1d(axes), results)):
     target, source = report.reference_target(result)
-    for i, run in enumerate(result["runs"]):
+    for run in result["runs"]:
+      name = method_name(run)
+      color, style = METHOD_STYLE.get(name, ("black", ":"))
       seconds = np.asarray(run["curve"]["seconds"], float)
       loss = np.asarray([np.nan if v is None else v for v in run["curve"]["loss"]], float)
       keep = seconds > 0  # log time axis; the t = 0 loss is the same for every method
       ax.plot(
         seconds[keep],
         loss[keep],
-        styles.get(run["family"], "-"),
-        color=colors[i],
+        style,
+        color=color,
         lw=1.8,
         marker=".",
         ms=3,
-        label=f"{run['label']} ({run['steps']} steps)",
+        label=f"{name} ({run['steps']:,} steps)",
       )
-    ax.axhline(target, color="gray", lw=0.9, ls=":", label=f"target {target:.3g}")
+    adams = source.startswith("median final loss of adam")
+    ax.axhline(target, color="gray", lw=1.0, ls=":")
+    ax.annotate(
+      f"target {target:.3g}" + (" = Adam's own final loss" if adams else " (fixed)"),
+      xy=(0.02, target),  # at the left, where no curve has come down yet
+      xycoords=("axes fraction", "data"),
+      ha="left",
+      va="bottom",
+      fontsize=8,
+      color="dimgray",
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training seconds (compile and evaluation excluded)")
-    ax.set_ylabel("training loss (MSE)")
+    ax.set_ylabel("training loss (mean squared error)")
     ax.grid(True, which="both", alpha=0.3)
     # Below the axes: inside, the legend hid the curves' steepest part.
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
@@ -235,16 +314,19 @@ def plot(results: Sequence[Mapping[str, Any]], path: pathlib.Path) -> pathlib.Pa
     ax.set_title(
       f"({'ab'[panel]}) {TASKS.get(result['study'], result['study'])}: {face}\n"
       f"{task['model']}, {task['train_size']} examples, "
-      f"{result['config']['budget_seconds']:g} s each",
+      f"{result['config']['budget_seconds']:g} s of training each",
       fontsize=9,
     )
   machine = results[0]["machine"]
+  names = {method_name(run) for result in results for run in result["runs"]}
+  against = "Adam" + (" (and L-BFGS in (a))" if LBFGS in names else "")
   fig.suptitle(
-    f"Regression Descent against Adam and L-BFGS — {machine['device']}, "
-    f"{machine['cpu_count']} CPUs, jax {machine['jax']}, one seed",
+    f"Regression Descent against {against}: loss over the same seconds of training — "
+    f"{machine['device']}, {machine['cpu_count']} CPUs, jax {machine['jax']}, one seed",
     fontsize=10,
   )
-  return plotting.save_figure(fig, path, dpi=100)
+  fig.text(0.01, 0.01, caption(results), fontsize=7.5, va="bottom", ha="left", wrap=True)
+  return plotting.save_figure(fig, path, rect=(0, 0.13, 1, 1), dpi=100)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -309,7 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"and evaluation excluded; {wall:.0f} s in all. Command: `{command.strip()}`."
   )
   (args.out / "demo.md").write_text(
-    f"{heading}\n\n{markdown_table(rows)}\n\n{summary}\n\n![demo](demo.png)\n"
+    f"{heading}\n\n{markdown_table(rows)}\n\n{summary}\n\n![demo](demo.png)\n\n"
+    + "".join(f"- {line}\n" for line in caption(results).splitlines())
   )
   machine["openblas_num_threads"] = os.environ.get("OPENBLAS_NUM_THREADS")
   runner.save(
