@@ -1,4 +1,4 @@
-"""`make demo`: both faces of Regression Descent, in under two minutes on a 2-core CPU.
+"""`make demo`: both faces of Regression Descent, in about two minutes on a 2-core CPU.
 
 (a) Full batch, where RD wins: the `fit_1d` study (`benchmarks.full_batch_fit`),
     y = sin(3πx)·exp(−x²) + 0.3 cos(7x) on 256 points of [-1, 1], MLP 1-32-32-1
@@ -16,10 +16,11 @@ Same runner and protocol as the studies (`benchmarks.runner`): one seed, same
 initialisation and data order for every method, the same seconds of training
 each, compile and evaluations excluded from the clock. Prints one table and
 writes to `--out` (default `demo_output/`): `demo.png` (loss against seconds,
-one panel per task), `demo.md` and `demo.json` (the table), and the two
-studies' records `fit_1d.json` and `lorenz96.json` (the curves).
+one panel per task, one colour per optimizer, the settings in its caption),
+`demo.md` and `demo.json` (the table), and the two studies' records
+`fit_1d.json` and `lorenz96.json` (the curves).
 
-    python -m benchmarks.demo                # about 90 s
+    python -m benchmarks.demo                # 106-109 s measured on a busy 2-core CPU
     python -m benchmarks.demo --quick --out /tmp/demo   # tiny sizes, seconds (tests)
 """
 
