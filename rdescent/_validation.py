@@ -99,6 +99,15 @@ def check_batch(batch: Any, transform: str, *, coupled: bool = False) -> tuple[A
 
 def check_outputs(outputs: jax.Array, num_examples: int, transform: str) -> None:
   """Checks that `apply_fn` returned one row of outputs per example."""
+  if not hasattr(outputs, "ndim") or not hasattr(outputs, "dtype"):
+    kind = type(outputs).__name__
+    size = f" of {len(outputs)} elements" if isinstance(outputs, (tuple, list, dict)) else ""
+    raise TypeError(
+      f"{transform}: apply_fn(params, inputs) must return one array of shape (m,) or (m, k) "
+      f"with m = {num_examples}; got a {kind}{size}. Return a single array: the model's "
+      "outputs only (drop auxiliary values, e.g. `lambda p, x: model(p, x)[0]`), or several "
+      "outputs joined along the last axis (`jnp.concatenate(..., axis=-1)`)."
+    )
   if outputs.ndim == 0 or outputs.shape[0] != num_examples:
     raise ValueError(
       f"{transform}: apply_fn(params, inputs) must return shape (m,) or "
@@ -162,7 +171,12 @@ def is_concrete(value: Any) -> bool:
 
 
 def check_nonnegative_finite(name: str, value: Any) -> None:
-  """Raises a ValueError for a concrete negative or non-finite hyperparameter."""
+  """Raises a ValueError for a concrete negative or non-finite hyperparameter, or a string."""
+  if isinstance(value, (str, bytes)):
+    raise ValueError(
+      f"{name} must be a number, a scalar array or an optax schedule (a callable of the step "
+      f"count); got the string {value!r}. Pass {name}={_number_hint(value)}."
+    )
   if is_concrete(value):
     array = np.asarray(value, dtype=np.float64)
     if array.ndim != 0:
@@ -182,3 +196,43 @@ def all_finite(tree: Any) -> jax.Array:
   """Scalar bool array, inside jit too: every entry of every leaf is finite."""
   leaves = jax.tree_util.tree_leaves(tree)
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def _number_hint(text: str | bytes) -> str:
+  """`0.1` for the string '0.1', else a placeholder."""
+  try:
+    return repr(float(text))
+  except ValueError:
+    return "<a float>"
+
+
+def check_state(state: Any, expected: Any, transform: str) -> None:
+  """Raises a ValueError when `state` was not made by `init` on params like the current ones.
+
+  Args:
+    state: the state passed to `update`.
+    expected: `jax.eval_shape(init, params)` for the current params.
+    transform: the transform's name, for the message.
+  """
+  fix = (
+    "a state is tied to the params it was made from: call `state = tx.init(params)` again "
+    "after changing the params' tree or shapes."
+  )
+  got_tree = jax.tree_util.tree_structure(state)
+  expected_tree = jax.tree_util.tree_structure(expected)
+  if got_tree != expected_tree:
+    raise ValueError(
+      f"{transform}.update: the optimizer state does not match `params`: it was made by "
+      f"`init` on another tree of parameters (or another optimizer); {fix}"
+    )
+  for path, leaf, want in zip(
+    jax.tree_util.tree_leaves_with_path(state),
+    jax.tree_util.tree_leaves(state),
+    jax.tree_util.tree_leaves(expected),
+  ):
+    if np.shape(leaf) != tuple(want.shape):
+      raise ValueError(
+        f"{transform}.update: the optimizer state does not match `params`: state leaf "
+        f"{jax.tree_util.keystr(path[0])} has shape {np.shape(leaf)}, but `init` on these "
+        f"params makes {tuple(want.shape)}; {fix}"
+      )

@@ -485,3 +485,26 @@ def get(loss: Any) -> Loss:
     f"loss={loss!r} is not a valid option; expected one of "
     f"{', '.join(repr(n) for n in _BUILTIN)} or an rdescent.losses.Loss."
   )
+
+
+def labels_in_range(loss: Loss, targets: Any, num_classes: Callable[[], int]) -> jax.Array:
+  """Scalar bool, inside jit too: integer class labels lie in [0, k).
+
+  Concrete labels out of range are refused when the targets are prepared; under
+  `jax.jit` they are data, so the transform checks them with this in the step
+  and skips it with a status that names the labels. True for any loss other
+  than the softmax cross-entropies, and for one-hot or probability targets.
+
+  Args:
+    loss: the `Loss`.
+    targets: the batch's targets.
+    num_classes: returns k, the logits per example (called only for labels).
+  """
+  if not loss.name.startswith("softmax_cross_entropy") or not hasattr(targets, "dtype"):
+    return jnp.asarray(True)
+  if not jnp.issubdtype(targets.dtype, jnp.integer) or targets.ndim not in (1, 2):
+    return jnp.asarray(True)
+  if targets.ndim == 2 and targets.shape[1] != 1:
+    return jnp.asarray(True)  # one-hot rows stored as integers
+  classes = num_classes()
+  return jnp.all((targets >= 0) & (targets < classes))

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rdescent import _health
 from rdescent import _mesh
 from rdescent import _validation
 from rdescent import damping as damping_lib
@@ -41,6 +42,10 @@ STATUS_NONFINITE_DIRECTION = 3
 STATUS_REJECTED = 4
 STATUS_COUPLED_EXAMPLES = 5
 STATUS_ZERO_STEP = 6
+STATUS_NONFINITE_LEARNING_RATE = 7
+STATUS_NONFINITE_DAMPING = 8
+STATUS_NONFINITE_MOMENTUM = 9
+STATUS_LABELS_OUT_OF_RANGE = 10
 STATUS_MESSAGES = {
   STATUS_OK: "ok",
   STATUS_NONFINITE_LOSS: "non-finite outputs, targets or loss; step skipped",
@@ -52,7 +57,19 @@ STATUS_MESSAGES = {
     "statistics, residuals that mix examples); step skipped; pass examples='coupled'"
   ),
   STATUS_ZERO_STEP: "zero direction (e.g. an exact fit): nothing to apply",
+  STATUS_NONFINITE_LEARNING_RATE: "non-finite learning rate (schedule or injected); step skipped",
+  STATUS_NONFINITE_DAMPING: "non-finite damping λ (schedule or injected); step skipped",
+  STATUS_NONFINITE_MOMENTUM: "non-finite momentum (injected); step skipped",
+  STATUS_LABELS_OUT_OF_RANGE: (
+    "integer labels outside [0, k) for k logits (cross-entropy targets); step skipped"
+  ),
 }
+# Statuses of a step skipped for a hyperparameter: they say nothing about λ.
+_HYPERPARAMETER_STATUSES = (
+  STATUS_NONFINITE_LEARNING_RATE,
+  STATUS_NONFINITE_DAMPING,
+  STATUS_NONFINITE_MOMENTUM,
+)
 
 
 class RegressionDescentState(NamedTuple):
@@ -282,7 +299,7 @@ def scale_by_regression_descent(
     return RegressionDescentState(
       count=count,
       # A copy: the state's leaves get distinct buffers (so it can be donated).
-      damping=jnp.array(controller.current(damping_state, count), dtype),
+      damping=_health.finite_or_zero(jnp.array(controller.current(damping_state, count), dtype)),
       damping_state=damping_state,
       loss=jnp.zeros([], dtype),
       residual_norm=jnp.zeros([], dtype),
@@ -297,6 +314,7 @@ def scale_by_regression_descent(
   def update_fn(updates, state, params=None, *, batch=None, **extra_args):
     del updates, extra_args
     _validation.check_params(params, name)
+    _validation.check_state(state, jax.eval_shape(init_fn, params), name)
     inputs, targets = _validation.check_batch(batch, name, coupled=examples == "coupled")
     storage_params, params = params, dtypes_lib.upcast(params)
     _validation.check_input_dtypes(
@@ -326,11 +344,24 @@ def scale_by_regression_descent(
       name=name,
     )
     eta = step_size(state.count) if callable(step_size) else step_size
-    step = controller.step(problem, state.damping_state, state.count, eta)
-    status = _status(problem, step)
-    return _applied_direction(step, status, storage_params), _next_state(
-      state, problem, step, status, controller
+    finite_hyperparameters = (
+      (_health.is_finite(eta), STATUS_NONFINITE_LEARNING_RATE),
+      (
+        _health.is_finite(controller.current(state.damping_state, state.count)),
+        STATUS_NONFINITE_DAMPING,
+      ),
+      (_health.is_finite(momentum), STATUS_NONFINITE_MOMENTUM),
+      (
+        losses_lib.labels_in_range(
+          loss_obj, targets, lambda: jax.eval_shape(apply_fn, params, inputs).shape[-1]
+        ),
+        STATUS_LABELS_OUT_OF_RANGE,
+      ),
     )
+    step = controller.step(problem, state.damping_state, state.count, eta)
+    status = _status(problem, step, finite_hyperparameters)
+    new_state = _next_state(state, problem, step, status, controller)
+    return _applied_direction(step, status, storage_params), _health.keep_finite(new_state, state)
 
   # Under a mesh with Explicit axes the step runs with Auto axes (rdescent._mesh).
   return optax.GradientTransformationExtraArgs(init_fn, _mesh.auto_axes_update(update_fn))
@@ -379,14 +410,22 @@ def _finite_loss(problem: problem_lib.LinearizedProblem) -> jax.Array:
   return jnp.isfinite(problem.loss) & _validation.all_finite(problem.factors.rhs)
 
 
-def _status(problem: problem_lib.LinearizedProblem, step: damping_lib.DampingStep) -> jax.Array:
-  """The step's code in `STATUS_MESSAGES` (the first problem found)."""
+def _status(
+  problem: problem_lib.LinearizedProblem,
+  step: damping_lib.DampingStep,
+  finite_hyperparameters: Any = (),
+) -> jax.Array:
+  """The step's code in `STATUS_MESSAGES` (the first problem found).
+
+  `finite_hyperparameters`: pairs (finite, code), checked first.
+  """
   finite_direction = _validation.all_finite(step.direction)
   zero_direction = jnp.all(
     jnp.stack([jnp.all(leaf == 0) for leaf in jax.tree_util.tree_leaves(step.direction)])
   )
   return jnp.select(
-    [
+    [~finite for finite, _ in finite_hyperparameters]
+    + [
       ~_finite_loss(problem),
       ~problem.examples_consistent,
       ~step.solve_ok,
@@ -394,7 +433,8 @@ def _status(problem: problem_lib.LinearizedProblem, step: damping_lib.DampingSte
       ~step.accepted,
       zero_direction,
     ],
-    [
+    [code for _, code in finite_hyperparameters]
+    + [
       STATUS_NONFINITE_LOSS,
       STATUS_COUPLED_EXAMPLES,
       STATUS_SOLVE_FAILED,
@@ -435,8 +475,11 @@ def _next_state(
   """
   applied = status == STATUS_OK
   failed = ~(applied | (status == STATUS_REJECTED) | (status == STATUS_ZERO_STEP))
-  coupled = status == STATUS_COUPLED_EXAMPLES
-  # A coupled batch says nothing about λ: the controller's state is kept.
+  coupled = (status == STATUS_COUPLED_EXAMPLES) | jnp.isin(
+    status, jnp.asarray(_HYPERPARAMETER_STATUSES)
+  )
+  # A coupled batch (or a skip for a hyperparameter) says nothing about λ: the
+  # controller's state is kept.
   damping_state = jax.tree_util.tree_map(
     lambda old, bad, good: jnp.where(coupled, old, jnp.where(failed, bad, good)),
     state.damping_state,
@@ -534,5 +577,5 @@ def regression_descent(
       sketch_seed=sketch_seed,
       examples=examples,
     ),
-    optax.scale_by_learning_rate(learning_rate),
+    optax.scale_by_learning_rate(_health.finite_or_zero(learning_rate)),
   )

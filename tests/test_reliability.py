@@ -414,3 +414,188 @@ def test_every_state_can_be_donated_to_jit():
 
   new_params, _ = step(jax.tree_util.tree_map(jnp.copy, params), tx.init(params))
   assert _all_finite(new_params)
+
+
+# ------------------------------------------- issue 27: never "ok" on a wrecked step
+
+
+def _status_of(state):
+  inner = state.inner_state if hasattr(state, "inner_state") else state
+  return int(_rd_state(inner).status)
+
+
+@pytest.mark.parametrize("solver", ["eigh", "cg", "cholesky"])
+def test_damping_below_the_grams_resolution_never_writes_a_wrecked_step(solver):
+  """λ = 1e-12 against K of scale 1e2 in float32 (measured: eigh moved |θ| to 8e25 with 'ok')."""
+  params, x, y = _setup(m=32, sizes=(3, 16, 2))
+  tx = rd.regression_descent(models.mlp_apply, 1.0, damping=1e-12, solver=solver)
+  step, state = _step_fn(tx), tx.init(params)
+  for _ in range(4):
+    new_params, state = step(params, state, x, y)
+    assert _all_finite(new_params) and _all_finite(state)
+    size = max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree_util.tree_leaves(new_params))
+    assert size < 1e3, (solver, size)  # measured before: 8e25 (eigh), 1.8e5 (cg)
+    params = new_params
+  if solver != "cholesky":  # its jitter retries repair the solve
+    assert _status_of(state) == transform_lib.STATUS_SOLVE_FAILED
+
+
+@pytest.mark.parametrize(
+  "kwargs, code",
+  [
+    (dict(learning_rate=lambda count: jnp.nan), transform_lib.STATUS_NONFINITE_LEARNING_RATE),
+    (dict(damping=lambda count: jnp.nan), transform_lib.STATUS_NONFINITE_DAMPING),
+  ],
+)
+def test_a_non_finite_schedule_is_named_and_never_written(kwargs, code):
+  params, x, y = _setup()
+  tx = rd.regression_descent(models.mlp_apply, **kwargs)
+  updates, state = models.first_update(tx, params, (x, y))
+  assert _status_of(state) == code and "step skipped" in rd.STATUS_MESSAGES[code]
+  assert all(bool(jnp.all(u == 0)) for u in jax.tree_util.tree_leaves(updates))
+  assert _all_finite(state) and _all_finite(tx.init(params))
+
+
+@pytest.mark.parametrize(
+  "name, value, code",
+  [
+    ("learning_rate", jnp.nan, transform_lib.STATUS_NONFINITE_LEARNING_RATE),
+    ("damping", jnp.inf, transform_lib.STATUS_NONFINITE_DAMPING),
+    ("momentum", jnp.nan, transform_lib.STATUS_NONFINITE_MOMENTUM),
+  ],
+)
+def test_a_non_finite_injected_hyperparameter_is_named_and_never_written(name, value, code):
+  params, x, y = _setup()
+  injected = dict(learning_rate=1.0, damping=1e-3, momentum=0.5)
+  tx = optax.inject_hyperparams(rd.regression_descent, static_args=("apply_fn",))(
+    apply_fn=models.mlp_apply, **injected
+  )
+  state = tx.init(params)
+  state.hyperparams[name] = jnp.asarray(value, jnp.float32)
+  step = _step_fn(tx)
+  new_params, state = step(params, state, x, y)
+  assert _status_of(state) == code
+  assert _all_finite(new_params) and _all_finite(state.inner_state)
+  chex_equal = jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), new_params, params)
+  assert all(jax.tree_util.tree_leaves(chex_equal))
+  state.hyperparams[name] = jnp.asarray(injected[name], jnp.float32)  # recovers
+  _, state = step(params, state, x, y)
+  assert _status_of(state) == transform_lib.STATUS_OK
+
+
+@pytest.mark.parametrize(
+  "damping", [1e-3, rd.damping.next_batch_ratio(), rd.damping.levenberg_marquardt()]
+)
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+def test_a_state_from_other_params_asks_for_init_again(damping, momentum):
+  params, x, y = _setup()
+  tx = rd.regression_descent(models.mlp_apply, damping=damping, momentum=momentum)
+  other_shapes, _, _ = _setup(sizes=(3, 5, 2))
+  for other in (other_shapes, {"wrapped": params}):
+    state = tx.init(other)
+    if jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(tx.init(params)):
+      if all(
+        np.shape(a) == np.shape(b)
+        for a, b in zip(
+          jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(tx.init(params))
+        )
+      ):
+        continue  # nothing in this state depends on the params (constant λ, no momentum)
+    with pytest.raises(ValueError, match=r"tx\.init\(params\)"):
+      tx.update(None, state, params, batch=(x, y))
+
+
+def test_readable_errors_name_the_argument_and_the_fix():
+  params, x, y = _setup()
+  pair = lambda p, inputs: (models.mlp_apply(p, inputs), models.mlp_apply(p, inputs))
+  tx = rd.regression_descent(pair)
+  with pytest.raises(TypeError, match=r"apply_fn.*one array.*got a tuple of 2"):
+    jax.jit(lambda p: tx.update(None, tx.init(p), p, batch=(x, y)))(params)
+  with pytest.raises(ValueError, match=r"learning_rate.*string '0.1'.*learning_rate=0.1"):
+    rd.regression_descent(models.mlp_apply, "0.1")
+
+
+def test_labels_out_of_range_under_jit_are_named():
+  params, x, _ = _setup(sizes=(3, 8, 3))
+  tx = rd.regression_descent(models.mlp_apply, loss="softmax_cross_entropy")
+  step = _step_fn(tx)
+  labels = jnp.array([0, 1, 2, 3, 0, 1])  # 3 is out of range for 3 logits
+  new_params, state = step(params, tx.init(params), x, labels)
+  assert _status_of(state) == transform_lib.STATUS_LABELS_OUT_OF_RANGE
+  assert "labels" in rd.STATUS_MESSAGES[_status_of(state)] and _all_finite(new_params)
+  _, state = step(params, tx.init(params), x, labels % 3)
+  assert _status_of(state) == transform_lib.STATUS_OK
+
+
+def test_jax_grad_through_an_update_with_the_default_solver():
+  """Reverse mode through a step: the Cholesky solve's own rule; it agrees with eigh's."""
+  params, x, y = _setup()
+
+  def loss_after_step(scale, solver):
+    tx = rd.regression_descent(models.mlp_apply, 1.0, damping=1e-2, solver=solver)
+    scaled = jax.tree_util.tree_map(lambda p: p * scale, params)
+    updates, _ = tx.update(None, tx.init(scaled), scaled, batch=(x, y))
+    moved = optax.apply_updates(scaled, updates)
+    return jnp.sum((models.mlp_apply(moved, x) - y) ** 2)
+
+  cholesky = jax.grad(loss_after_step)(1.0, "cholesky")
+  eigh = jax.grad(loss_after_step)(1.0, "eigh")
+  assert np.isfinite(float(cholesky))
+  np.testing.assert_allclose(cholesky, eigh, rtol=1e-3)
+
+
+def test_multisteps_needs_gradients_and_then_steps_every_k_batches():
+  """optax.MultiSteps accumulates `updates`: with RD pass zeros (RD ignores them)."""
+  params, x, y = _setup()
+  tx = optax.MultiSteps(rd.regression_descent(models.mlp_apply), every_k_schedule=2)
+  state = tx.init(params)
+  with pytest.raises((ValueError, TypeError)):
+    tx.update(None, state, params, batch=(x, y))
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+  update = jax.jit(lambda p, s: tx.update(zeros, s, p, batch=(x, y)))
+  first, state = update(params, state)
+  assert all(bool(jnp.all(u == 0)) for u in jax.tree_util.tree_leaves(first))
+  second, state = update(params, state)
+  assert any(bool(jnp.any(u != 0)) for u in jax.tree_util.tree_leaves(second))
+  assert _all_finite(second)
+
+
+@hypothesis.settings(max_examples=12, deadline=None)  # each example compiles anew
+@hypothesis.given(
+  log_damping=st.floats(-30, 6),
+  solver=st.sampled_from(["cholesky", "eigh", "cg"]),
+  dtype=st.sampled_from(["float32", "float64", "bfloat16"]),
+  m=st.integers(1, 12),
+  momentum=st.sampled_from([0.0, 0.5]),
+  learning_rate=st.sampled_from([1.0, 0.3]),
+  scale=st.sampled_from([1.0, 30.0]),
+)
+def test_any_update_leaves_finite_params_and_ok_means_applied(
+  log_damping, solver, dtype, m, momentum, learning_rate, scale
+):
+  """The invariant of issue 27: finite parameters after any update; status 0 ⇒ applied, finite."""
+  with jax.enable_x64(dtype == "float64"):
+    params, x, y = _setup(m=m, dtype=jnp.float64 if dtype == "float64" else jnp.float32)
+    params = jax.tree_util.tree_map(lambda p: (scale * p).astype(dtype), params)
+    x, y = x.astype(dtype), (scale * y).astype(dtype)
+    tx = rd.regression_descent(
+      models.mlp_apply,
+      learning_rate,
+      damping=10.0**log_damping,
+      solver=solver,
+      momentum=momentum,
+    )
+    step, state = _step_fn(tx), tx.init(params)
+    for _ in range(2):
+      new_params, state = step(params, state, x, y)
+      assert _all_finite(new_params) and _all_finite(state)
+      moved = any(
+        bool(jnp.any(a != b))
+        for a, b in zip(jax.tree_util.tree_leaves(new_params), jax.tree_util.tree_leaves(params))
+      )
+      rd_state = _rd_state(state)
+      if int(rd_state.status) == transform_lib.STATUS_OK:
+        assert bool(rd_state.accepted) and moved
+      else:
+        assert not bool(rd_state.accepted)
+      params = new_params
