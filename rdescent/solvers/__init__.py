@@ -18,6 +18,10 @@ trial λ (see `rdescent.solvers._base`). Pass one as `solver=` to
   its products from J materialised once per step (m k p numbers): for models
   whose passes are expensive, such as PINN residuals.
 
+Each solver declares the operator kinds it accepts (`Solver.accepts`: a
+dense matrix, a function of the network's products, or a factored operator
+from a materialised J; `OPERATOR_KINDS`); `check_accepts` refuses the others.
+
 A new solver is one module in this package that returns a `Solver`, plus its
 entry in `SOLVERS` below and in the common test list
 (`tests/test_common.py`).
@@ -29,8 +33,12 @@ from collections.abc import Callable
 from typing import Any
 
 from rdescent.solvers._base import LinearOperator
+from rdescent.solvers._base import OPERATOR_KINDS
+from rdescent.solvers._base import PRODUCT_KINDS
 from rdescent.solvers._base import SolveResult
 from rdescent.solvers._base import Solver
+from rdescent.solvers._base import check_accepts
+from rdescent.solvers._base import operator_kind
 from rdescent.solvers._base import symmetrize
 from rdescent.solvers._cg import NystromPreconditioner
 from rdescent.solvers._cg import cg
@@ -67,6 +75,8 @@ def get(solver: Any) -> Solver:
 
 __all__ = (
   "MAX_JITTER_TRIES",
+  "OPERATOR_KINDS",
+  "PRODUCT_KINDS",
   "SOLVERS",
   "EigenSystem",
   "LinearOperator",
@@ -74,6 +84,7 @@ __all__ = (
   "SolveResult",
   "Solver",
   "cg",
+  "check_accepts",
   "cholesky",
   "damped_cholesky_solve",
   "eigen_decomposition",
@@ -82,5 +93,6 @@ __all__ = (
   "gcv_scores",
   "get",
   "nystrom",
+  "operator_kind",
   "symmetrize",
 )

@@ -13,9 +13,20 @@ batch (Levenberg-Marquardt, GCV) pays the λ-independent work once:
   that does not depend on λ, a preconditioner);
 * `solve(prepared, b, λ) -> SolveResult`: once per trial λ.
 
-A matrix-free solver (`Solver.matrix_free`, e.g. `cg`) never sees A as an
-array: `prepare` receives a `LinearOperator`, the product v ↦ A v (for RD,
-K v = J (Jᵀ v) by one VJP and one JVP), and A is never formed.
+**Operator kinds.** The problem hands a solver its A as one of three kinds
+(`OPERATOR_KINDS`), as lineax's operators carry theirs:
+
+* `"matrix"`: a dense array (..., n, n), formed from K or J;
+* `"function"`: a `LinearOperator`, the product v ↦ A v through the network
+  (for RD, K v = J (Jᵀ v) by one VJP and one JVP); A is never formed;
+* `"factored"`: a `LinearOperator` whose products come from a materialised
+  factor (A = R Rᵀ or Rᵀ R with R = Fᵀ J held as an array).
+
+Each solver declares the kinds it accepts (`Solver.accepts`); a kind it does
+not accept is refused in one place, `check_accepts`, when the transform is
+built (and again when a problem is prepared). A matrix-free solver
+(`Solver.matrix_free`, e.g. `cg`) is one whose preferred kind is not a
+matrix.
 
 Both are pure and jit-able; a failure never raises inside compiled code but
 shows in `SolveResult.ok`.
@@ -64,11 +75,14 @@ class LinearOperator:
     matvec: `matvec(v) -> A v` for v of shape (n,); jit- and vmap-able.
     size: n.
     dtype: the dtype of A.
+    kind: `"function"` (products through the network) or `"factored"`
+      (products from a materialised factor), see `OPERATOR_KINDS`.
   """
 
   matvec: Callable[[jax.Array], jax.Array]
   size: int
   dtype: Any
+  kind: str = "function"
 
 
 class Solver(NamedTuple):
@@ -85,7 +99,11 @@ class Solver(NamedTuple):
     products: for a matrix-free solver, where the operator's products come
       from: `"network"` (a JVP and a VJP through the model per product; no
       Jacobian) or `"jacobian"` (J, m k × p, materialised once per step; each
-      product two matrix-vector products). None for dense solvers.
+      product two matrix-vector products). None for dense solvers. The
+      transform's `products=` option overrides it (this field is the
+      solver's preference, used by `products="auto"`).
+    operators: the operator kinds `prepare` accepts (`OPERATOR_KINDS`);
+      None: `("matrix",)`, or `("function", "factored")` when `matrix_free`.
   """
 
   name: str
@@ -93,6 +111,42 @@ class Solver(NamedTuple):
   solve: Callable[[Any, jax.Array, jax.Array], SolveResult]
   matrix_free: bool = False
   products: str | None = None
+  operators: tuple[str, ...] | None = None
+
+  @property
+  def accepts(self) -> tuple[str, ...]:
+    """The operator kinds this solver's `prepare` takes."""
+    if self.operators is not None:
+      return self.operators
+    return ("function", "factored") if self.matrix_free else ("matrix",)
+
+
+# The kinds of operator a problem hands a solver (module docstring), and the kind
+# each way of making products gives (`rdescent.problem.linearize`'s `products=`).
+OPERATOR_KINDS = ("matrix", "function", "factored")
+PRODUCT_KINDS = {"matrix": "matrix", "network": "function", "jacobian": "factored"}
+
+
+def operator_kind(operator: Any) -> str:
+  """The kind of an operator handed to `Solver.prepare`: a `LinearOperator`'s, or "matrix"."""
+  return operator.kind if isinstance(operator, LinearOperator) else "matrix"
+
+
+def check_accepts(solver: Solver, operator: Any, *, name: str = "solver") -> None:
+  """Refuses an operator kind (or an operator) that `solver` does not accept.
+
+  Raises:
+    ValueError: naming the solver, the kind and what it accepts.
+  """
+  kind = operator if isinstance(operator, str) else operator_kind(operator)
+  if kind not in solver.accepts:
+    products = {v: k for k, v in PRODUCT_KINDS.items()}[kind]
+    raise ValueError(
+      f"{name}: solver={solver.name!r} accepts {' or '.join(solver.accepts)} operators; "
+      f"products={products!r} hands it a {kind} operator. Use products='auto' (the "
+      "solver's own choice), or a solver that accepts it ('cholesky' and 'eigh' take the "
+      "matrix, 'cg' any kind)."
+    )
 
 
 def symmetrize(matrix: jax.Array) -> jax.Array:
