@@ -79,7 +79,7 @@ Examples:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -87,7 +87,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
-from rdescent import gram as gram_lib
+from rdescent._mesh import row_block_gram as row_block_gram
 
 
 def shard_batch(batch: Any, mesh: Mesh, axis: str | Sequence[str] = "data") -> Any:
@@ -133,81 +133,3 @@ def shard_batch(batch: Any, mesh: Mesh, axis: str | Sequence[str] = "data") -> A
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Places every array of `tree` on all devices of `mesh` (`PartitionSpec()`)."""
   return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
-
-
-def row_block_gram(
-  apply_fn: Callable[[Any, Any], jax.Array],
-  params: Any,
-  inputs: Any,
-  *,
-  axis: str,
-  method: str = "auto",
-  outputs: str = "full",
-  chunk_size: int | None = None,
-) -> jax.Array:
-  """K = J Jᵀ built in block rows, one block per device along mesh axis `axis`.
-
-  With the m examples split over the n devices of `axis` (m/n each), inside
-  `jax.shard_map` every device
-
-  1. computes the `rdescent.gram.gram_factors` of its own examples (layer
-     inputs and output cotangents for the structured engine, per-example
-     Jacobians for the jacobian engine): 1/n of that work;
-  2. all-gathers them (`jax.lax.all_gather`, tiled) from the other devices;
-  3. assembles its block row K[own examples, all examples]
-     (`rdescent.gram.cross_gram`): 1/n of K's flops.
-
-  The result is the global K with its rows sharded over `axis` (per output:
-  (k, m, m) with the second axis sharded); the replicated solve that follows
-  all-gathers it, (m k)² numbers (k m² per output). Compare
-  `rdescent._mesh.replicated_call`, where every device builds all of K from the
-  all-gathered inputs: less traffic, n times the K work.
-
-  Without a mesh context (`jax.set_mesh`, or the Auto axes that
-  `rdescent._mesh.auto_axes_update` sets under Explicit meshes), or inside `shard_map`,
-  K is built as on one device.
-
-  Args:
-    apply_fn: as for `rdescent.gram.gram_matrix`.
-    params: as for `rdescent.gram.gram_matrix`.
-    inputs: as for `rdescent.gram.gram_matrix`, examples split over `axis`.
-    axis: the mesh axis the examples are split over.
-    method: the Gram engine, as for `rdescent.gram.gram_matrix`.
-    outputs: `"full"` or `"per_output"`, as for `rdescent.gram.gram_matrix`.
-    chunk_size: as for `rdescent.gram.gram_matrix`.
-
-  Returns:
-    K as `rdescent.gram.gram_matrix` returns it.
-  """
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or mesh.manual_axes:
-    return gram_lib.gram_matrix(
-      apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
-    )
-  if axis not in mesh.axis_names:
-    raise ValueError(
-      f"data_axis={axis!r} is not an axis of the current mesh; its axes are {mesh.axis_names}."
-    )
-  num_devices = mesh.shape[axis]
-  num_examples = jax.tree_util.tree_leaves(inputs)[0].shape[0]
-  if num_examples % num_devices:
-    raise ValueError(
-      f"data_axis={axis!r}: the batch of {num_examples} examples must split evenly "
-      f"over the {num_devices} devices of that mesh axis."
-    )
-
-  def block_row(params, inputs):
-    own = gram_lib.gram_factors(
-      apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
-    )
-    every = jax.lax.all_gather(own, axis, tiled=True)
-    return gram_lib.cross_gram(own, every, outputs=outputs)
-
-  rows = PartitionSpec(axis) if outputs == "full" else PartitionSpec(None, axis)
-  return jax.shard_map(
-    block_row,
-    mesh=mesh,
-    in_specs=(PartitionSpec(), PartitionSpec(axis)),
-    out_specs=rows,
-    check_vma=False,
-  )(params, inputs)

@@ -1,0 +1,252 @@
+"""`linearize`: the only code that knows which form of the RD system is solved.
+
+A form is three independent choices, composed (`_form.Form`):
+
+* the output map (`outputs=`): `"full"`, `"per_output"`, `"sketched"`
+  (`_output_maps`);
+* the side (`system=`): `"dual"` or `"primal"`, `"auto"` the smaller
+  (`_sides`);
+* the products (`products=`): `"matrix"` (the system matrix formed from K or
+  J, for dense solvers), `"network"` (JVPs and VJPs through the model) or
+  `"jacobian"` (J materialised once per step) (`_products`).
+
+`FORMS` lists the output maps each kind of products supports; `SystemArrays`
+(`_arrays`) builds every K and J the forms need.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax.flatten_util import ravel_pytree
+
+from rdescent import _validation
+from rdescent import gram as gram_lib
+from rdescent import losses as losses_lib
+from rdescent import solvers as solvers_lib
+from rdescent.problem import _coupling
+from rdescent.problem import _output_maps
+from rdescent.problem import _sides
+from rdescent.problem._arrays import SystemArrays
+from rdescent.problem._batch import ApplyFn
+from rdescent.problem._batch import Batch
+from rdescent.problem._form import Form
+from rdescent.problem._products import FlatJacobian
+from rdescent.problem._products import JacobianBlocks
+from rdescent.problem._products import NetworkProducts
+from rdescent.problem._protocol import LinearizedProblem
+from rdescent.problem._sketch import checked_sketch
+
+SYSTEMS = ("auto", "dual", "primal")
+OUTPUT_MODES = ("full", "per_output", "sketched")
+PRODUCTS = ("auto", "matrix", "network", "jacobian")
+
+# products -> the output maps it supports. The matrix-free products solve one
+# system of the full outputs (a per-output batch of k systems, or a sketch,
+# needs the matrix).
+FORMS: dict[str, tuple[str, ...]] = {
+  "matrix": OUTPUT_MODES,
+  "network": ("full",),
+  "jacobian": ("full",),
+}
+
+
+def resolve_products(products: str, solver: solvers_lib.Solver) -> str:
+  """`products="auto"`: the solver's preference (`Solver.products`), else the matrix."""
+  if products != "auto":
+    return products
+  if solver.products is not None:
+    return solver.products
+  return "matrix" if "matrix" in solver.accepts else "network"
+
+
+def check_form(
+  outputs: str, products: str, solver: solvers_lib.Solver, name: str
+) -> tuple[str, str]:
+  """Checks the choices against `FORMS` and the solver's operator kinds, once.
+
+  Returns:
+    (products resolved, the operator kind the solver is handed).
+  """
+  _validation.check_option("outputs", outputs, OUTPUT_MODES)
+  _validation.check_option("products", products, PRODUCTS)
+  products = resolve_products(products, solver)
+  if outputs not in FORMS[products]:
+    raise ValueError(
+      f"{name}: products={products!r} (solver={solver.name!r}) solves the full system "
+      f"only; got outputs={outputs!r} (use outputs='full', or a dense solver such as "
+      "'cholesky')."
+    )
+  kind = solvers_lib.PRODUCT_KINDS[products]
+  solvers_lib.check_accepts(solver, kind, name=name)
+  return products, kind
+
+
+def linearize(
+  apply_fn: ApplyFn,
+  params: Any,
+  inputs: Any,
+  targets: jax.Array,
+  *,
+  loss: losses_lib.Loss,
+  outputs: str = "full",
+  gram: str = "auto",
+  system: str = "auto",
+  chunk_size: int | None = None,
+  data_axis: str | None = None,
+  solver: solvers_lib.Solver | str = "cholesky",
+  products: str = "auto",
+  sketch_size: int | None = None,
+  sketch_key: jax.Array | None = None,
+  examples: str = "independent",
+  name: str = "scale_by_regression_descent",
+) -> LinearizedProblem:
+  """Builds the RD system of one batch in the form the options ask for.
+
+  Evaluates the model and its VJP once, the loss and its Gauss-Newton
+  factors, and what the form is made of: K (dual; `rdescent.gram`), the
+  per-example Jacobian (primal, or `products="jacobian"`), or a
+  linearisation of the batch function (`products="network"`).
+
+  Args:
+    apply_fn: `apply_fn(params, inputs) -> outputs`, (m,) or (m, k).
+    params: θ.
+    inputs: X, a pytree with a leading example axis of size m.
+    targets: Y.
+    loss: an `rdescent.losses.Loss`.
+    outputs: `"full"`, `"per_output"` or `"sketched"` (needs `sketch_size`
+      and `sketch_key`).
+    gram: the Gram engine, `"auto"`, `"structured"` or `"jacobian"`.
+    system: `"dual"`, `"primal"` or `"auto"` (the smaller: primal when
+      p < m q, or p < m per output).
+    chunk_size: examples differentiated at once where Jacobians are
+      materialised (None: all).
+    data_axis: None, or the mesh axis the examples are split over (K built
+      in block rows, `rdescent.sharding.row_block_gram`).
+    solver: an `rdescent.solvers.Solver` or its name.
+    products: where the system's products come from: `"matrix"` (the
+      matrix formed, for dense solvers), `"network"` (a JVP and a VJP
+      through the model per product), `"jacobian"` (J materialised once),
+      or `"auto"` (the solver's preference: `"matrix"` for dense solvers,
+      `Solver.products` for `cg`).
+    sketch_size: s, 1 ≤ s ≤ q, the sketch's size (`outputs="sketched"`).
+    sketch_key: the PRNG key of the sketch S (`output_sketch`).
+    examples: `"independent"`: `apply_fn` maps each example on its own; the
+      Gram engines rely on it, and `examples_consistent` checks it (one
+      extra forward pass, each example alone). `"coupled"`: J is the
+      Jacobian of the whole-batch function (`rdescent._jacobian.
+      batch_jacobian`); `inputs` may be None, m is then the outputs'
+      leading axis; `gram`, `chunk_size` and `data_axis` do not apply.
+    name: the transform's name, for error messages.
+
+  Returns:
+    A `LinearizedProblem`.
+
+  Examples:
+    >>> import jax.numpy as jnp, rdescent as rd
+    >>> from rdescent.problem import linearize
+    >>> apply_fn = lambda w, x: x @ w
+    >>> x, y = jnp.eye(3)[:2], jnp.array([1.0, 2.0])
+    >>> problem = linearize(apply_fn, jnp.zeros(3), x, y, loss=rd.losses.get("mse"),
+    ...                     system="dual")
+    >>> problem.system, problem.matrix.shape
+    ('dual', (2, 2))
+    >>> trial = problem.solve(0.0, 1.0)
+    >>> trial.direction, trial.loss_after
+    (Array([-1., -2.,  0.], dtype=float32), Array(0., dtype=float32))
+  """
+  solver = solvers_lib.get(solver)
+  products, _ = check_form(outputs, products, solver, name)
+  _validation.check_option("system", system, SYSTEMS)
+  _validation.check_option("examples", examples, gram_lib.EXAMPLES)
+  coupled = examples == "coupled"
+  raw_outputs, vjp = jax.vjp(lambda p: apply_fn(p, inputs), params)
+  if coupled:
+    num_examples = raw_outputs.shape[0] if raw_outputs.ndim else 0
+  else:
+    num_examples = jax.tree_util.tree_leaves(inputs)[0].shape[0]
+  _validation.check_outputs(raw_outputs, num_examples, name)
+  flat_outputs = raw_outputs.reshape(num_examples, -1)
+  if coupled and jax.numpy.shape(targets)[0] != num_examples:
+    raise ValueError(
+      f"{name}: targets must have the outputs' {num_examples} rows on their leading axis "
+      f"(examples='coupled'); got targets of shape {jax.numpy.shape(targets)}."
+    )
+  if coupled:
+    consistent = jax.numpy.asarray(True)
+  else:
+    _coupling.check_single_example(apply_fn, params, inputs, raw_outputs.shape, name)
+    consistent = _coupling.examples_consistent(apply_fn, params, inputs, flat_outputs, chunk_size)
+  prepared_targets = loss.prepare_targets(targets, flat_outputs)
+  factors = loss.factors(flat_outputs, prepared_targets)
+  batch = Batch(
+    apply_fn=apply_fn,
+    params=params,
+    inputs=inputs,
+    vjp=vjp,
+    output_shape=raw_outputs.shape,
+    output_dtype=raw_outputs.dtype,
+    outputs=flat_outputs,
+    targets=prepared_targets,
+    loss_fn=loss,
+    loss=loss.value(flat_outputs, prepared_targets),
+    factors=factors,
+    examples_consistent=consistent,
+  )
+  num_outputs = flat_outputs.shape[1]
+  num_residuals = factors.rhs.shape[1]
+
+  outputs_map: Any
+  if outputs == "sketched":
+    sketch = checked_sketch(sketch_size, sketch_key, num_residuals, flat_outputs.dtype, name)
+    outputs_map = _output_maps.SketchedOutputs(batch, sketch)
+    dual_size = num_examples * sketch.shape[1]
+  elif outputs == "per_output":
+    outputs_map = _output_maps.PerOutput(batch)
+    dual_size = num_examples
+  else:
+    outputs_map = _output_maps.FullOutputs(batch)
+    dual_size = num_examples * num_residuals
+  if system == "auto":
+    system = "primal" if ravel_pytree(params)[0].size < dual_size else "dual"
+
+  arrays = SystemArrays(
+    apply_fn,
+    params,
+    inputs,
+    num_examples=num_examples,
+    num_outputs=num_outputs,
+    method=gram,
+    chunk_size=chunk_size,
+    data_axis=data_axis,
+    coupled=coupled,
+  )
+  side: Any
+  if products == "matrix" and system == "dual":
+    gram_matrix = arrays.gram(outputs_map)
+    side = _sides.Dual(
+      outputs_map,
+      NetworkProducts(batch),
+      matrix=outputs_map.dual_matrix(gram_matrix),
+      gram=gram_matrix if outputs_map.gram_holds_outputs else None,
+    )
+  elif products == "matrix":
+    jacobian = arrays.flat_jacobian()
+    side = _sides.Primal(
+      outputs_map, FlatJacobian(jacobian, params), params, rows=outputs_map.rows(jacobian)
+    )
+  else:
+    if products == "jacobian":
+      source: Any = JacobianBlocks(arrays.jacobian_blocks(), params, num_examples)
+    else:
+      _, linearized = jax.linearize(lambda p: apply_fn(p, inputs), params)
+      source = NetworkProducts(batch, linearized)
+    side = (
+      _sides.Dual(outputs_map, source)
+      if system == "dual"
+      else _sides.Primal(outputs_map, source, params)
+    )
+  form = Form(batch, outputs_map, side, solver)
+  form._prepare(solver)
+  return form
