@@ -14,6 +14,7 @@ with λ → ∞, d → Jᵀr / λ, the gradient of ½‖r‖² scaled by 1/λ. S
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -23,14 +24,13 @@ import optax
 
 from rdescent import _health
 from rdescent import _mesh
+from rdescent import _options as options_lib
 from rdescent import _validation
 from rdescent import damping as damping_lib
 from rdescent import dtypes as dtypes_lib
-from rdescent import gram as gram_lib
 from rdescent import losses as losses_lib
 from rdescent import problem as problem_lib
-from rdescent import solvers as solvers_lib
-from rdescent.damping import _spring as spring_lib
+from rdescent._options import Options as Options
 
 ApplyFn = Callable[[Any, Any], jax.Array]
 
@@ -124,24 +124,7 @@ def _scaled_outputs(apply_fn: ApplyFn, output_scale: Any) -> ApplyFn:
 
 
 def scale_by_regression_descent(
-  apply_fn: ApplyFn,
-  *,
-  damping: Any = 1e-3,
-  loss: str | losses_lib.Loss = "mse",
-  outputs: str = "full",
-  gram: str = "auto",
-  system: str = "auto",
-  chunk_size: int | None = None,
-  step_size: optax.ScalarOrSchedule = 1.0,
-  integer_inputs: bool = False,
-  output_scale: float = 1.0,
-  max_logit_change: float | None = None,
-  data_axis: str | None = None,
-  solver: str | solvers_lib.Solver = "cholesky",
-  momentum: float = 0.0,
-  sketch_size: int | None = None,
-  sketch_seed: int = 0,
-  examples: str = "independent",
+  apply_fn: ApplyFn, *, step_size: optax.ScalarOrSchedule = 1.0, **options: Any
 ) -> optax.GradientTransformationExtraArgs:
   """The Regression Descent direction d = Jᵀ (K + λI)⁻¹ r (gradient sign).
 
@@ -152,6 +135,14 @@ def scale_by_regression_descent(
     apply_fn: `apply_fn(params, inputs) -> outputs` of shape (m,) or (m, k)
       (trailing axes are flattened into k). Examples must be independent
       unless `examples="coupled"`.
+    step_size: the η (float or schedule of the step count) that the chain
+      applies after this transform, θ ← θ − η d; `regression_descent` passes
+      its learning rate. Only damping controllers that predict or undo a step
+      use it (`levenberg_marquardt`, `next_batch_ratio`); it does not scale d.
+    **options: the keyword options below, one `rdescent.transform.Options`
+      (each checked when the transform is built).
+
+  Keyword Args:
     damping: λ ≥ 0: a float, an optax schedule of the step count, or a
       controller from `rdescent.damping`.
     loss: `"mse"` (½‖r‖² summed), `"softmax_cross_entropy"` (targets one-hot
@@ -171,10 +162,6 @@ def scale_by_regression_descent(
       equivalent p × p system (JᵀJ + λI) d = Jᵀ r; `"auto"` picks the smaller.
     chunk_size: examples differentiated at once when Jacobians are
       materialised (bounds memory; None: the whole batch).
-    step_size: the η (float or schedule of the step count) that the chain
-      applies after this transform, θ ← θ − η d; `regression_descent` passes
-      its learning rate. Only damping controllers that predict or undo a step
-      use it (`levenberg_marquardt`, `next_batch_ratio`); it does not scale d.
     integer_inputs: allow integer input arrays (token ids for an embedding).
       By default inputs must be floating point with the parameters' dtype, so
       that a model never silently computes with integer or mixed-precision
@@ -222,6 +209,15 @@ def scale_by_regression_descent(
       matrix-vector product with J materialised once per step;
       `outputs="full"` only, and not with a controller that needs the
       matrix, `gcv`), or an `rdescent.solvers.Solver`.
+    products: where the products with J of the system come from:
+      `"auto"` (the default: the solver's own choice: the matrix for
+      `"cholesky"` and `"eigh"`, `cg(products=...)`'s, `"network"` by
+      default, for `"cg"`), `"matrix"` (K or JᵀJ formed, for dense
+      solvers), `"network"` (every product a JVP or VJP through the model)
+      or `"jacobian"` (J, m k × p, materialised once per step; each product
+      two matrix-vector products). A solver refuses a kind it does not
+      accept (`rdescent.solvers.Solver.accepts`) when the transform is
+      built.
     momentum: μ ∈ [0, 1) (default 0: off). A shorthand for
       `damping=rdescent.damping.spring(damping, momentum=μ)`: SPRING
       momentum inside the regression, d_t = μ d_{t−1} + Jᵀ (K + λI)⁻¹
@@ -259,36 +255,10 @@ def scale_by_regression_descent(
     `updates` (the gradients) may be None and is ignored.
   """
   name = "scale_by_regression_descent"
-  loss_obj = losses_lib.get(loss)
-  _check_options(loss_obj, outputs, gram, system, chunk_size, output_scale, data_axis)
-  _check_sketch(outputs, sketch_size, sketch_seed)
-  _validation.check_option("examples", examples, gram_lib.EXAMPLES)
-  if examples == "coupled" and data_axis is not None:
-    raise ValueError(
-      f"data_axis={data_axis!r} builds K in block rows of independent examples; with "
-      "examples='coupled' J is the batch function's, computed replicated: pass data_axis=None."
-    )
-  solver_obj = solvers_lib.get(solver)
-  if solver_obj.matrix_free and outputs != "full":
-    raise ValueError(
-      f"solver={solver_obj.name!r} is matrix-free and solves the full system only; got "
-      f"outputs={outputs!r} (use outputs='full', or solver='cholesky')."
-    )
-  if not (_validation.is_concrete(output_scale) and output_scale == 1.0):
-    apply_fn = _scaled_outputs(apply_fn, output_scale)
-  controller = damping_lib.as_controller(damping)
-  spring_lib.check_momentum(momentum)
-  if not spring_lib.is_zero(momentum):
-    controller = damping_lib.spring(controller, momentum=momentum)
-  if max_logit_change is not None:
-    _validation.check_positive("max_logit_change", max_logit_change)
-    controller = damping_lib.cap_logit_change(controller, bound=max_logit_change)
-  if solver_obj.matrix_free and controller.needs_matrix:
-    raise ValueError(
-      f"damping: this controller needs the system matrix (gcv scores λ from one "
-      f"eigendecomposition of K), which solver={solver_obj.name!r} never forms; use a "
-      "dense solver ('cholesky', 'eigh') with it, or another controller with 'cg'."
-    )
+  resolved = options_lib.check(options_lib.make(name, options))
+  opts, loss_obj, controller = resolved.options, resolved.loss, resolved.controller
+  if not (_validation.is_concrete(opts.output_scale) and opts.output_scale == 1.0):
+    apply_fn = _scaled_outputs(apply_fn, opts.output_scale)
 
   def init_fn(params):
     _validation.check_params(params, name)
@@ -315,10 +285,10 @@ def scale_by_regression_descent(
     del updates, extra_args
     _validation.check_params(params, name)
     _validation.check_state(state, jax.eval_shape(init_fn, params), name)
-    inputs, targets = _validation.check_batch(batch, name, coupled=examples == "coupled")
+    inputs, targets = _validation.check_batch(batch, name, coupled=opts.examples == "coupled")
     storage_params, params = params, dtypes_lib.upcast(params)
     _validation.check_input_dtypes(
-      inputs, dtypes_lib.compute_dtype(params), name, integer_inputs=integer_inputs
+      inputs, dtypes_lib.compute_dtype(params), name, integer_inputs=opts.integer_inputs
     )
     if loss_obj.squared_error:
       _validation.check_floating("targets", targets, name)
@@ -328,19 +298,16 @@ def scale_by_regression_descent(
       inputs,
       targets,
       loss=loss_obj,
-      outputs=outputs,
-      gram=gram,
-      system=system,
-      chunk_size=chunk_size,
-      data_axis=data_axis,
-      solver=solver_obj,
-      sketch_size=sketch_size,
-      sketch_key=(
-        jax.random.fold_in(jax.random.key(sketch_seed), state.count)
-        if outputs == "sketched"
-        else None
-      ),
-      examples=examples,
+      outputs=opts.outputs,
+      gram=opts.gram,
+      system=opts.system,
+      chunk_size=opts.chunk_size,
+      data_axis=opts.data_axis,
+      solver=resolved.solver,
+      products=resolved.products,
+      sketch_size=opts.sketch_size,
+      sketch_key=options_lib.sketch_key(opts, state.count),
+      examples=opts.examples,
       name=name,
     )
     eta = step_size(state.count) if callable(step_size) else step_size
@@ -350,7 +317,7 @@ def scale_by_regression_descent(
         _health.is_finite(controller.current(state.damping_state, state.count)),
         STATUS_NONFINITE_DAMPING,
       ),
-      (_health.is_finite(momentum), STATUS_NONFINITE_MOMENTUM),
+      (_health.is_finite(opts.momentum), STATUS_NONFINITE_MOMENTUM),
       (
         losses_lib.labels_in_range(
           loss_obj, targets, lambda: jax.eval_shape(apply_fn, params, inputs).shape[-1]
@@ -365,45 +332,6 @@ def scale_by_regression_descent(
 
   # Under a mesh with Explicit axes the step runs with Auto axes (rdescent._mesh).
   return optax.GradientTransformationExtraArgs(init_fn, _mesh.auto_axes_update(update_fn))
-
-
-def _check_options(loss, outputs, gram, system, chunk_size, output_scale, data_axis) -> None:
-  """Trace-time checks of the options of `scale_by_regression_descent`."""
-  _validation.check_option("outputs", outputs, problem_lib.OUTPUT_MODES)
-  _validation.check_option("gram", gram, gram_lib.METHODS)
-  _validation.check_option("system", system, problem_lib.SYSTEMS)
-  if outputs == "per_output" and not loss.squared_error:
-    raise ValueError(
-      f"outputs='per_output' supports only the squared error loss ('mse'); "
-      f"got loss={loss.name!r}. Use outputs='full' for other losses."
-    )
-  if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-    raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}.")
-  _validation.check_positive("output_scale", output_scale)
-  if data_axis is not None and not isinstance(data_axis, str):
-    raise ValueError(f"data_axis must be a mesh axis name (str) or None; got {data_axis!r}.")
-
-
-def _check_sketch(outputs: str, sketch_size: Any, sketch_seed: Any) -> None:
-  """Trace-time checks of `sketch_size` / `sketch_seed` (s ≤ q is checked in the step)."""
-  if outputs != "sketched":
-    if sketch_size is not None:
-      raise ValueError(
-        f"sketch_size applies only to outputs='sketched'; got sketch_size={sketch_size!r} "
-        f"with outputs={outputs!r}."
-      )
-    return
-  if isinstance(sketch_size, bool) or not isinstance(sketch_size, int) or sketch_size < 1:
-    raise ValueError(
-      f"outputs='sketched' needs sketch_size, a Python int with 1 <= sketch_size <= q (the "
-      f"residual size per example; it is a shape, so with optax.inject_hyperparams list "
-      f"'sketch_size' in static_args); got sketch_size={sketch_size!r}."
-    )
-  integer_seed = isinstance(sketch_seed, int) or (
-    hasattr(sketch_seed, "dtype") and jnp.issubdtype(sketch_seed.dtype, jnp.integer)
-  )
-  if isinstance(sketch_seed, bool) or not integer_seed:
-    raise ValueError(f"sketch_seed must be an int; got {sketch_seed!r}.")
 
 
 def _finite_loss(problem: problem_lib.LinearizedProblem) -> jax.Array:
@@ -516,29 +444,13 @@ def _next_state(
 
 
 def regression_descent(
-  apply_fn: ApplyFn,
-  learning_rate: optax.ScalarOrSchedule = 1.0,
-  *,
-  damping: Any = 1e-3,
-  loss: str | losses_lib.Loss = "mse",
-  outputs: str = "full",
-  gram: str = "auto",
-  system: str = "auto",
-  chunk_size: int | None = None,
-  integer_inputs: bool = False,
-  output_scale: float = 1.0,
-  max_logit_change: float | None = None,
-  data_axis: str | None = None,
-  solver: str | solvers_lib.Solver = "cholesky",
-  momentum: float = 0.0,
-  sketch_size: int | None = None,
-  sketch_seed: int = 0,
-  examples: str = "independent",
+  apply_fn: ApplyFn, learning_rate: optax.ScalarOrSchedule = 1.0, **options: Any
 ) -> optax.GradientTransformationExtraArgs:
   """Regression Descent: θ ← θ − η Jᵀ (J Jᵀ + λI)⁻¹ r.
 
   `chain(scale_by_regression_descent(...), scale_by_learning_rate(η))`; see
-  `scale_by_regression_descent` for the arguments.
+  `scale_by_regression_descent` for the keyword options (`**options`, one
+  `rdescent.transform.Options`, forwarded as they are).
 
   Examples:
     One step fits a linear model exactly (λ → 0, η = 1):
@@ -558,24 +470,20 @@ def regression_descent(
   """
   _validation.check_nonnegative_finite("learning_rate", learning_rate)
   return optax.chain(
-    scale_by_regression_descent(
-      apply_fn,
-      damping=damping,
-      loss=loss,
-      outputs=outputs,
-      gram=gram,
-      system=system,
-      chunk_size=chunk_size,
-      step_size=learning_rate,
-      integer_inputs=integer_inputs,
-      output_scale=output_scale,
-      max_logit_change=max_logit_change,
-      data_axis=data_axis,
-      solver=solver,
-      momentum=momentum,
-      sketch_size=sketch_size,
-      sketch_seed=sketch_seed,
-      examples=examples,
-    ),
+    scale_by_regression_descent(apply_fn, step_size=learning_rate, **options),
     optax.scale_by_learning_rate(_health.finite_or_zero(learning_rate)),
   )
+
+
+_APPLY_FN = inspect.Parameter("apply_fn", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+options_lib.signature(
+  scale_by_regression_descent,
+  [_APPLY_FN, inspect.Parameter("step_size", inspect.Parameter.KEYWORD_ONLY, default=1.0)],
+)
+options_lib.signature(
+  regression_descent,
+  [
+    _APPLY_FN,
+    inspect.Parameter("learning_rate", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=1.0),
+  ],
+)
