@@ -143,107 +143,84 @@ def scale_by_regression_descent(
       (each checked when the transform is built).
 
   Keyword Args:
-    damping: λ ≥ 0: a float, an optax schedule of the step count, or a
-      controller from `rdescent.damping`.
-    loss: `"mse"` (½‖r‖² summed), `"softmax_cross_entropy"` (targets one-hot
-      or integer labels), `"sigmoid_binary_cross_entropy"`, `"huber"`, or an
+    damping (float | optax.Schedule | rdescent.damping.DampingController): λ ≥ 0: a float, an
+      optax schedule of the step count, or a controller from `rdescent.damping`.
+    loss (str | rdescent.losses.Loss): `"mse"` (½‖r‖² summed), `"softmax_cross_entropy"` (targets
+      one-hot or integer labels), `"sigmoid_binary_cross_entropy"`, `"huber"`, or an
       `rdescent.losses.Loss` (see `rdescent.losses` for the math).
-    outputs: `"full"`: one (m k) × (m k) system with K = J Jᵀ (example-major).
-      `"per_output"`: the paper's reference form, one m × m system per output
-      c, α_c = (K_c + λI)⁻¹ r_c, d = (1/k) Σ_c J_cᵀ α_c (squared error only).
-      `"sketched"`: for many outputs, the full system of a random
-      s-dimensional projection of each example's residual (s =
-      `sketch_size`), an (m s) × (m s) system: α = (Sᵀ K S + λI)⁻¹ Sᵀr,
-      d = Jᵀ S α, with a new S (q × s, orthonormal columns scaled by √(q/s),
-      so E[S Sᵀ] = I) every step; with loss factors, F = L S replaces S
+    outputs (str): `"full"`: one (m k) × (m k) system with K = J Jᵀ (example-major).
+      `"per_output"`: the paper's reference form, one m × m system per output c, α_c = (K_c + λI)⁻¹
+      r_c, d = (1/k) Σ_c J_cᵀ α_c (squared error only). `"sketched"`: for many outputs, the full
+      system of a random s-dimensional projection of each example's residual (s = `sketch_size`), an
+      (m s) × (m s) system: α = (Sᵀ K S + λI)⁻¹ Sᵀr, d = Jᵀ S α, with a new S (q × s, orthonormal
+      columns scaled by √(q/s), so E[S Sᵀ] = I) every step; with loss factors, F = L S replaces S
       (see `rdescent.problem`). s = q is the full form.
-    gram: engine for K, `"auto"` or `"jacobian"` (see `rdescent.gram`).
-    system: `"dual"` solves the m k (or m) sized system above, `"primal"` the
-      equivalent p × p system (JᵀJ + λI) d = Jᵀ r; `"auto"` picks the smaller.
-    chunk_size: examples differentiated at once when Jacobians are
-      materialised (bounds memory; None: the whole batch).
-    integer_inputs: allow integer input arrays (token ids for an embedding).
-      By default inputs must be floating point with the parameters' dtype, so
-      that a model never silently computes with integer or mixed-precision
-      data.
-    output_scale: α > 0; the model's outputs are α f(θ; X), so the residual
-      is r = α f(θ; X) − Y (and K scales by α²). Large α puts the network in
-      the lazy (kernel) regime, where it moves its outputs far while its
-      parameters, hence its features, barely move: the analyses of
-      Gauss-Newton for under-parameterised networks (Riemannian / lazy
-      training) show linear convergence of RD/GN there, at the price of
-      feature learning and of initial outputs of size α. It helps when the
-      network is (near) its linearisation's capacity, e.g. small models
-      fitting smooth targets, or to make the early steps less aggressive in
-      parameter space; α = 1 (the default) is the plain model. The loss sees
-      α f, so predictions must be made with α f too.
-    max_logit_change: B > 0 or None (off). A shorthand for
-      `damping=rdescent.damping.cap_logit_change(damping, bound=B)`: caps each
-      step so that the first-order change of the outputs, Δz = −η J d, has a
-      per-example spread max_c Δz_ic − min_c Δz_ic of at most B. Softmax only
-      sees logit differences, so this is the trust region of a cross-entropy
-      step; B = π is the suggested value. The scale and the predicted spread
-      are in the wrapper's state, `state.damping_state` (`step_scale`,
-      `logit_change_spread`). The cap is outermost: controllers that judge a
-      step (`levenberg_marquardt`, `backtracking`) judge it before the cap;
-      wrap the controller yourself for another order. `next_batch_ratio` is
-      refused (a ValueError here), because its undo would not match the
-      capped step.
-    data_axis: None, or the name of the mesh axis the batch's examples are
-      split over (data parallelism, see `rdescent.sharding`). With a name,
-      the dual system's K is built in block rows: each device computes the
-      Gram factors of its own examples, all-gathers the others' and
-      assembles K[own examples, all examples] (`rdescent.sharding.
-      row_block_gram`), so the K work is split over the devices and K's rows
-      are all-gathered for the replicated solve. With None (the default)
-      every device builds all of K from the all-gathered inputs (less
-      traffic, n times the K work). Needs a mesh context (`jax.set_mesh`,
-      or arrays on a mesh with Explicit axes); without one the step is
-      computed as on one device. The primal system is not affected.
-    solver: how the damped system is solved: `"cholesky"` (the default,
-      `rdescent.solvers.cholesky()`: a Cholesky factorisation with bounded
-      jitter retries), `"eigh"`, `"cg"` (`rdescent.solvers.cg()`:
-      matrix-free Nyström-preconditioned conjugate gradients; K and JᵀJ are
-      never formed, every product with J or Jᵀ is a JVP or VJP of the
-      linearised batch function, or with `cg(products="jacobian")` a
-      matrix-vector product with J materialised once per step;
-      `outputs="full"` only, and not with a controller that needs the
+    gram (str): engine for K, `"auto"` or `"jacobian"` (see `rdescent.gram`).
+    system (str): `"dual"` solves the m k (or m) sized system above, `"primal"` the equivalent p ×
+      p system (JᵀJ + λI) d = Jᵀ r; `"auto"` picks the smaller.
+    chunk_size (int | None): examples differentiated at once when Jacobians are materialised
+      (bounds memory; None: the whole batch).
+    integer_inputs (bool): allow integer input arrays (token ids for an embedding). By default
+      inputs must be floating point with the parameters' dtype, so that a model never silently
+      computes with integer or mixed-precision data.
+    output_scale (float): α > 0; the model's outputs are α f(θ; X), so the residual is r = α f(θ;
+      X) − Y (and K scales by α²). Large α puts the network in the lazy (kernel) regime, where it
+      moves its outputs far while its parameters, hence its features, barely move: the analyses of
+      Gauss-Newton for under-parameterised networks (Riemannian / lazy training) show linear
+      convergence of RD/GN there, at the price of feature learning and of initial outputs of size α.
+      It helps when the network is (near) its linearisation's capacity, e.g. small models fitting
+      smooth targets, or to make the early steps less aggressive in parameter space; α = 1 (the
+      default) is the plain model. The loss sees α f, so predictions must be made with α f too.
+    max_logit_change (float | None): B > 0 or None (off). A shorthand for
+      `damping=rdescent.damping.cap_logit_change(damping, bound=B)`: caps each step so that the
+      first-order change of the outputs, Δz = −η J d, has a per-example spread max_c Δz_ic − min_c
+      Δz_ic of at most B. Softmax only sees logit differences, so this is the trust region of a
+      cross-entropy step; B = π is the suggested value. The scale and the predicted spread are in
+      the wrapper's state, `state.damping_state` (`step_scale`, `logit_change_spread`). The cap is
+      outermost: controllers that judge a step (`levenberg_marquardt`, `backtracking`) judge it
+      before the cap; wrap the controller yourself for another order. `next_batch_ratio` is refused
+      (a ValueError here), because its undo would not match the capped step.
+    data_axis (str | None): None, or the name of the mesh axis the batch's examples are split over
+      (data parallelism, see `rdescent.sharding`). With a name, the dual system's K is built in
+      block rows: each device computes the Gram factors of its own examples, all-gathers the others'
+      and assembles K[own examples, all examples] (`rdescent.sharding. row_block_gram`), so the K
+      work is split over the devices and K's rows are all-gathered for the replicated solve. With
+      None (the default) every device builds all of K from the all-gathered inputs (less traffic, n
+      times the K work). Needs a mesh context (`jax.set_mesh`, or arrays on a mesh with Explicit
+      axes); without one the step is computed as on one device. The primal system is not affected.
+    solver (str | rdescent.solvers.Solver): how the damped system is solved: `"cholesky"` (the
+      default, `rdescent.solvers.cholesky()`: a Cholesky factorisation with bounded jitter retries),
+      `"eigh"`, `"cg"` (`rdescent.solvers.cg()`: matrix-free Nyström-preconditioned conjugate
+      gradients; K and JᵀJ are never formed, every product with J or Jᵀ is a JVP or VJP of the
+      linearised batch function, or with `cg(products="jacobian")` a matrix-vector product with J
+      materialised once per step; `outputs="full"` only, and not with a controller that needs the
       matrix, `gcv`), or an `rdescent.solvers.Solver`.
-    products: where the products with J of the system come from:
-      `"auto"` (the default: the solver's own choice: the matrix for
-      `"cholesky"` and `"eigh"`, `cg(products=...)`'s, `"network"` by
-      default, for `"cg"`), `"matrix"` (K or JᵀJ formed, for dense
-      solvers), `"network"` (every product a JVP or VJP through the model)
-      or `"jacobian"` (J, m k × p, materialised once per step; each product
-      two matrix-vector products). A solver refuses a kind it does not
-      accept (`rdescent.solvers.Solver.accepts`) when the transform is
-      built.
-    momentum: μ ∈ [0, 1) (default 0: off). A shorthand for
-      `damping=rdescent.damping.spring(damping, momentum=μ)`: SPRING
-      momentum inside the regression, d_t = μ d_{t−1} + Jᵀ (K + λI)⁻¹
-      (r − μ J d_{t−1}) = argmin_d ‖J d − r‖² + λ‖d − μ d_{t−1}‖² (one extra
-      J d_{t−1} product per step; see `rdescent.damping.spring`). It wraps
-      the controller innermost, so a judge (`levenberg_marquardt`,
-      `backtracking`) judges the full SPRING step, and the logit cap
-      (`max_logit_change`) wraps it.
-    sketch_size: s with `outputs="sketched"` (1 ≤ s ≤ q, q = k for squared
-      error; checked when the step is traced); None otherwise.
-    sketch_seed: the seed of the sketches: step t uses
-      `fold_in(key(sketch_seed), t)`, so runs are reproducible and the
-      state needs no key.
-    examples: `"independent"` (the default): `apply_fn` maps each example on
-      its own, as the Gram engines assume. Each step checks it, at one extra
-      forward pass: the outputs of the examples evaluated alone must match
-      the batch call's (to √ε relative); otherwise the step is skipped with
-      status `STATUS_COUPLED_EXAMPLES` and the parameters are untouched. An
-      `apply_fn` whose output for one example does not have one example's
-      shape is refused when the step is traced. `"coupled"`: any residual
-      function of the batch (batch statistics in training mode, residuals
-      that mix examples, or a plain residual vector `apply_fn(params, None)
-      -> (m,)` with `batch=(None, targets)`): J is the Jacobian of θ ↦
-      apply_fn(θ, inputs), by `jax.jacrev` or `jax.jacfwd` (m k p numbers);
-      `gram`, `chunk_size` and `data_axis` do not apply (under a mesh it is
-      computed replicated, as on one device).
+    products (str): where the products with J of the system come from: `"auto"` (the default: the
+      solver's own choice: the matrix for `"cholesky"` and `"eigh"`, `cg(products=...)`'s,
+      `"network"` by default, for `"cg"`), `"matrix"` (K or JᵀJ formed, for dense solvers),
+      `"network"` (every product a JVP or VJP through the model) or `"jacobian"` (J, m k × p,
+      materialised once per step; each product two matrix-vector products). A solver refuses a kind
+      it does not accept (`rdescent.solvers.Solver.accepts`) when the transform is built.
+    momentum (float): μ ∈ [0, 1) (default 0: off). A shorthand for
+      `damping=rdescent.damping.spring(damping, momentum=μ)`: SPRING momentum inside the regression,
+      d_t = μ d_{t−1} + Jᵀ (K + λI)⁻¹ (r − μ J d_{t−1}) = argmin_d ‖J d − r‖² + λ‖d − μ d_{t−1}‖²
+      (one extra J d_{t−1} product per step; see `rdescent.damping.spring`). It wraps the controller
+      innermost, so a judge (`levenberg_marquardt`, `backtracking`) judges the full SPRING step, and
+      the logit cap (`max_logit_change`) wraps it.
+    sketch_size (int | None): s with `outputs="sketched"` (1 ≤ s ≤ q, q = k for squared error;
+      checked when the step is traced); None otherwise.
+    sketch_seed (int): the seed of the sketches: step t uses `fold_in(key(sketch_seed), t)`, so
+      runs are reproducible and the state needs no key.
+    examples (str): `"independent"` (the default): `apply_fn` maps each example on its own, as the
+      Gram engines assume. Each step checks it, at one extra forward pass: the outputs of the
+      examples evaluated alone must match the batch call's (to √ε relative); otherwise the step is
+      skipped with status `STATUS_COUPLED_EXAMPLES` and the parameters are untouched. An `apply_fn`
+      whose output for one example does not have one example's shape is refused when the step is
+      traced. `"coupled"`: any residual function of the batch (batch statistics in training mode,
+      residuals that mix examples, or a plain residual vector `apply_fn(params, None) -> (m,)` with
+      `batch=(None, targets)`): J is the Jacobian of θ ↦ apply_fn(θ, inputs), by `jax.jacrev` or
+      `jax.jacfwd` (m k p numbers); `gram`, `chunk_size` and `data_axis` do not apply (under a mesh
+      it is computed replicated, as on one device).
 
   Precision: the Gram matrix, the solve and the state are computed in the
   parameters' dtype, but at least float32: bfloat16/float16 parameters are
