@@ -220,7 +220,7 @@ def check_state(state: Any, expected: Any, transform: str) -> None:
   )
   got_tree = jax.tree_util.tree_structure(state)
   expected_tree = jax.tree_util.tree_structure(expected)
-  if got_tree != expected_tree:
+  if got_tree != expected_tree:  # type: ignore[operator]  # PyTreeDef defines __ne__
     raise ValueError(
       f"{transform}.update: the optimizer state does not match `params`: it was made by "
       f"`init` on another tree of parameters (or another optimizer); {fix}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from rdescent import _validation
@@ -168,13 +169,13 @@ def linearize(
     num_examples = jax.tree_util.tree_leaves(inputs)[0].shape[0]
   _validation.check_outputs(raw_outputs, num_examples, name)
   flat_outputs = raw_outputs.reshape(num_examples, -1)
-  if coupled and jax.numpy.shape(targets)[0] != num_examples:
+  if coupled and jnp.shape(targets)[0] != num_examples:
     raise ValueError(
       f"{name}: targets must have the outputs' {num_examples} rows on their leading axis "
-      f"(examples='coupled'); got targets of shape {jax.numpy.shape(targets)}."
+      f"(examples='coupled'); got targets of shape {jnp.shape(targets)}."
     )
   if coupled:
-    consistent = jax.numpy.asarray(True)
+    consistent = jnp.asarray(True)
   else:
     _coupling.check_single_example(apply_fn, params, inputs, raw_outputs.shape, name)
     consistent = _coupling.examples_consistent(apply_fn, params, inputs, flat_outputs, chunk_size)

@@ -42,7 +42,13 @@ class Dual:
 
   name = "dual"
 
-  def __init__(self, outputs_map: Any, products: Products, matrix=None, gram=None):
+  def __init__(
+    self,
+    outputs_map: Any,
+    products: Products,
+    matrix: jax.Array | None = None,
+    gram: jax.Array | None = None,
+  ):
     self.outputs_map = outputs_map
     self.products = products
     self.matrix = matrix
@@ -82,7 +88,9 @@ class Primal:
 
   name = "primal"
 
-  def __init__(self, outputs_map: Any, products: Products, params: Any, rows=None):
+  def __init__(
+    self, outputs_map: Any, products: Products, params: Any, rows: jax.Array | None = None
+  ):
     self.outputs_map = outputs_map
     self.products = products
     self._rows = rows
