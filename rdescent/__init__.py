@@ -6,6 +6,8 @@ from rdescent import last_layer
 from rdescent import losses
 from rdescent import sharding
 from rdescent import solvers
+from rdescent._termination import Termination
+from rdescent._termination import termination
 from rdescent.dtypes import compute_dtype
 from rdescent.gram import gram_matrix
 from rdescent.last_layer import closed_form_last_layer
@@ -13,6 +15,7 @@ from rdescent.problem import LinearizedProblem
 from rdescent.problem import Trial
 from rdescent.problem import linearize
 from rdescent.transform import RegressionDescentState
+from rdescent.transform import STATUS_CONVERGED
 from rdescent.transform import STATUS_MESSAGES
 from rdescent.transform import regression_descent
 from rdescent.transform import scale_by_regression_descent
@@ -22,7 +25,9 @@ __version__ = "0.1.0"
 __all__ = (
   "LinearizedProblem",
   "RegressionDescentState",
+  "STATUS_CONVERGED",
   "STATUS_MESSAGES",
+  "Termination",
   "Trial",
   "closed_form_last_layer",
   "compute_dtype",
@@ -36,4 +41,5 @@ __all__ = (
   "scale_by_regression_descent",
   "sharding",
   "solvers",
+  "termination",
 )

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rdescent import _termination
 from rdescent import _validation
 from rdescent import damping as damping_lib
 from rdescent import gram as gram_lib
@@ -49,6 +50,7 @@ class Options(NamedTuple):
   sketch_size: int | None = None
   sketch_seed: int = 0
   examples: str = "independent"
+  termination: _termination.Termination | None = None
 
 
 class Resolved(NamedTuple):
@@ -111,6 +113,7 @@ def check(options: Options) -> Resolved:
       "examples='coupled' J is the batch function's, computed replicated: pass data_axis=None."
     )
   _check_sketch(outputs, options.sketch_size, options.sketch_seed)
+  _termination.check(options.termination)
   controller = damping_lib.as_controller(options.damping)
   spring_lib.check_momentum(options.momentum)
   if not spring_lib.is_zero(options.momentum):

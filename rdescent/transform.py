@@ -25,6 +25,7 @@ import optax
 from rdescent import _health
 from rdescent import _mesh
 from rdescent import _options as options_lib
+from rdescent import _termination
 from rdescent import _validation
 from rdescent import damping as damping_lib
 from rdescent import dtypes as dtypes_lib
@@ -46,6 +47,7 @@ STATUS_NONFINITE_LEARNING_RATE = 7
 STATUS_NONFINITE_DAMPING = 8
 STATUS_NONFINITE_MOMENTUM = 9
 STATUS_LABELS_OUT_OF_RANGE = 10
+STATUS_CONVERGED = 11
 STATUS_MESSAGES = {
   STATUS_OK: "ok",
   STATUS_NONFINITE_LOSS: "non-finite outputs, targets or loss; step skipped",
@@ -56,12 +58,18 @@ STATUS_MESSAGES = {
     "examples are coupled: single examples' outputs differ from the batch call's (batch "
     "statistics, residuals that mix examples); step skipped; pass examples='coupled'"
   ),
-  STATUS_ZERO_STEP: "zero direction (e.g. an exact fit): nothing to apply",
+  STATUS_ZERO_STEP: (
+    "zero direction: nothing to apply (an exact fit, r = 0, or a stationary point where "
+    "the step underflows; termination=rd.termination() reports 'converged' instead)"
+  ),
   STATUS_NONFINITE_LEARNING_RATE: "non-finite learning rate (schedule or injected); step skipped",
   STATUS_NONFINITE_DAMPING: "non-finite damping λ (schedule or injected); step skipped",
   STATUS_NONFINITE_MOMENTUM: "non-finite momentum (injected); step skipped",
   STATUS_LABELS_OUT_OF_RANGE: (
     "integer labels outside [0, k) for k logits (cross-entropy targets); step skipped"
+  ),
+  STATUS_CONVERGED: (
+    "converged: a termination test passed (state.converged_by says which); the step was applied"
   ),
 }
 # Statuses of a step skipped for a hyperparameter: they say nothing about λ.
@@ -93,6 +101,9 @@ class RegressionDescentState(NamedTuple):
     solve_residual: that solve's relative residual ‖b − (A + λI) x‖ / ‖b‖
       (0 for direct solvers); above the solver's `tol` when it stopped at
       `maxiter`: the step is still judged by the controller.
+    converged_by: with `termination=`, the termination tests the last step
+      passed, a bit mask (int32) of `rdescent.termination` tests: 1 ftol,
+      2 xtol, 4 gtol; 0 when the status is not `STATUS_CONVERGED`.
 
   The logit cap's scale and spread (`max_logit_change`) live in the state of
   its wrapper, `damping_state` (an `rdescent.damping.CapLogitChangeState`);
@@ -111,6 +122,7 @@ class RegressionDescentState(NamedTuple):
   status: jax.Array
   solve_iterations: jax.Array
   solve_residual: jax.Array
+  converged_by: jax.Array
 
 
 def _scaled_outputs(apply_fn: ApplyFn, output_scale: Any) -> ApplyFn:
@@ -221,6 +233,15 @@ def scale_by_regression_descent(
       `batch=(None, targets)`): J is the Jacobian of θ ↦ apply_fn(θ, inputs), by `jax.jacrev` or
       `jax.jacfwd` (m k p numbers); `gram`, `chunk_size` and `data_axis` do not apply (under a mesh
       it is computed replicated, as on one device).
+    termination (rdescent.Termination | None): None (the default: no tests) or
+      `rdescent.termination(ftol=, xtol=, gtol=)`: MINPACK-style tests on every step that applies
+      something (or has a zero direction), on the step's batch; meant for full-batch least
+      squares. ftol: the actual and the predicted relative reductions of the loss both ≤ ftol
+      (and their ratio ≤ 2); xtol: ‖η d‖ ≤ xtol (xtol + ‖θ‖); gtol: ‖Jᵀ g‖ ≤ gtol (off by
+      default); ftol and xtol default to √ε of the compute dtype. A step that passes one is still
+      applied, with status `STATUS_CONVERGED` (11) instead of "ok" (0) or "zero direction" (6),
+      and `state.converged_by` says which tests passed (bits 1 ftol, 2 xtol, 4 gtol); a loop
+      stops on it. Rejected and skipped steps keep their own status.
 
   Precision: the Gram matrix, the solve and the state are computed in the
   parameters' dtype, but at least float32: bfloat16/float16 parameters are
@@ -256,6 +277,7 @@ def scale_by_regression_descent(
       status=jnp.asarray(STATUS_OK, jnp.int32),
       solve_iterations=jnp.zeros([], jnp.int32),
       solve_residual=jnp.zeros([], dtype),
+      converged_by=jnp.zeros([], jnp.int32),
     )
 
   def update_fn(updates, state, params=None, *, batch=None, **extra_args):
@@ -304,7 +326,10 @@ def scale_by_regression_descent(
     )
     step = controller.step(problem, state.damping_state, state.count, eta)
     status = _status(problem, step, finite_hyperparameters)
-    new_state = _next_state(state, problem, step, status, controller)
+    converged_by = jnp.zeros([], jnp.int32)
+    if opts.termination is not None:
+      status, converged_by = _converged(opts.termination, status, problem, step, params, eta)
+    new_state = _next_state(state, problem, step, status, controller, converged_by)
     return _applied_direction(step, status, storage_params), _health.keep_finite(new_state, state)
 
   # Under a mesh with Explicit axes the step runs with Auto axes (rdescent._mesh).
@@ -351,13 +376,34 @@ def _status(
   ).astype(jnp.int32)
 
 
+def _converged(
+  tolerances: _termination.Termination,
+  status: jax.Array,
+  problem: problem_lib.LinearizedProblem,
+  step: damping_lib.DampingStep,
+  params: Any,
+  step_size: Any,
+) -> tuple[jax.Array, jax.Array]:
+  """(status, converged_by): "ok" or "zero direction" becomes `STATUS_CONVERGED`
+  when a termination test passes (`rdescent._termination`); other statuses stay."""
+  mask = _termination.tests(tolerances, problem, step.trial, params, step_size)
+  testable = (status == STATUS_OK) | (status == STATUS_ZERO_STEP)
+  converged = testable & (mask != 0)
+  return (
+    jnp.where(converged, STATUS_CONVERGED, status).astype(jnp.int32),
+    jnp.where(converged, mask, 0).astype(jnp.int32),
+  )
+
+
 def _applied_direction(step: damping_lib.DampingStep, status: jax.Array, params: Any) -> Any:
   """The direction the transform returns: the step's, or zeros after a numerical failure.
 
   A rejecting controller's direction is its correction (zero or an undo) and
   passes; each leaf is cast to its parameter's dtype.
   """
-  keep = (status == STATUS_OK) | (status == STATUS_REJECTED) | (status == STATUS_ZERO_STEP)
+  keep = jnp.isin(
+    status, jnp.asarray([STATUS_OK, STATUS_CONVERGED, STATUS_REJECTED, STATUS_ZERO_STEP])
+  )
   return jax.tree_util.tree_map(
     lambda d, p: jnp.where(keep, d, jnp.zeros_like(d)).astype(jnp.asarray(p).dtype),
     step.direction,
@@ -371,6 +417,7 @@ def _next_state(
   step: damping_lib.DampingStep,
   status: jax.Array,
   controller: damping_lib.DampingController,
+  converged_by: jax.Array,
 ) -> RegressionDescentState:
   """The state after one update; nothing non-finite enters it.
 
@@ -378,7 +425,7 @@ def _next_state(
   (applied to its state before the step), and the diagnostics keep their
   last finite values (`status` says why).
   """
-  applied = status == STATUS_OK
+  applied = (status == STATUS_OK) | (status == STATUS_CONVERGED)
   failed = ~(applied | (status == STATUS_REJECTED) | (status == STATUS_ZERO_STEP))
   coupled = (status == STATUS_COUPLED_EXAMPLES) | jnp.isin(
     status, jnp.asarray(_HYPERPARAMETER_STATUSES)
@@ -417,6 +464,7 @@ def _next_state(
       jnp.asarray(step.trial.solve_residual, dtype),
       state.solve_residual,
     ),
+    converged_by=converged_by,
   )
 
 
