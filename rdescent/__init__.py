@@ -1,5 +1,7 @@
 """rdescent: Regression Descent and other second-order optimizers for JAX, in Optax style."""
 
+# Side effect: one BLAS thread for jaxlib's LAPACK calls on CPU (rdescent/_threads.py).
+from rdescent import _threads  # noqa: F401
 from rdescent import damping
 from rdescent import datasets
 from rdescent import last_layer
