@@ -86,9 +86,14 @@ def termination(
     gtol: the step is converged when ‖Jᵀ g‖ ≤ gtol (the loss gradient's
       2-norm). Default 0: off. A finite gtol ≥ 0.
 
-  Every tolerance is checked here, with an error that names it. An ftol or
-  xtol of 0 passes only on an exact zero (ftol: a step that changes neither
-  the loss nor its model; xtol: a zero step).
+  Every tolerance is checked here, with an error that names it. An xtol of 0
+  passes only on a zero step, an ftol of 0 only where neither the loss nor its
+  model decreases beyond rounding (at an exact minimiser).
+
+  ftol judges the cost, as MINPACK's does: a relative cost accuracy of ftol
+  leaves θ accurate to about √ftol relative on a well-conditioned problem
+  (the step that passes is applied and usually lands much closer); xtol
+  judges θ itself.
 
   Returns:
     A `Termination`, for `termination=`.
