@@ -136,7 +136,7 @@ def _relative(value: jax.Array, scale: jax.Array) -> jax.Array:
   return jnp.where(scale > 0, value / safe, jnp.where(value == 0, 0.0, jnp.inf))
 
 
-def tests(
+def passed_tests(
   tolerances: Termination, problem: Any, trial: Any, params: Any, step_size: Any
 ) -> jax.Array:
   """The bit mask (int32) of the tests that the step θ − η d of `trial` passes.

@@ -386,7 +386,7 @@ def _converged(
 ) -> tuple[jax.Array, jax.Array]:
   """(status, converged_by): "ok" or "zero direction" becomes `STATUS_CONVERGED`
   when a termination test passes (`rdescent._termination`); other statuses stay."""
-  mask = _termination.tests(tolerances, problem, step.trial, params, step_size)
+  mask = _termination.passed_tests(tolerances, problem, step.trial, params, step_size)
   testable = (status == STATUS_OK) | (status == STATUS_ZERO_STEP)
   converged = testable & (mask != 0)
   return (
