@@ -39,6 +39,7 @@ STUDY_MODULES = (
   "benchmarks.sharding",
   "benchmarks.least_squares",
   "benchmarks.pinn_2d",
+  "benchmarks.vmap_problems",
 )
 
 TableFn = Callable[[Mapping[str, Any]], str]
