@@ -640,11 +640,15 @@ def test_loss_noise_is_the_scale_of_the_float32_rounding_of_the_decrease():
 def test_lm_keeps_descending_near_a_float32_fit(monkeypatch):
   # With the plain ratio (NOISE_RELAXATION = 0) the decreases near the fit are
   # rounding noise: ρ ≈ 0 on accepted steps pushes λ up until the steps stall.
+  # 2,000 steps: the plain ratio stalls by step ~700 wherever it runs, but how fast the
+  # tolerant one descends below it depends on the CPU's float32 rounding (XLA's kernels and
+  # OpenBLAS's differ by processor): on one 2-core machine it took 1,500 steps to reach half
+  # the plain run's loss (1,000 had sufficed on another).
   params, x, y = _near_fit_problem()
   monkeypatch.setattr(_base, "NOISE_RELAXATION", 0.0)
-  _, plain_state, plain = _lm_run(params, x, y, 1000)
+  _, plain_state, plain = _lm_run(params, x, y, 2000)
   monkeypatch.undo()
-  _, state, tolerant = _lm_run(params, x, y, 1000)
+  _, state, tolerant = _lm_run(params, x, y, 2000)
   assert float(plain_state[0].damping) > 1.0  # the plain ratio's stall
   assert float(tolerant[-1]) < 0.5 * float(plain[-1]), (float(tolerant[-1]), float(plain[-1]))
   assert float(tolerant[-1]) < float(tolerant[-300])  # still descending

@@ -357,7 +357,10 @@ class TestErrors:
   def test_out_of_range_labels_under_jit_skip_the_step(self):
     step = jax.jit(lambda p, s, y: self.tx.update(None, s, p, batch=(self.x, y)))
     direction, state = step(self.params, self.state, jnp.array([0, 1, 9, 3, 2, 0]))
-    assert int(state.status) == 1 and not bool(state.accepted)
+    # Issue 27: the status names the labels (it was 1, "non-finite outputs").
+    assert int(state.status) == rd.transform.STATUS_LABELS_OUT_OF_RANGE
+    assert "label" in rd.STATUS_MESSAGES[int(state.status)]
+    assert not bool(state.accepted)
     assert np.all(models.flat(direction) == 0)
 
   def test_label_shape_and_dtype(self):
