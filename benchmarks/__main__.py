@@ -3,6 +3,7 @@
     python -m benchmarks list
     python -m benchmarks run lorenz96 --optimizers rd,adam --seeds 3 --budget 10
     python -m benchmarks run all --quick --out /tmp/bench
+    python -m benchmarks run mnist --budget 2 --batch-sizes 32,128,256   # the race's grid
     python -m benchmarks table            # regenerates docs/benchmarks.md from the JSON
     python -m benchmarks table --results benchmarks/results/cpu --doc docs/benchmarks.md
 
@@ -60,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
   )
   run.add_argument("--quick", action="store_true", help="tiny sizes, for CI (seconds)")
   run.add_argument(
+    "--batch-sizes",
+    default=None,
+    help="comma-separated batch sizes that every optimizer of a race runs at, each family "
+    "taking its best (default: 32,128,256; with --quick 32,128)",
+  )
+  run.add_argument(
     "--out",
     type=pathlib.Path,
     default=None,
@@ -90,6 +97,19 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _batch_sizes(text: str | None) -> list[int] | None:
+  """`--batch-sizes 32,128,256` as integers (None when not given)."""
+  if not text:
+    return None
+  try:
+    sizes = [int(part) for part in text.split(",") if part.strip()]
+  except ValueError:
+    raise SystemExit(f"--batch-sizes: expected comma-separated integers, got {text!r}") from None
+  if not sizes or min(sizes) < 1:
+    raise SystemExit(f"--batch-sizes: expected positive integers, got {text!r}")
+  return sizes
+
+
 def run_studies(args) -> int:
   studies = registry.load_all()
   if args.study == "all":
@@ -110,6 +130,7 @@ def run_studies(args) -> int:
     out_dir=args.out or runner.RESULTS_DIR,
     progress=not args.no_progress,
     command=runner.command_line(),
+    batch_sizes=_batch_sizes(args.batch_sizes),
   )
   for name in names:
     start = time.perf_counter()

@@ -23,6 +23,7 @@ from benchmarks import registry
 from benchmarks.runner import OptimizerSpec
 from benchmarks.runner import StudyOptions
 from benchmarks.runner import Task
+from benchmarks.runner import race_batch_sizes
 from benchmarks.runner import run_training_study
 
 FULL = {"train": 8192, "test": 2048, "eval": 2048, "hidden": 128, "seeds": 3, "budget": 8.0}
@@ -91,7 +92,11 @@ def run(
     seeds=options.seeds or sizes["seeds"],
     budget=options.budget or sizes["budget"],
     batch_size=32,
-    config={"target": "median final loss of the best Adam", "data": "generated, no files"},
+    config={
+      "target": "median final loss of the best Adam (learning rate × batch size)",
+      "data": "generated, no files",
+    },
+    batch_sizes=race_batch_sizes(options, specs),
   )
 
 

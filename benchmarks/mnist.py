@@ -28,6 +28,7 @@ from benchmarks import registry
 from benchmarks.runner import OptimizerSpec
 from benchmarks.runner import StudyOptions
 from benchmarks.runner import Task
+from benchmarks.runner import race_batch_sizes
 from benchmarks.runner import run_training_study
 
 FULL = {"train": None, "test": None, "eval": 2048, "seeds": 3, "budget": 8.0}
@@ -97,7 +98,8 @@ def make_run(dataset: str, loss: str):
       seeds=options.seeds or sizes["seeds"],
       budget=options.budget or sizes["budget"],
       batch_size=32,
-      config={"target": "median final loss of the best Adam"},
+      config={"target": "median final loss of the best Adam (learning rate × batch size)"},
+      batch_sizes=race_batch_sizes(options, specs),
     )
 
   return run

@@ -118,6 +118,7 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
     "target_source": target_source,
     "rows": rows,
     "best": {f: r["label"] for f, r in best.items()},
+    "best_batch_size": {f: r["batch_size"] for f, r in best.items()},
     "rd_over_adam": ratio,
   }
 
@@ -203,6 +204,9 @@ def training_table(result: Mapping[str, Any]) -> str:
       f" Best RD / best Adam time-to-target: **{format_number(ratio, '.2f')}** "
       f"({'meets' if ratio <= 0.6 else 'misses'} the paper's ≤ 0.6)."
     )
+  if len({row["batch_size"] for row in summary["rows"]}) > 1:
+    picked = ", ".join(f"{k} {v}" for k, v in summary["best_batch_size"].items())
+    verdict += f" Batch size each family's best picked: {picked}."
   lines.append("")
   lines.append(
     f"Target loss {summary['target']:.4g} ({summary['target_source']}). "
@@ -224,7 +228,12 @@ def study_section(result: Mapping[str, Any], plot_prefix: str = "") -> str:
       f"({task.get('num_params', '?')} parameters), loss {task.get('loss', '')}"
       + (f", {task['train_size']} training examples." if "train_size" in task else ".")
     )
-  if config:
+  if config and "budget_seconds" not in config and "iterations" in config:
+    lines.append(
+      f"{config['iterations']} iterations per run, {config.get('seeds', '?')} seeds, "
+      "medians over seeds."
+    )
+  elif config:
     lines.append(
       f"Budget {config.get('budget_seconds', '–')} s of training per run, "
       f"{config.get('seeds', '?')} seeds, medians [min–max] over seeds."

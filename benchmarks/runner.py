@@ -111,6 +111,53 @@ class StudyOptions:
   out_dir: pathlib.Path = RESULTS_DIR
   progress: bool = True
   command: str = ""
+  batch_sizes: Sequence[int] | None = None  # the races' batch-size grid (`--batch-sizes`)
+
+
+# The batch-size grid of the races (each optimizer picks its best batch size as well as its
+# learning rate or λ), and the reduced grid of their `--quick` runs.
+RACE_BATCH_SIZES = (32, 128, 256)
+QUICK_RACE_BATCH_SIZES = (32, 128)
+
+
+def race_batch_sizes(
+  options: StudyOptions, specs: Sequence[OptimizerSpec] | None = None
+) -> tuple[int, ...] | None:
+  """The batch sizes a race runs every optimizer at: `--batch-sizes`, else the race grid
+  (`QUICK_RACE_BATCH_SIZES` with `--quick`); a caller's own `specs` (the demo) run at the
+  study's batch size unless `--batch-sizes` is given (None)."""
+  if options.batch_sizes:
+    return tuple(options.batch_sizes)
+  if specs is not None:
+    return None
+  return QUICK_RACE_BATCH_SIZES if options.quick else RACE_BATCH_SIZES
+
+
+def with_batch_sizes(
+  specs: Sequence[OptimizerSpec], batch_sizes: Sequence[int] | None
+) -> list[OptimizerSpec]:
+  """Each spec at each batch size of the grid: the optimizer's configurations become the grid
+  learning rate (or λ) × batch size, from which a race takes each family's best.
+
+  A spec that fixes its own batch size (`spec.batch_size`, the batch-size study) is kept as it
+  is. With two or more sizes the copies are labelled `"<label> m=<size>"`; with one size the
+  label stays.
+  """
+  if not batch_sizes:
+    return list(specs)
+  sizes = list(dict.fromkeys(int(m) for m in batch_sizes))
+  if any(m < 1 for m in sizes):
+    raise ValueError(f"batch_sizes must be positive integers, got {list(batch_sizes)}.")
+  grid = []
+  for spec in specs:
+    if spec.batch_size is not None:
+      grid.append(spec)
+      continue
+    for m in sizes:
+      label = spec.label if len(sizes) == 1 else f"{spec.label} m={m}"
+      hyperparams = {**spec.hyperparams, "batch_size": m}
+      grid.append(dataclasses.replace(spec, label=label, hyperparams=hyperparams, batch_size=m))
+  return grid
 
 
 def mean_loss(loss: str, outputs: jax.Array, targets: jax.Array) -> jax.Array:
@@ -351,11 +398,17 @@ def run_training_study(
   batch_size: int,
   max_steps: int | None = None,
   config: Mapping[str, Any] | None = None,
+  batch_sizes: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-  """Runs every spec on every seed (seed-major, so that machine load affects all alike)."""
+  """Runs every spec on every seed (seed-major, so that machine load affects all alike).
+
+  `batch_sizes`: a grid that every spec runs at (`with_batch_sizes`; `--optimizers` selects
+  among the specs before the grid is applied); None: each spec at its own or `batch_size`.
+  """
   specs = select(specs, options.optimizers)
   if not specs:
     raise SystemExit(f"{study}: no optimizer matches --optimizers {','.join(options.optimizers)}.")
+  specs = with_batch_sizes(specs, batch_sizes)
   evaluator = Evaluator(task)
   cache: dict = {}
   runs = []
@@ -394,6 +447,7 @@ def run_training_study(
       "seeds": seeds,
       "budget_seconds": budget,
       "batch_size": batch_size,
+      "batch_sizes": list(batch_sizes) if batch_sizes else None,
       "max_steps": max_steps,
       "quick": options.quick,
       **(config or {}),

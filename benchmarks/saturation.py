@@ -16,6 +16,7 @@ from benchmarks import optimizers as opt
 from benchmarks import registry
 from benchmarks.runner import OptimizerSpec
 from benchmarks.runner import StudyOptions
+from benchmarks.runner import race_batch_sizes
 from benchmarks.runner import run_training_study
 
 SIZES = [784, 32, 32, 32, 32, 32, 10]
@@ -47,7 +48,8 @@ def run(options: StudyOptions, *, specs: Sequence[OptimizerSpec] | None = None) 
     seeds=options.seeds or sizes["seeds"],
     budget=options.budget or sizes["budget"],
     batch_size=32,
-    config={"target": "median final loss of the best Adam"},
+    config={"target": "median final loss of the best Adam (learning rate × batch size)"},
+    batch_sizes=race_batch_sizes(options, specs),
   )
 
 
