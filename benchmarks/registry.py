@@ -40,6 +40,7 @@ STUDY_MODULES = (
   "benchmarks.least_squares",
   "benchmarks.pinn_2d",
   "benchmarks.vmap_problems",
+  "benchmarks.paper_protocol",
 )
 
 TableFn = Callable[[Mapping[str, Any]], str]

@@ -26,9 +26,9 @@ HANG_SECONDS = 1800  # a limit that only a hung subprocess reaches (a quick stud
 ALL_STUDIES_HANG_SECONDS = 3600  # `run all --quick`: 3-6 minutes on a busy 2-core machine
 
 
-def _run_quick(study: str, out: pathlib.Path, timeout: float) -> None:
+def _run_quick(study: str, out: pathlib.Path, timeout: float, *extra: str) -> None:
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  command = [sys.executable, "-m", "benchmarks", "run", study, "--quick", "--no-progress"]
+  command = [sys.executable, "-m", "benchmarks", "run", study, "--quick", "--no-progress", *extra]
   done = subprocess.run(
     [*command, "--out", str(out)],
     cwd=REPO,
@@ -82,11 +82,17 @@ def _check_results_and_table(out: pathlib.Path, studies: tuple[str, ...]) -> Non
 
 
 def test_two_quick_studies_write_json_plots_and_table(tmp_path):
-  """A training race (saturation: MNIST through the runner) and the sharding study."""
+  """A training race (saturation: MNIST through the runner) and the sharding study.
+
+  The race at one batch size (its quick grid 32,128 would double its compilations; `run all
+  --quick` below runs the grid)."""
   studies = ("saturation", "sharding")
-  for study in studies:
-    _run_quick(study, tmp_path, HANG_SECONDS)
+  _run_quick("saturation", tmp_path, HANG_SECONDS, "--batch-sizes", "32")
+  _run_quick("sharding", tmp_path, HANG_SECONDS)
   _check_results_and_table(tmp_path, studies)
+  assert {
+    run["batch_size"] for run in json.loads((tmp_path / "saturation.json").read_text())["runs"]
+  } == {32}
 
 
 @pytest.mark.slow
@@ -105,6 +111,36 @@ def test_run_all_quick_writes_json_plots_and_table(tmp_path):
       "scaling",
     ),
   )
+  for race in ("lorenz96", "mnist", "fashion_mnist", "saturation"):  # the races' quick grid
+    result = json.loads((tmp_path / f"{race}.json").read_text())
+    assert {run["batch_size"] for run in result["runs"]} == {32, 128}, race
+
+
+@pytest.mark.slow
+@pytest.mark.benchmark_smoke
+def test_paper_protocol_quick_writes_json_plot_and_table(tmp_path):
+  """The paper's protocol (not in `run all`): three tasks, both clocks, its own table."""
+  _run_quick("paper_protocol", tmp_path, HANG_SECONDS)
+  result = json.loads((tmp_path / "paper_protocol.json").read_text())
+  assert [task["task"] for task in result["tasks"]] == ["mnist", "fashion_mnist", "lorenz96"]
+  for task in result["tasks"]:
+    assert {run["family"] for run in task["runs"]} == {"sgd", "adam", "rd"}
+    for run in task["runs"]:
+      curve = run["curve"]
+      assert run["steps"] == result["config"]["iterations"] == len(curve["step"]) - 1
+      assert all(p >= s for p, s in zip(curve["protocol"], curve["strict"]))
+  assert (tmp_path / "paper_protocol.png").stat().st_size > 0
+  doc = tmp_path / "benchmarks.md"
+  table = subprocess.run(
+    [sys.executable, "-m", "benchmarks", "table", "--results", str(tmp_path), "--doc", str(doc)],
+    cwd=REPO,
+    env=dict(os.environ, PYTHONPATH=str(REPO)),
+    capture_output=True,
+    text=True,
+    timeout=HANG_SECONDS,
+  )
+  assert table.returncode == 0, table.stderr
+  assert "### paper_protocol" in doc.read_text() and "not the strict one" in doc.read_text()
 
 
 def test_demo_quick_writes_table_json_and_one_figure(tmp_path):
