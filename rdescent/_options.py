@@ -63,7 +63,9 @@ class Resolved(NamedTuple):
     controller: the damping controller, with SPRING and the logit cap
       wrapped around it as `momentum` and `max_logit_change` ask.
     products: how the system's products are made (`"matrix"`, `"network"`
-      or `"jacobian"`; `"auto"` resolved for the solver).
+      or `"jacobian"`; `"auto"` resolved for the solver, or left `"auto"`
+      where the solver's preference is chosen per batch from a cost
+      estimate, `rdescent.problem.choose_products`: `cg()`'s default).
   """
 
   options: Options

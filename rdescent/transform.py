@@ -204,12 +204,15 @@ def scale_by_regression_descent(
       default, `rdescent.solvers.cholesky()`: a Cholesky factorisation with bounded jitter retries),
       `"eigh"`, `"cg"` (`rdescent.solvers.cg()`: matrix-free Nyström-preconditioned conjugate
       gradients; K and JᵀJ are never formed, every product with J or Jᵀ is a JVP or VJP of the
-      linearised batch function, or with `cg(products="jacobian")` a matrix-vector product with J
-      materialised once per step; `outputs="full"` only, and not with a controller that needs the
-      matrix, `gcv`), or an `rdescent.solvers.Solver`.
+      linearised batch function, or a matrix-vector product with J materialised once per step,
+      whichever a cost estimate says is cheaper (see `products`); `outputs="full"` only, and not
+      with a controller that needs the matrix, `gcv`), or an `rdescent.solvers.Solver`.
     products (str): where the products with J of the system come from: `"auto"` (the default: the
-      solver's own choice: the matrix for `"cholesky"` and `"eigh"`, `cg(products=...)`'s,
-      `"network"` by default, for `"cg"`), `"matrix"` (K or JᵀJ formed, for dense solvers),
+      solver's own choice: the matrix for `"cholesky"` and `"eigh"`, `cg(products=...)`'s for
+      `"cg"`, by default chosen when the step is traced: `"jacobian"` when J's m k p numbers fit
+      in 1 GiB and its estimated flops, materialising J then 4 m k p per product, are at most the
+      network's, a JVP and a VJP per product over ℓ + maxiter products, `"network"` otherwise;
+      `rdescent.problem.choose_products`), `"matrix"` (K or JᵀJ formed, for dense solvers),
       `"network"` (every product a JVP or VJP through the model) or `"jacobian"` (J, m k × p,
       materialised once per step; each product two matrix-vector products). A solver refuses a kind
       it does not accept (`rdescent.solvers.Solver.accepts`) when the transform is built.

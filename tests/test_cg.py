@@ -109,7 +109,7 @@ def test_the_cg_step_holds_no_system_sized_matrix(system):
   params, x, y = models.mlp_problem(jax.random.PRNGKey(2), [2, 30, 4], m=32, dtype=jnp.float32)
   n = 32 * 4 if system == "dual" else 214
   cases = (
-    (rd.solvers.cg(rank=10), False),
+    (rd.solvers.cg(rank=10, products="network"), False),
     # J itself (m k p = 29,184 numbers) is allowed, its square is not.
     (rd.solvers.cg(rank=10, products="jacobian"), False),
     ("cholesky", True),

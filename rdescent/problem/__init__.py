@@ -53,6 +53,9 @@ from rdescent.problem._linearize import PRODUCTS
 from rdescent.problem._linearize import SYSTEMS
 from rdescent.problem._linearize import check_form
 from rdescent.problem._linearize import linearize
+from rdescent.problem._product_cost import JACOBIAN_BYTES
+from rdescent.problem._product_cost import choose_products
+from rdescent.problem._product_cost import product_flops
 from rdescent.problem._protocol import LinearizedProblem
 from rdescent.problem._sketch import output_sketch
 from rdescent.problem._trial import Trial
@@ -60,14 +63,17 @@ from rdescent.problem._trial import step_params
 
 __all__ = (
   "FORMS",
+  "JACOBIAN_BYTES",
   "OUTPUT_MODES",
   "PRODUCTS",
   "SYSTEMS",
   "LinearizedProblem",
   "Trial",
   "check_form",
+  "choose_products",
   "examples_consistent",
   "linearize",
   "output_sketch",
+  "product_flops",
   "step_params",
 )

@@ -33,6 +33,8 @@ from rdescent.problem._arrays import SystemArrays
 from rdescent.problem._batch import ApplyFn
 from rdescent.problem._batch import Batch
 from rdescent.problem._form import Form
+from rdescent.problem._product_cost import CANDIDATES
+from rdescent.problem._product_cost import choose_products
 from rdescent.problem._products import FlatJacobian
 from rdescent.problem._products import JacobianBlocks
 from rdescent.problem._products import NetworkProducts
@@ -54,7 +56,11 @@ FORMS: dict[str, tuple[str, ...]] = {
 
 
 def resolve_products(products: str, solver: solvers_lib.Solver) -> str:
-  """`products="auto"`: the solver's preference (`Solver.products`), else the matrix."""
+  """`products="auto"`: the solver's preference (`Solver.products`), else the matrix.
+
+  A solver whose preference is `"auto"` (`cg()`'s default) leaves `"auto"`:
+  `linearize` chooses per batch from a cost estimate (`choose_products`).
+  """
   if products != "auto":
     return products
   if solver.products is not None:
@@ -64,15 +70,26 @@ def resolve_products(products: str, solver: solvers_lib.Solver) -> str:
 
 def check_form(
   outputs: str, products: str, solver: solvers_lib.Solver, name: str
-) -> tuple[str, str]:
+) -> tuple[str, str | None]:
   """Checks the choices against `FORMS` and the solver's operator kinds, once.
 
   Returns:
-    (products resolved, the operator kind the solver is handed).
+    (products resolved, the operator kind the solver is handed; None when
+    `"auto"` is left to the per-batch cost estimate, `choose_products`).
   """
   _validation.check_option("outputs", outputs, OUTPUT_MODES)
   _validation.check_option("products", products, PRODUCTS)
   products = resolve_products(products, solver)
+  if products == "auto":
+    if outputs != "full":
+      raise ValueError(
+        f"{name}: products='auto' (solver={solver.name!r}) chooses 'network' or 'jacobian', "
+        f"which solve the full system only; got outputs={outputs!r} (use outputs='full', or "
+        "a dense solver such as 'cholesky')."
+      )
+    if not any(solvers_lib.PRODUCT_KINDS[c] in solver.accepts for c in CANDIDATES):
+      solvers_lib.check_accepts(solver, "function", name=name)
+    return products, None
   if outputs not in FORMS[products]:
     raise ValueError(
       f"{name}: products={products!r} (solver={solver.name!r}) solves the full system "
@@ -130,7 +147,8 @@ def linearize(
       matrix formed, for dense solvers), `"network"` (a JVP and a VJP
       through the model per product), `"jacobian"` (J materialised once),
       or `"auto"` (the solver's preference: `"matrix"` for dense solvers,
-      `Solver.products` for `cg`).
+      `Solver.products` for `cg`; cg's own `"auto"` chooses `"jacobian"` or
+      `"network"` for this batch from a cost estimate, `choose_products`).
     sketch_size: s, 1 ≤ s ≤ q, the sketch's size (`outputs="sketched"`).
     sketch_key: the PRNG key of the sketch S (`output_sketch`).
     examples: `"independent"`: `apply_fn` maps each example on its own; the
@@ -159,6 +177,8 @@ def linearize(
   """
   solver = solvers_lib.get(solver)
   products, _ = check_form(outputs, products, solver, name)
+  if products == "auto":
+    products = choose_products(apply_fn, params, inputs, solver=solver, examples=examples)
   _validation.check_option("system", system, SYSTEMS)
   _validation.check_option("examples", examples, gram_lib.EXAMPLES)
   coupled = examples == "coupled"

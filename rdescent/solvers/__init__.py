@@ -16,7 +16,9 @@ trial λ (see `rdescent.solvers._base`). Pass one as `solver=` to
   randomized Nyström preconditioner of rank ℓ built once per step; A is never
   formed (O(n ℓ) memory beyond one product). `cg(products="jacobian")` takes
   its products from J materialised once per step (m k p numbers): for models
-  whose passes are expensive, such as PINN residuals.
+  whose passes are expensive, such as PINN residuals; the default,
+  `products="auto"`, chooses per batch from a cost estimate
+  (`rdescent.problem.choose_products`).
 
 Each solver declares the operator kinds it accepts (`Solver.accepts`: a
 dense matrix, a function of the network's products, or a factored operator

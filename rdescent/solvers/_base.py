@@ -98,12 +98,18 @@ class Solver(NamedTuple):
       matrix (the system is then never formed).
     products: for a matrix-free solver, where the operator's products come
       from: `"network"` (a JVP and a VJP through the model per product; no
-      Jacobian) or `"jacobian"` (J, m k × p, materialised once per step; each
-      product two matrix-vector products). None for dense solvers. The
+      Jacobian), `"jacobian"` (J, m k × p, materialised once per step; each
+      product two matrix-vector products) or `"auto"` (chosen per batch
+      from a cost estimate, `rdescent.problem.choose_products`). None for
+      dense solvers. The
       transform's `products=` option overrides it (this field is the
       solver's preference, used by `products="auto"`).
     operators: the operator kinds `prepare` accepts (`OPERATOR_KINDS`);
       None: `("matrix",)`, or `("function", "factored")` when `matrix_free`.
+    products_per_step: for a matrix-free solver, about how many products
+      with A one step's solve makes (cg: ℓ + `maxiter`); what
+      `products="auto"` weighs a materialised J against
+      (`rdescent.problem.choose_products`). 0 for dense solvers.
   """
 
   name: str
@@ -112,6 +118,7 @@ class Solver(NamedTuple):
   matrix_free: bool = False
   products: str | None = None
   operators: tuple[str, ...] | None = None
+  products_per_step: int = 0
 
   @property
   def accepts(self) -> tuple[str, ...]:

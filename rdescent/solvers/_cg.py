@@ -33,7 +33,12 @@ is used (inexact, and judged by the controller as usual); one that has not
 (n × ℓ), and the CG vectors (a few n): O(n ℓ) numbers beyond what one product
 needs; no n × n array.
 
-**Products** (`products=`). `"network"` (the default): every product is a
+**Products** (`products=`). `"auto"` (the default): chosen per batch, when
+the step is traced, from a cost estimate (`rdescent.problem.choose_products`):
+J materialised when its m k p numbers fit in 1 GiB and its estimated flops
+(materialising J, then 4 m k p per product) are at most the network's (a JVP
+and a VJP per product), the network's products otherwise; as `gram="auto"`
+chooses its engine. `"network"`: every product is a
 JVP and a VJP through the model, from one `jax.linearize` per step; no
 Jacobian is formed, and one product costs about three forward passes.
 `"jacobian"`: J (m k × p) is materialised once per step (the per-example
@@ -61,7 +66,7 @@ from rdescent.solvers._base import Solver
 
 DEFAULT_RANK = 20
 DEFAULT_MAXITER = 100
-PRODUCTS = ("network", "jacobian")
+PRODUCTS = ("auto", "network", "jacobian")
 
 
 class NystromPreconditioner(NamedTuple):
@@ -185,7 +190,7 @@ def cg(
   maxiter: int = DEFAULT_MAXITER,
   tol: float | None = None,
   seed: int = 0,
-  products: str = "network",
+  products: str = "auto",
 ) -> Solver:
   """Matrix-free Nyström-preconditioned conjugate gradients (module docstring).
 
@@ -196,10 +201,12 @@ def cg(
     tol: relative residual ‖b − (A + λI) x‖ / ‖b‖ to stop at; None: √ε of
       the system's dtype (3.5e-4 in float32, 1.5e-8 in float64).
     seed: seed of the preconditioner's random test matrix.
-    products: `"network"` (JVP and VJP through the model per product; no
-      Jacobian) or `"jacobian"` (J materialised once per step, m k × p
-      numbers; products are matrix-vector products). See the module
-      docstring for which pays.
+    products: `"auto"` (the default: chosen per batch from a cost
+      estimate, J's size against 1 GiB and the products' flops;
+      `rdescent.problem.choose_products`), `"network"` (JVP and VJP through
+      the model per product; no Jacobian) or `"jacobian"` (J materialised
+      once per step, m k × p numbers; products are matrix-vector products).
+      See the module docstring for which pays.
 
   Returns:
     A matrix-free `Solver` named `"cg"`: `prepare` takes a
@@ -238,4 +245,11 @@ def cg(
     stop = jnp.sqrt(jnp.finfo(dtype).eps) if tol is None else tol
     return pcg(prepared, rhs, jnp.asarray(damping, dtype), tol=stop, maxiter=maxiter)
 
-  return Solver(name="cg", prepare=prepare, solve=solve, matrix_free=True, products=products)
+  return Solver(
+    name="cg",
+    prepare=prepare,
+    solve=solve,
+    matrix_free=True,
+    products=products,
+    products_per_step=rank + maxiter,
+  )
