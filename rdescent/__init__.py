@@ -8,6 +8,9 @@ from rdescent import last_layer
 from rdescent import losses
 from rdescent import sharding
 from rdescent import solvers
+from rdescent._precision import PrecisionState
+from rdescent._precision import PrecisionSwitch
+from rdescent._precision import precision_switch
 from rdescent._termination import Termination
 from rdescent._termination import termination
 from rdescent.dtypes import compute_dtype
@@ -26,6 +29,8 @@ __version__ = "0.1.0"
 
 __all__ = (
   "LinearizedProblem",
+  "PrecisionState",
+  "PrecisionSwitch",
   "RegressionDescentState",
   "STATUS_CONVERGED",
   "STATUS_MESSAGES",
@@ -39,6 +44,7 @@ __all__ = (
   "last_layer",
   "linearize",
   "losses",
+  "precision_switch",
   "regression_descent",
   "scale_by_regression_descent",
   "sharding",

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rdescent import _precision
 from rdescent import _termination
 from rdescent import _validation
 from rdescent import damping as damping_lib
@@ -51,6 +52,7 @@ class Options(NamedTuple):
   sketch_seed: int = 0
   examples: str = "independent"
   termination: _termination.Termination | None = None
+  precision: _precision.PrecisionSwitch | None = None
 
 
 class Resolved(NamedTuple):
@@ -116,6 +118,7 @@ def check(options: Options) -> Resolved:
     )
   _check_sketch(outputs, options.sketch_size, options.sketch_seed)
   _termination.check(options.termination)
+  _precision.check(options.precision)
   controller = damping_lib.as_controller(options.damping)
   spring_lib.check_momentum(options.momentum)
   if not spring_lib.is_zero(options.momentum):

@@ -25,6 +25,7 @@ import optax
 from rdescent import _health
 from rdescent import _mesh
 from rdescent import _options as options_lib
+from rdescent import _precision
 from rdescent import _termination
 from rdescent import _validation
 from rdescent import damping as damping_lib
@@ -104,6 +105,11 @@ class RegressionDescentState(NamedTuple):
     converged_by: with `termination=`, the termination tests the last step
       passed, a bit mask (int32) of `rdescent.termination` tests: 1 ftol,
       2 xtol, 4 gtol; 0 when the status is not `STATUS_CONVERGED`.
+    precision: an `rdescent.PrecisionState`: the precision the next step
+      runs in (`bits`, 32 or 64), the update that first ran in float64
+      after float32 ones (`switched_at`, −1 before) and the switch rule's
+      count of stalled float32 steps (`precision=`; without it, the compute
+      dtype's bits, fixed).
 
   The logit cap's scale and spread (`max_logit_change`) live in the state of
   its wrapper, `damping_state` (an `rdescent.damping.CapLogitChangeState`);
@@ -123,6 +129,7 @@ class RegressionDescentState(NamedTuple):
   solve_iterations: jax.Array
   solve_residual: jax.Array
   converged_by: jax.Array
+  precision: _precision.PrecisionState
 
 
 def _scaled_outputs(apply_fn: ApplyFn, output_scale: Any) -> ApplyFn:
@@ -245,6 +252,16 @@ def scale_by_regression_descent(
       applied, with status `STATUS_CONVERGED` (11) instead of "ok" (0) or "zero direction" (6),
       and `state.converged_by` says which tests passed (bits 1 ftol, 2 xtol, 4 gtol); a loop
       stops on it. Rejected and skipped steps keep their own status.
+    precision (rdescent.PrecisionSwitch | None): None (the default: every step in the
+      parameters' dtype) or `rdescent.precision_switch(rtol=, patience=)`: train in float32 and
+      finish in float64, with x64 on and float64 parameters (both checked when the step is
+      traced). Each step is the float32 step of the problem cast to float32 (parameters, floating
+      inputs and targets, the controller's state), its direction and state cast back, until
+      `patience` float32 steps in a row decrease the loss by at most rtol times itself (default
+      64 ε₃₂; rejected or skipped steps count); from the next step on every step is the float64
+      one. One `lax.cond` on `state.precision.bits` picks the branch (jit- and vmap-able);
+      `state.precision.switched_at` is the first float64 update. Termination tests judge float64
+      steps only. See `rdescent._precision`.
 
   Precision: the Gram matrix, the solve and the state are computed in the
   parameters' dtype, but at least float32: bfloat16/float16 parameters are
@@ -265,6 +282,7 @@ def scale_by_regression_descent(
     _validation.check_params(params, name)
     params = dtypes_lib.upcast(params)
     dtype = dtypes_lib.compute_dtype(params)
+    _precision.check_params(opts.precision, dtype, name)
     count = jnp.zeros([], jnp.int32)
     damping_state = controller.init(params)
     return RegressionDescentState(
@@ -281,6 +299,7 @@ def scale_by_regression_descent(
       solve_iterations=jnp.zeros([], jnp.int32),
       solve_residual=jnp.zeros([], dtype),
       converged_by=jnp.zeros([], jnp.int32),
+      precision=_precision.init(opts.precision, dtype),
     )
 
   def update_fn(updates, state, params=None, *, batch=None, **extra_args):
@@ -294,6 +313,34 @@ def scale_by_regression_descent(
     )
     if loss_obj.squared_error:
       _validation.check_floating("targets", targets, name)
+    if opts.precision is None:
+      return step_fn(state, params, storage_params, inputs, targets, opts.termination)
+
+    # precision=: the float32 step of the cast problem until the switch rule fires
+    # (rdescent._precision), then the float64 step; one lax.cond on the state's flag.
+    switch = opts.precision
+
+    def low(_):
+      low_state, low_params, low_storage, low_inputs, low_targets = _precision.lower(
+        (state, params, storage_params, inputs, targets)
+      )
+      direction, new_state = step_fn(
+        low_state, low_params, low_storage, low_inputs, low_targets, None
+      )
+      new_state = new_state._replace(
+        precision=_precision.after_low_step(
+          switch, state.precision, state.count, low_state.loss, new_state.loss
+        )
+      )
+      return _precision.like(direction, storage_params), _precision.like(new_state, state)
+
+    def high(_):
+      return step_fn(state, params, storage_params, inputs, targets, opts.termination)
+
+    return jax.lax.cond(state.precision.bits == 32, low, high, None)
+
+  def step_fn(state, params, storage_params, inputs, targets, termination):
+    """One update of `params` (already upcast; `storage_params` as given) on the batch."""
     problem = problem_lib.linearize(
       apply_fn,
       params,
@@ -313,6 +360,8 @@ def scale_by_regression_descent(
       name=name,
     )
     eta = step_size(state.count) if callable(step_size) else step_size
+    if opts.precision is not None and dtypes_lib.compute_dtype(params) == _precision.LOW:
+      eta = _precision.lower(eta)  # a float64 schedule's value, in the float32 step
     finite_hyperparameters = (
       (_health.is_finite(eta), STATUS_NONFINITE_LEARNING_RATE),
       (
@@ -330,8 +379,8 @@ def scale_by_regression_descent(
     step = controller.step(problem, state.damping_state, state.count, eta)
     status = _status(problem, step, finite_hyperparameters)
     converged_by = jnp.zeros([], jnp.int32)
-    if opts.termination is not None:
-      status, converged_by = _converged(opts.termination, status, problem, step, params, eta)
+    if termination is not None:
+      status, converged_by = _converged(termination, status, problem, step, params, eta)
     new_state = _next_state(state, problem, step, status, controller, converged_by)
     return _applied_direction(step, status, storage_params), _health.keep_finite(new_state, state)
 
@@ -468,6 +517,7 @@ def _next_state(
       state.solve_residual,
     ),
     converged_by=converged_by,
+    precision=state.precision,
   )
 
 
