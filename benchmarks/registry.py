@@ -40,6 +40,7 @@ STUDY_MODULES = (
   "benchmarks.least_squares",
   "benchmarks.pinn_2d",
   "benchmarks.vmap_problems",
+  "benchmarks.neural_least_squares",
   "benchmarks.paper_protocol",
 )
 

@@ -6,6 +6,7 @@ from rdescent import damping
 from rdescent import datasets
 from rdescent import last_layer
 from rdescent import losses
+from rdescent import metric
 from rdescent import sharding
 from rdescent import solvers
 from rdescent._precision import PrecisionState
@@ -20,6 +21,7 @@ from rdescent.problem import LinearizedProblem
 from rdescent.problem import Trial
 from rdescent.problem import linearize
 from rdescent.transform import RegressionDescentState
+from rdescent.transform import STATUS_BAD_METRIC
 from rdescent.transform import STATUS_CONVERGED
 from rdescent.transform import STATUS_MESSAGES
 from rdescent.transform import regression_descent
@@ -32,6 +34,7 @@ __all__ = (
   "PrecisionState",
   "PrecisionSwitch",
   "RegressionDescentState",
+  "STATUS_BAD_METRIC",
   "STATUS_CONVERGED",
   "STATUS_MESSAGES",
   "Termination",
@@ -44,6 +47,7 @@ __all__ = (
   "last_layer",
   "linearize",
   "losses",
+  "metric",
   "precision_switch",
   "regression_descent",
   "scale_by_regression_descent",

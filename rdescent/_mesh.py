@@ -130,6 +130,7 @@ def row_block_gram(
   method: str = "auto",
   outputs: str = "full",
   chunk_size: int | None = None,
+  scales: Any = None,
 ) -> jax.Array:
   """K = J Jᵀ built in block rows, one block per device along mesh axis `axis`.
 
@@ -161,6 +162,7 @@ def row_block_gram(
     method: the Gram engine, as for `rdescent.gram.gram_matrix`.
     outputs: `"full"` or `"per_output"`, as for `rdescent.gram.gram_matrix`.
     chunk_size: as for `rdescent.gram.gram_matrix`.
+    scales: as for `rdescent.gram.gram_matrix` (replicated).
 
   Returns:
     K as `rdescent.gram.gram_matrix` returns it.
@@ -168,7 +170,13 @@ def row_block_gram(
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.manual_axes:
     return gram_lib.gram_matrix(
-      apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
+      apply_fn,
+      params,
+      inputs,
+      method=method,
+      outputs=outputs,
+      chunk_size=chunk_size,
+      scales=scales,
     )
   if axis not in mesh.axis_names:
     raise ValueError(
@@ -182,9 +190,15 @@ def row_block_gram(
       f"over the {num_devices} devices of that mesh axis."
     )
 
-  def block_row(params, inputs):
+  def block_row(params, inputs, scales):
     own = gram_lib.gram_factors(
-      apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
+      apply_fn,
+      params,
+      inputs,
+      method=method,
+      outputs=outputs,
+      chunk_size=chunk_size,
+      scales=scales,
     )
     every = jax.lax.all_gather(own, axis, tiled=True)
     return gram_lib.cross_gram(own, every, outputs=outputs)
@@ -193,7 +207,7 @@ def row_block_gram(
   return jax.shard_map(
     block_row,
     mesh=mesh,
-    in_specs=(PartitionSpec(), PartitionSpec(axis)),
+    in_specs=(PartitionSpec(), PartitionSpec(axis), PartitionSpec()),
     out_specs=rows,
     check_vma=False,
-  )(params, inputs)
+  )(params, inputs, scales)

@@ -27,6 +27,7 @@ from rdescent import _validation
 from rdescent import damping as damping_lib
 from rdescent import gram as gram_lib
 from rdescent import losses as losses_lib
+from rdescent import metric as metric_lib
 from rdescent import problem as problem_lib
 from rdescent import solvers as solvers_lib
 from rdescent.damping import _spring as spring_lib
@@ -53,6 +54,7 @@ class Options(NamedTuple):
   examples: str = "independent"
   termination: _termination.Termination | None = None
   precision: _precision.PrecisionSwitch | None = None
+  metric: str | metric_lib.Metric | None = None
 
 
 class Resolved(NamedTuple):
@@ -75,6 +77,7 @@ class Resolved(NamedTuple):
   solver: solvers_lib.Solver
   controller: damping_lib.DampingController
   products: str
+  metric: metric_lib.Metric | None = None
 
 
 def make(name: str, options: dict[str, Any]) -> Options:
@@ -119,6 +122,8 @@ def check(options: Options) -> Resolved:
   _check_sketch(outputs, options.sketch_size, options.sketch_seed)
   _termination.check(options.termination)
   _precision.check(options.precision)
+  metric = metric_lib.check(options.metric)
+  problem_lib.check_metric(metric, products, "scale_by_regression_descent")
   controller = damping_lib.as_controller(options.damping)
   spring_lib.check_momentum(options.momentum)
   if not spring_lib.is_zero(options.momentum):
@@ -133,7 +138,7 @@ def check(options: Options) -> Resolved:
       "never forms; use a dense solver ('cholesky', 'eigh') with it, or another controller "
       "with 'cg'."
     )
-  return Resolved(options, loss, solver, controller, products)
+  return Resolved(options, loss, solver, controller, products, metric)
 
 
 def _check_sketch(outputs: str, sketch_size: Any, sketch_seed: Any) -> None:
@@ -179,6 +184,13 @@ def signature(factory: Callable[..., Any], leading: list[inspect.Parameter]) -> 
     [*leading, *options], return_annotation=inspect.signature(factory).return_annotation
   )
   return factory
+
+
+def metric_key(metric: metric_lib.Metric | None, count: jax.Array) -> jax.Array | None:
+  """The step's probe key, `fold_in(key(metric.seed), count)` (None unless layerwise)."""
+  if metric is None or metric.per_parameter:
+    return None
+  return jax.random.fold_in(jax.random.key(metric.seed), count)
 
 
 def sketch_key(options: Options, count: jax.Array) -> jax.Array | None:

@@ -212,6 +212,13 @@ def gram_from_jacobian(jacobian: Params, *, outputs: str = "full") -> jax.Array:
   return cross_gram(factors, factors, outputs=outputs)
 
 
+def flat_scales(scales: Params, params: Params) -> jax.Array:
+  """Column scales as one p-vector (`ravel_pytree` order), each leaf's broadcast over it."""
+  leaves = jax.tree_util.tree_leaves(scales)
+  shapes = [jnp.shape(p) for p in jax.tree_util.tree_leaves(params)]
+  return jnp.concatenate([jnp.broadcast_to(w, s).reshape(-1) for w, s in zip(leaves, shapes)])
+
+
 def _num_examples(inputs: Any) -> int:
   return int(jax.tree_util.tree_leaves(inputs)[0].shape[0])
 
@@ -297,6 +304,7 @@ def gram_factors(
   method: str = "auto",
   outputs: str = "full",
   chunk_size: int | None = None,
+  scales: Params | None = None,
 ) -> GramFactors:
   """Per-example factors of K, a `GramFactors`.
 
@@ -305,14 +313,26 @@ def gram_factors(
   structured engine's factors are layer inputs and output cotangents (plus
   per-example gradients of the leaves it materialises); the jacobian
   engine's are the per-example Jacobians (m k p numbers).
+
+  With `scales` (w, params-shaped; `rdescent.metric`) they are the factors of
+  K̃ = J diag(w)² Jᵀ, the Gram of J̃ = J diag(w). A per-parameter w (a leaf
+  with non-scalar scale) takes the jacobian engine; one number per leaf
+  keeps the structured engine's cost.
   """
   _validation.check_option("method", method, METHODS)
   _validation.check_option("outputs", outputs, OUTPUT_MODES)
-  if method in ("auto", "structured"):
+  per_parameter = scales is not None and any(jnp.ndim(w) for w in jax.tree_util.tree_leaves(scales))
+  if method in ("auto", "structured") and not (per_parameter and method == "auto"):
     traced = structured_lib.trace_model(apply_fn, params, inputs)
     if method == "structured" or _choose(traced, inputs, outputs) == "structured":
       terms = structured_lib.factors_from_trace(
-        traced, apply_fn, params, inputs, outputs=outputs, chunk_size=chunk_size
+        traced,
+        apply_fn,
+        params,
+        inputs,
+        outputs=outputs,
+        chunk_size=chunk_size,
+        scales=scales,
       )
       num_examples = _num_examples(inputs)
       dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
@@ -326,6 +346,8 @@ def gram_factors(
     num_outputs=math.prod(out_shape[1:]),
     chunk_size=chunk_size,
   )
+  if scales is not None:
+    jacobian = jax.tree_util.tree_map(lambda block, w: block * w, jacobian, scales)
   return jacobian_factors(jacobian)
 
 
@@ -338,6 +360,7 @@ def gram_matrix(
   outputs: str = "full",
   chunk_size: int | None = None,
   examples: str = "independent",
+  scales: Params | None = None,
 ) -> jax.Array:
   """The empirical neural tangent kernel K = J Jᵀ of a batch.
 
@@ -358,6 +381,9 @@ def gram_matrix(
       `chunk_size` do not apply), for batch statistics, residuals that mix
       examples, or a plain residual vector with `inputs=None` (m is then
       the outputs' leading axis).
+    scales: None, or column scales w (params-shaped, a 0-d array per leaf or
+      one per parameter; `rdescent.metric`): returns K̃ = J diag(w)² Jᵀ
+      (`gram_factors`).
 
   Returns:
     K as described by `outputs`.
@@ -365,15 +391,26 @@ def gram_matrix(
   _validation.check_option("examples", examples, EXAMPLES)
   if examples == "coupled":
     _validation.check_option("outputs", outputs, OUTPUT_MODES)
-    factors = coupled_factors(apply_fn, params, inputs)
+    factors = coupled_factors(apply_fn, params, inputs, scales=scales)
   else:
     factors = gram_factors(
-      apply_fn, params, inputs, method=method, outputs=outputs, chunk_size=chunk_size
+      apply_fn,
+      params,
+      inputs,
+      method=method,
+      outputs=outputs,
+      chunk_size=chunk_size,
+      scales=scales,
     )
   return cross_gram(factors, factors, outputs=outputs)
 
 
-def coupled_factors(apply_fn: ApplyFn, params: Params, inputs: Any) -> GramFactors:
-  """The `GramFactors` of the whole-batch Jacobian (`examples="coupled"`): J itself."""
+def coupled_factors(
+  apply_fn: ApplyFn, params: Params, inputs: Any, *, scales: Params | None = None
+) -> GramFactors:
+  """The `GramFactors` of the whole-batch Jacobian (`examples="coupled"`): J itself
+  (J diag(w) with `scales`)."""
   jacobian = _jacobian.batch_jacobian(apply_fn, params, inputs)
+  if scales is not None:
+    jacobian = jacobian * flat_scales(scales, params).astype(jacobian.dtype)
   return GramFactors((), (), (jacobian,), jnp.zeros((*jacobian.shape[:2], 0), jacobian.dtype))

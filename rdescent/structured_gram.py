@@ -613,6 +613,32 @@ def _site_gradients(
   return jax.vmap(per_output, in_axes=(x_in_axis, 0))(x, delta)
 
 
+_SCALAR_FORMS = ("dense", "bias", "position_pair")
+
+
+def _leaf_scales(
+  scales: Params | None, param_leaves: list[jax.Array], plans: list[LeafPlan]
+) -> list[jax.Array] | None:
+  """The scale of every leaf (None without scales); refuses a per-parameter scale
+  on a leaf whose structured form takes one number per leaf."""
+  if scales is None:
+    return None
+  leaves = [jnp.asarray(w) for w in jax.tree_util.tree_leaves(scales)]
+  if len(leaves) != len(param_leaves):
+    raise ValueError(
+      f"scales must have the parameters' structure ({len(param_leaves)} leaves); got "
+      f"{len(leaves)} leaves."
+    )
+  for leaf_plan in plans:
+    if leaf_plan.form in _SCALAR_FORMS and leaves[leaf_plan.leaf].ndim:
+      raise ValueError(
+        f"the structured Gram engine takes one scale per leaf for leaf {leaf_plan.leaf} "
+        f"(form {leaf_plan.form!r}); got a per-parameter scale of shape "
+        f"{leaves[leaf_plan.leaf].shape} (use method='jacobian')."
+      )
+  return leaves
+
+
 def factors_from_trace(
   traced: TracedModel,
   apply_fn: ApplyFn,
@@ -621,6 +647,7 @@ def factors_from_trace(
   *,
   outputs: str = "full",
   chunk_size: int | None = None,
+  scales: Params | None = None,
 ) -> StructuredFactors:
   """The factors of a batch's K, leaf by leaf in the forms chosen by `plan`.
 
@@ -628,6 +655,11 @@ def factors_from_trace(
     traced: `trace_model` of `apply_fn` on these `params` and `inputs`.
     apply_fn, params, inputs, chunk_size: as for `rdescent.gram.gram_matrix`.
     outputs: `"full"` or `"per_output"` (the plan's costs differ).
+    scales: None, or the column scales w of J̃ = J diag(w) (`rdescent.metric`),
+      params-shaped: the factors are then those of K̃ = J̃ J̃ᵀ. A leaf in a
+      "dense", "bias" or "position_pair" form takes a 0-d scale (its factor
+      x, or its constant 1, times w_ℓ); a materialised or fallback leaf also
+      takes one per parameter.
 
   Returns:
     A `StructuredFactors`; `rdescent.gram.gram_factors` adds its `reference`.
@@ -643,6 +675,11 @@ def factors_from_trace(
     traced, param_leaves, inputs, chunk_size, fallback
   )
   dtype = jnp.result_type(*param_leaves)
+  scale_leaves = _leaf_scales(scales, param_leaves, plans)
+  scaled = lambda leaf, value: value if scale_leaves is None else value * scale_leaves[leaf]
+  flat_scaled = lambda leaf, grads: (
+    grads if scale_leaves is None else grads * scale_leaves[leaf].reshape(-1).astype(grads.dtype)
+  )
 
   features: dict[int, list[jax.Array]] = {}
   position_pairs, gradients = [], []
@@ -657,23 +694,26 @@ def factors_from_trace(
         site, layer_inputs[site.index], deltas[structure.source(site)], with_bias=True
       )
       assert bias is not None
-      gradients.append(_to_leaf(site, param_leaves[leaf_plan.leaf], kernel))
-      fused[conv_biases[leaf_plan.leaf]] = bias
+      gradients.append(
+        flat_scaled(leaf_plan.leaf, _to_leaf(site, param_leaves[leaf_plan.leaf], kernel))
+      )
+      fused[conv_biases[leaf_plan.leaf]] = flat_scaled(conv_biases[leaf_plan.leaf], bias)
       continue
+    leaf = leaf_plan.leaf
     if leaf_plan.form == "bias":
-      features.setdefault(structure.source(site), []).append(jnp.ones((m, 1), dtype))
+      ones = jnp.ones((m, 1), dtype)
+      features.setdefault(structure.source(site), []).append(scaled(leaf, ones))
     elif leaf_plan.form == "dense":
       x = layer_inputs[site.index].reshape(m, -1).astype(dtype)
-      features.setdefault(structure.source(site), []).append(x)
+      features.setdefault(structure.source(site), []).append(scaled(leaf, x))
     elif leaf_plan.form == "position_pair" and site.kind == "conv":
-      position_pairs.append(
-        _conv_pair_factors(site, layer_inputs[site.index], deltas[structure.source(site)])
-      )
+      x, delta = _conv_pair_factors(site, layer_inputs[site.index], deltas[structure.source(site)])
+      position_pairs.append((scaled(leaf, x), delta))
     elif leaf_plan.form == "position_pair":
       layout = _dot_layout(site)
       position_pairs.append(
         (
-          _canonical_inputs(layout, layer_inputs[site.index]),
+          scaled(leaf, _canonical_inputs(layout, layer_inputs[site.index])),
           _canonical_cotangents(layout, deltas[structure.source(site)]),
         )
       )
@@ -684,9 +724,14 @@ def factors_from_trace(
         )
         for s in leaf_plan.sites
       ]
-      gradients.append(sum(through_sites[1:], through_sites[0]))
+      gradients.append(flat_scaled(leaf, sum(through_sites[1:], through_sites[0])))
   gradients.extend(fused.values())
   if fallback:
+    if scale_leaves is not None:
+      fallback_gradients = [
+        grads * jnp.broadcast_to(scale_leaves[leaf], param_leaves[leaf].shape).astype(grads.dtype)
+        for leaf, grads in zip(fallback, fallback_gradients)
+      ]
     gradients.append(_jacobian.flat_jacobian(fallback_gradients, m, k))
   sources = tuple(
     (

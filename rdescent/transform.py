@@ -31,6 +31,7 @@ from rdescent import _validation
 from rdescent import damping as damping_lib
 from rdescent import dtypes as dtypes_lib
 from rdescent import losses as losses_lib
+from rdescent import metric as metric_lib
 from rdescent import problem as problem_lib
 from rdescent._options import Options as Options
 
@@ -49,6 +50,7 @@ STATUS_NONFINITE_DAMPING = 8
 STATUS_NONFINITE_MOMENTUM = 9
 STATUS_LABELS_OUT_OF_RANGE = 10
 STATUS_CONVERGED = 11
+STATUS_BAD_METRIC = 12
 STATUS_MESSAGES = {
   STATUS_OK: "ok",
   STATUS_NONFINITE_LOSS: "non-finite outputs, targets or loss; step skipped",
@@ -71,6 +73,9 @@ STATUS_MESSAGES = {
   ),
   STATUS_CONVERGED: (
     "converged: a termination test passed (state.converged_by says which); the step was applied"
+  ),
+  STATUS_BAD_METRIC: (
+    "the metric's scale is non-finite or not positive (metric=); step skipped, metric kept"
   ),
 }
 # Statuses of a step skipped for a hyperparameter: they say nothing about λ.
@@ -110,6 +115,8 @@ class RegressionDescentState(NamedTuple):
       after float32 ones (`switched_at`, −1 before) and the switch rule's
       count of stalled float32 steps (`precision=`; without it, the compute
       dtype's bits, fixed).
+    metric_state: with `metric=`, the metric's `rdescent.metric.MetricState`
+      (its running statistic); None without one.
 
   The logit cap's scale and spread (`max_logit_change`) live in the state of
   its wrapper, `damping_state` (an `rdescent.damping.CapLogitChangeState`);
@@ -130,6 +137,7 @@ class RegressionDescentState(NamedTuple):
   solve_residual: jax.Array
   converged_by: jax.Array
   precision: _precision.PrecisionState
+  metric_state: Any = None
 
 
 def _scaled_outputs(apply_fn: ApplyFn, output_scale: Any) -> ApplyFn:
@@ -243,6 +251,15 @@ def scale_by_regression_descent(
       `batch=(None, targets)`): J is the Jacobian of θ ↦ apply_fn(θ, inputs), by `jax.jacrev` or
       `jax.jacfwd` (m k p numbers); `gram`, `chunk_size` and `data_axis` do not apply (under a mesh
       it is computed replicated, as on one device).
+    metric (rdescent.metric.Metric | str | None): None (the default: λI in raw parameter
+      coordinates), `rd.metric.marquardt()` (D² ∝ the running max of J's squared column norms, per
+      parameter, MINPACK's scaling; J is materialised, for full-batch least squares) or
+      `rd.metric.layerwise(decay=0.99)` (one scale per parameter leaf from a running average of a
+      one-VJP probe of ‖J_ℓ‖²; keeps the structured Gram; for mini-batches); the strings
+      `"marquardt"`, `"layerwise"` give the defaults. The regression is solved for J̃ = J D⁻¹
+      and the step is D⁻¹ d̃, the direction of (JᵀJ + λD²) d = Jᵀr; λ is then relative to the
+      curvature (re-tune it). A scale that is non-finite or not positive skips the step with
+      `STATUS_BAD_METRIC` (12). See `rdescent.metric`.
     termination (rdescent.Termination | None): None (the default: no tests) or
       `rdescent.termination(ftol=, xtol=, gtol=)`: MINPACK-style tests on every step that applies
       something (or has a zero direction), on the step's batch; meant for full-batch least
@@ -275,6 +292,7 @@ def scale_by_regression_descent(
   name = "scale_by_regression_descent"
   resolved = options_lib.check(options_lib.make(name, options))
   opts, loss_obj, controller = resolved.options, resolved.loss, resolved.controller
+  metric = resolved.metric
   if not (_validation.is_concrete(opts.output_scale) and opts.output_scale == 1.0):
     apply_fn = _scaled_outputs(apply_fn, opts.output_scale)
 
@@ -300,6 +318,7 @@ def scale_by_regression_descent(
       solve_residual=jnp.zeros([], dtype),
       converged_by=jnp.zeros([], jnp.int32),
       precision=_precision.init(opts.precision, dtype),
+      metric_state=None if metric is None else metric_lib.init(metric, params),
     )
 
   def update_fn(updates, state, params=None, *, batch=None, **extra_args):
@@ -357,6 +376,9 @@ def scale_by_regression_descent(
       sketch_size=opts.sketch_size,
       sketch_key=options_lib.sketch_key(opts, state.count),
       examples=opts.examples,
+      metric=metric,
+      metric_state=state.metric_state,
+      metric_key=options_lib.metric_key(metric, state.count),
       name=name,
     )
     eta = step_size(state.count) if callable(step_size) else step_size
@@ -382,6 +404,14 @@ def scale_by_regression_descent(
     if termination is not None:
       status, converged_by = _converged(termination, status, problem, step, params, eta)
     new_state = _next_state(state, problem, step, status, controller, converged_by)
+    if metric is not None:  # a batch whose statistic gave no scale keeps the old one
+      new_state = new_state._replace(
+        metric_state=jax.tree_util.tree_map(
+          lambda new, old: jnp.where(problem.metric_ok, new, old),
+          problem.metric_state,
+          state.metric_state,
+        )
+      )
     return _applied_direction(step, status, storage_params), _health.keep_finite(new_state, state)
 
   # Under a mesh with Explicit axes the step runs with Auto axes (rdescent._mesh).
@@ -409,6 +439,7 @@ def _status(
     [~finite for finite, _ in finite_hyperparameters]
     + [
       ~_finite_loss(problem),
+      ~problem.metric_ok,
       ~problem.examples_consistent,
       ~step.solve_ok,
       ~finite_direction,
@@ -418,6 +449,7 @@ def _status(
     [code for _, code in finite_hyperparameters]
     + [
       STATUS_NONFINITE_LOSS,
+      STATUS_BAD_METRIC,
       STATUS_COUPLED_EXAMPLES,
       STATUS_SOLVE_FAILED,
       STATUS_NONFINITE_DIRECTION,
@@ -518,6 +550,7 @@ def _next_state(
     ),
     converged_by=converged_by,
     precision=state.precision,
+    metric_state=state.metric_state,
   )
 
 

@@ -52,6 +52,7 @@ from rdescent.problem._linearize import OUTPUT_MODES
 from rdescent.problem._linearize import PRODUCTS
 from rdescent.problem._linearize import SYSTEMS
 from rdescent.problem._linearize import check_form
+from rdescent.problem._linearize import check_metric
 from rdescent.problem._linearize import linearize
 from rdescent.problem._product_cost import JACOBIAN_BYTES
 from rdescent.problem._product_cost import choose_products
@@ -70,6 +71,7 @@ __all__ = (
   "LinearizedProblem",
   "Trial",
   "check_form",
+  "check_metric",
   "choose_products",
   "examples_consistent",
   "linearize",

@@ -15,10 +15,15 @@ Every Gram matrix and every Jacobian of a step comes from `SystemArrays`:
 
 An output map (`_output_maps`) says which model's Gram it needs
 (`gram_model`, `gram_rows`) and in which mode (`gram_outputs`).
+
+With a metric (`rdescent.metric`) every array is that of J̃ = J diag(w):
+`scale_by(w)` returns the builder of the scaled arrays, sharing the
+Jacobians already computed.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +62,21 @@ class SystemArrays:
     self._data_axis = data_axis
     self._coupled = coupled
     self._batch_jacobian: jax.Array | None = None
+    self._example_jacobian: Any = None
+    self._scales: Any = None
+
+  def scale_by(self, scales: Any) -> SystemArrays:
+    """The builder of J̃ = J diag(w) and its Gram (w = `scales`, params-shaped)."""
+    scaled = copy.copy(self)
+    scaled._scales = scales
+    return scaled
+
+  def _scaled_blocks(self, blocks: Any) -> Any:
+    if self._scales is None:
+      return blocks
+    if self._coupled:
+      return blocks * gram_lib.flat_scales(self._scales, self._params).astype(blocks.dtype)
+    return jax.tree_util.tree_map(lambda block, w: block * w, blocks, self._scales)
 
   def batch_jacobian(self) -> jax.Array:
     """J of the batch function (coupled examples), (m, k, p), replicated; once per step."""
@@ -68,33 +88,41 @@ class SystemArrays:
 
   def _per_example_jacobian(self) -> Any:
     """The per-example Jacobians, a pytree like `params` of (m, k, *leaf) arrays, replicated."""
-    return _mesh.replicated_call(gram_lib.per_example_jacobian)(
-      self._apply_fn,
-      self._params,
-      self._inputs,
-      num_outputs=self._num_outputs,
-      chunk_size=self._chunk_size,
-    )
+    if self._example_jacobian is None:
+      self._example_jacobian = _mesh.replicated_call(gram_lib.per_example_jacobian)(
+        self._apply_fn,
+        self._params,
+        self._inputs,
+        num_outputs=self._num_outputs,
+        chunk_size=self._chunk_size,
+      )
+    return self._example_jacobian
+
+  def unscaled_jacobian_blocks(self) -> Any:
+    """J's column blocks before any metric (for the metric's own statistic)."""
+    return self.batch_jacobian() if self._coupled else self._per_example_jacobian()
 
   def jacobian_blocks(self) -> Any:
     """J as column blocks: per-leaf per-example Jacobians, or the flat coupled J."""
-    return self.batch_jacobian() if self._coupled else self._per_example_jacobian()
+    return self._scaled_blocks(self.unscaled_jacobian_blocks())
 
   def flat_jacobian(self) -> jax.Array:
     """J as one (m, k, p) array (`ravel_pytree` order)."""
+    blocks = self.jacobian_blocks()
     if self._coupled:
-      return self.batch_jacobian()
-    return gram_lib.flat_jacobian(
-      self._per_example_jacobian(), self._num_examples, self._num_outputs
-    )
+      return blocks
+    return gram_lib.flat_jacobian(blocks, self._num_examples, self._num_outputs)
 
   def gram(self, outputs_map: Any) -> jax.Array:
     """The Gram matrix the output map's dual matrix is made from."""
     outputs = outputs_map.gram_outputs
     if self._coupled:
-      rows = outputs_map.gram_rows(self.batch_jacobian())
+      rows = outputs_map.gram_rows(self.jacobian_blocks())
       return gram_lib.gram_from_jacobian(rows, outputs=outputs)
     model = outputs_map.gram_model(self._apply_fn)
+    if self._example_jacobian is not None and model is self._apply_fn:
+      # J is already here (a metric's column norms): K from it, no second pass.
+      return gram_lib.gram_from_jacobian(self.jacobian_blocks(), outputs=outputs)
     if self._data_axis is None:
       return _mesh.replicated_call(gram_lib.gram_matrix)(
         model,
@@ -103,6 +131,7 @@ class SystemArrays:
         method=self._method,
         outputs=outputs,
         chunk_size=self._chunk_size,
+        scales=self._scales,
       )
     return _mesh.row_block_gram(
       model,
@@ -112,4 +141,5 @@ class SystemArrays:
       method=self._method,
       outputs=outputs,
       chunk_size=self._chunk_size,
+      scales=self._scales,
     )

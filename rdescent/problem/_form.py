@@ -5,6 +5,11 @@ that `linearize` builds: it owns the right-hand side and the solver's
 preparation, and turns solutions into scored `Trial`s. What differs between
 forms lives in its parts (`_output_maps`, `_sides`, `_products`).
 
+**A metric** (`rdescent.metric`, column scales w = D⁻¹): the side solves the
+system of J̃ = J diag(w) for a direction d̃ in scaled coordinates; the step is
+d = w ⊙ d̃, and J d = J̃ d̃. Directions given in parameter coordinates (a
+prior, `output_change_of`) are mapped back by d̃ = d ⊘ w.
+
 **A prior direction (SPRING).** `shifted(d₀, μ)` returns the same form with a
 `Shift`: the offset o = μ d₀, its output change J o, and the right-hand side
 of the shifted residual u − Lᵀ J o. Its solves return d = o + (the solved
@@ -19,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from rdescent import _mesh
+from rdescent import metric as metric_lib
 from rdescent import solvers as solvers_lib
 from rdescent.problem import _trial
 from rdescent.problem._batch import Batch
@@ -51,6 +57,9 @@ class Form:
     *,
     shift: Shift | None = None,
     prepared: dict[Any, Any] | None = None,
+    scales: Any = None,
+    metric_state: Any = None,
+    metric_ok: jax.Array | bool = True,
   ):
     self._batch = batch
     self._outputs_map = outputs_map
@@ -59,6 +68,9 @@ class Form:
     self._shift = shift
     # Shared with shifted views: the solver's preparation does not depend on the rhs.
     self._prepared = {} if prepared is None else prepared
+    self._scales = scales
+    self.metric_state = metric_state
+    self.metric_ok = jnp.asarray(metric_ok)
     self.params = batch.params
     self.outputs = batch.outputs
     self.targets = batch.targets
@@ -103,8 +115,11 @@ class Form:
     dtype = self.rhs.dtype
     solve = solver.solve if self.matrix is None else _mesh.replicated_call(solver.solve)
     result = solve(prepared, self.rhs, jnp.asarray(damping, dtype))
-    direction = self._side.direction(result.solution)
-    output_change = self._side.output_change(result.solution, direction)
+    scaled_direction = self._side.direction(result.solution)
+    output_change = self._side.output_change(result.solution, scaled_direction)
+    direction = (
+      scaled_direction if self._scales is None else metric_lib.apply(self._scales, scaled_direction)
+    )
     if self._shift is not None:
       offset = self._shift.offset
       direction = jax.tree_util.tree_map(lambda o, s: (o + s).astype(s.dtype), offset, direction)
@@ -139,9 +154,14 @@ class Form:
       self._solver,
       shift=Shift(offset, output_change, loss_residual),
       prepared=self._prepared,
+      scales=self._scales,
+      metric_state=self.metric_state,
+      metric_ok=self.metric_ok,
     )
 
   def output_change_of(self, direction: Any) -> jax.Array:
+    if self._scales is not None:  # the side's products are J̃'s: J d = J̃ (d ⊘ w)
+      direction = metric_lib.unapply(self._scales, direction)
     return self._side.products.jvp(direction)
 
   def scale(self, trial: Trial, factor: jax.Array) -> Trial:

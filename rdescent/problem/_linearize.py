@@ -25,6 +25,7 @@ from jax.flatten_util import ravel_pytree
 from rdescent import _validation
 from rdescent import gram as gram_lib
 from rdescent import losses as losses_lib
+from rdescent import metric as metric_lib
 from rdescent import solvers as solvers_lib
 from rdescent.problem import _coupling
 from rdescent.problem import _output_maps
@@ -38,6 +39,7 @@ from rdescent.problem._product_cost import choose_products
 from rdescent.problem._products import FlatJacobian
 from rdescent.problem._products import JacobianBlocks
 from rdescent.problem._products import NetworkProducts
+from rdescent.problem._products import ScaledProducts
 from rdescent.problem._protocol import LinearizedProblem
 from rdescent.problem._sketch import checked_sketch
 
@@ -118,6 +120,9 @@ def linearize(
   sketch_size: int | None = None,
   sketch_key: jax.Array | None = None,
   examples: str = "independent",
+  metric: metric_lib.Metric | None = None,
+  metric_state: metric_lib.MetricState | None = None,
+  metric_key: jax.Array | None = None,
   name: str = "scale_by_regression_descent",
 ) -> LinearizedProblem:
   """Builds the RD system of one batch in the form the options ask for.
@@ -157,6 +162,13 @@ def linearize(
       Jacobian of the whole-batch function (`rdescent._jacobian.
       batch_jacobian`); `inputs` may be None, m is then the outputs'
       leading axis; `gram`, `chunk_size` and `data_axis` do not apply.
+    metric: None (λI), or an `rdescent.metric.Metric`: the system of
+      J̃ = J D⁻¹ is solved and the step is d = D⁻¹ d̃ (see that module).
+    metric_state: the metric's state before this batch (`rdescent.metric.
+      init` at the first step); the problem's `metric_state` is the state
+      after it.
+    metric_key: the PRNG key of this step's probe (`metric.kind ==
+      "layerwise"`).
     name: the transform's name, for error messages.
 
   Returns:
@@ -177,7 +189,10 @@ def linearize(
   """
   solver = solvers_lib.get(solver)
   products, _ = check_form(outputs, products, solver, name)
-  if products == "auto":
+  check_metric(metric, products, name)
+  if products == "auto" and metric is not None and metric.per_parameter:
+    products = "jacobian"  # the metric's column norms need J: the products reuse it
+  elif products == "auto":
     products = choose_products(apply_fn, params, inputs, solver=solver, examples=examples)
   _validation.check_option("system", system, SYSTEMS)
   _validation.check_option("examples", examples, gram_lib.EXAMPLES)
@@ -243,12 +258,22 @@ def linearize(
     data_axis=data_axis,
     coupled=coupled,
   )
+  scales, new_metric_state, metric_ok = None, None, jnp.asarray(True)
+  if metric is not None:
+    scales, new_metric_state, metric_ok = _metric_scales(
+      metric, metric_state, metric_key, batch, arrays, params, name
+    )
+    arrays = arrays.scale_by(scales)
+  scaled = (
+    (lambda source: source) if scales is None else (lambda source: ScaledProducts(source, scales))
+  )
+
   side: Any
   if products == "matrix" and system == "dual":
     gram_matrix = arrays.gram(outputs_map)
     side = _sides.Dual(
       outputs_map,
-      NetworkProducts(batch),
+      scaled(NetworkProducts(batch)),
       matrix=outputs_map.dual_matrix(gram_matrix),
       gram=gram_matrix if outputs_map.gram_holds_outputs else None,
     )
@@ -259,15 +284,61 @@ def linearize(
     )
   else:
     if products == "jacobian":
-      source: Any = JacobianBlocks(arrays.jacobian_blocks(), params, num_examples)
+      blocks = arrays.unscaled_jacobian_blocks()
+      source: Any = scaled(JacobianBlocks(blocks, params, num_examples))
     else:
       _, linearized = jax.linearize(lambda p: apply_fn(p, inputs), params)
-      source = NetworkProducts(batch, linearized)
+      source = scaled(NetworkProducts(batch, linearized))
     side = (
       _sides.Dual(outputs_map, source)
       if system == "dual"
       else _sides.Primal(outputs_map, source, params)
     )
-  form = Form(batch, outputs_map, side, solver)
+  form = Form(
+    batch,
+    outputs_map,
+    side,
+    solver,
+    scales=scales,
+    metric_state=new_metric_state,
+    metric_ok=metric_ok,
+  )
   form._prepare(solver)
   return form
+
+
+def check_metric(metric: metric_lib.Metric | None, products: str, name: str) -> None:
+  """A per-parameter metric needs J's columns: refuses products through the network."""
+  if metric is not None and metric.per_parameter and products == "network":
+    raise ValueError(
+      f"{name}: metric={metric.kind!r} scales each parameter by J's column norms, which "
+      "products='network' never forms; use products='jacobian' (J materialised once per "
+      "step), a dense solver, or rd.metric.layerwise()."
+    )
+
+
+def _metric_scales(
+  metric: metric_lib.Metric,
+  state: metric_lib.MetricState | None,
+  key: jax.Array | None,
+  batch: Batch,
+  arrays: SystemArrays,
+  params: Any,
+  name: str,
+) -> tuple[Any, metric_lib.MetricState, jax.Array]:
+  """This batch's statistic, the metric's next state, and its scales w = D⁻¹."""
+  if state is None:
+    state = metric_lib.init(metric, params)
+  if metric.per_parameter:
+    statistic = metric_lib.column_statistic(
+      arrays.unscaled_jacobian_blocks(), params, batch.loss_factor
+    )
+  else:
+    if key is None:
+      raise ValueError(f"{name}: metric={metric.kind!r} needs metric_key (its probe's key).")
+    residual = batch.loss_residual
+    probe = jax.random.rademacher(key, residual.shape, residual.dtype)
+    statistic = metric_lib.probe_statistic(batch.vjp_direction(batch.factor_times(probe)))
+  new_state = metric_lib.update(metric, state, statistic)
+  scales, healthy = metric_lib.scales(metric, new_state, params)
+  return scales, new_state, healthy

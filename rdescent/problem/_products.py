@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from rdescent import metric as metric_lib
 from rdescent.problem._batch import Batch
 
 
@@ -124,3 +125,22 @@ class FlatJacobian:
 
   def vjp(self, coefficients: jax.Array) -> Any:
     return self._unravel(jnp.einsum("ikp,ik->p", self.jacobian, coefficients))
+
+
+class ScaledProducts:
+  """The products of J̃ = J diag(w) (a metric's scaled coordinates, `rdescent.metric`).
+
+  J̃ v = J (w ⊙ v) and J̃ᵀ c = w ⊙ Jᵀ c, from any other products; w is
+  params-shaped (a 0-d array per leaf, or one number per parameter).
+  """
+
+  def __init__(self, products: Products, scales: Any):
+    self._products = products
+    self._scales = scales
+    self.kind = products.kind
+
+  def jvp(self, direction: Any) -> jax.Array:
+    return self._products.jvp(metric_lib.apply(self._scales, direction))
+
+  def vjp(self, coefficients: jax.Array) -> Any:
+    return metric_lib.apply(self._scales, self._products.vjp(coefficients))

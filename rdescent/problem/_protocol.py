@@ -33,6 +33,11 @@ class LinearizedProblem(Protocol):
     matrix: the undamped system matrix, (n, n), or (k, n, n) per output.
     rhs: the system's right-hand side, (n,) or (k, n), made from
       `loss_residual` (not the loss residual itself).
+    metric_state: with a metric (`rdescent.metric`), its state after this
+      batch's statistic; None without one.
+    metric_ok: scalar bool: the metric gave finite positive scales (True
+      without a metric). When False the system is that of λI and the step
+      must not be applied.
   """
 
   params: Any
@@ -47,6 +52,8 @@ class LinearizedProblem(Protocol):
   per_output: bool
   matrix: jax.Array
   rhs: jax.Array
+  metric_state: Any
+  metric_ok: jax.Array
 
   @property
   def loss_residual(self) -> jax.Array:
@@ -91,7 +98,8 @@ class LinearizedProblem(Protocol):
     ...
 
   def gradient_norm(self) -> jax.Array:
-    """‖Jᵀ L u‖, the norm of the loss gradient (‖Jᵀ r‖ for squared error)."""
+    """‖Jᵀ L u‖, the norm of the loss gradient (‖Jᵀ r‖ for squared error);
+    with a metric, in its coordinates: ‖D⁻¹ Jᵀ L u‖."""
     ...
 
   def eigen(self) -> solvers_lib.EigenSystem:
