@@ -316,6 +316,19 @@ def rd_variants(
         loss="softmax_cross_entropy_per_example",
       )
     )
+  if loss == "softmax_cross_entropy" and full_mode and controllers:
+    # λ per example (λ = m λ̄) with SPRING μ = 0.5: the setting of the cross-entropy diagnosis
+    # (benchmarks/ce_diagnosis.py, docs/guide/losses.md) that kept up with Adam per step.
+    if hasattr(rd.damping, "per_example"):
+      specs.append(
+        rd_spec(
+          "rd full per_example(1) spring μ=0.5",
+          damping=("per_example", {"damping": 1.0}),
+          outputs="full",
+          describe="per_example(damping=1)",
+          momentum=0.5,
+        )
+      )
   if loss == "softmax_cross_entropy" and full_mode and full_dampings:
     lam = full_dampings[len(full_dampings) // 2]
     specs.append(

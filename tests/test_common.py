@@ -49,6 +49,7 @@ VARIANTS = {
   "residual_proportional": lambda: dict(damping=rd.damping.residual_proportional()),
   "gradient_proportional": lambda: dict(damping=rd.damping.gradient_proportional()),
   "gcv": lambda: dict(damping=rd.damping.gcv()),
+  "per_example": lambda: dict(damping=rd.damping.per_example(1e-3)),
   # wrappers
   "backtracking": lambda: dict(damping=rd.damping.backtracking(rd.damping.constant(1e-3))),
   "cap_logit_change": lambda: dict(
@@ -286,6 +287,7 @@ def test_the_list_covers_every_public_controller_and_solver():
     "residual_proportional",
     "gradient_proportional",
     "gcv",
+    "per_example",
     "backtracking",
     "cap_logit_change",
     "spring",

@@ -8,7 +8,8 @@ judges the `Trial`s it returns. Public controllers:
 * `next_batch_ratio(initial=1e-5)`: the paper code's accept/reject rule,
 * `levenberg_marquardt(initial=1e-3)`: trust ratio on the same batch,
 * `residual_proportional(mu, delta)`, `gradient_proportional(mu)`,
-* `gcv()`: generalized cross-validation from one eigendecomposition.
+* `gcv()`: generalized cross-validation from one eigendecomposition,
+* `per_example(λ̄)`: λ = m λ̄, damping in the mean loss's units.
 
 Wrappers build a controller around another one:
 
@@ -39,6 +40,8 @@ from rdescent.damping._next_batch_ratio import NextBatchRatioState
 from rdescent.damping._next_batch_ratio import next_batch_ratio
 from rdescent.damping._next_batch_ratio import ratio_and_coefficient
 from rdescent.damping._next_batch_ratio import ratio_rule
+from rdescent.damping._per_example import PerExampleState
+from rdescent.damping._per_example import per_example
 from rdescent.damping._proportional import ProportionalState
 from rdescent.damping._proportional import gradient_proportional
 from rdescent.damping._proportional import residual_proportional
@@ -53,6 +56,7 @@ __all__ = (
   "GCVState",
   "LevenbergMarquardtState",
   "NextBatchRatioState",
+  "PerExampleState",
   "ProportionalState",
   "SpringState",
   "as_controller",
@@ -65,6 +69,7 @@ __all__ = (
   "next_batch_ratio",
   "nielsen_update",
   "output_change_spread",
+  "per_example",
   "ratio_and_coefficient",
   "ratio_rule",
   "residual_proportional",
