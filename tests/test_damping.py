@@ -22,6 +22,10 @@ from tests import models
 
 FEW = hypothesis.settings(max_examples=15, deadline=None)
 
+# Jitted once for every hand-made case and hypothesis example (one compile, not one each).
+_RATIO_RULE = jax.jit(rd.damping.ratio_rule)
+_NIELSEN_UPDATE = jax.jit(rd.damping.nielsen_update, static_argnums=(4, 5))
+
 
 def _jit_update(tx):
   return jax.jit(lambda p, s, x, y: tx.update(None, s, p, batch=(x, y)))
@@ -55,8 +59,7 @@ def _dense(apply_fn, params, x, y):
   ],
 )
 def test_ratio_rule_on_hand_made_ratios(damping, ratio, coefficient, expected, accept):
-  rule = jax.jit(rd.damping.ratio_rule)
-  new, accepted = rule(jnp.float32(damping), jnp.float32(ratio), jnp.float32(coefficient))
+  new, accepted = _RATIO_RULE(jnp.float32(damping), jnp.float32(ratio), jnp.float32(coefficient))
   np.testing.assert_allclose(new, expected, rtol=1e-6)
   assert bool(accepted) == accept
 
@@ -64,9 +67,7 @@ def test_ratio_rule_on_hand_made_ratios(damping, ratio, coefficient, expected, a
 @FEW
 @hypothesis.given(st.floats(1e-8, 10.0), st.floats(0.0, 3.0), st.floats(-3.0, 3.0))
 def test_ratio_rule_matches_its_definition(damping, ratio, coefficient):
-  new, accepted = jax.jit(rd.damping.ratio_rule)(
-    jnp.float32(damping), jnp.float32(ratio), jnp.float32(coefficient)
-  )
+  new, accepted = _RATIO_RULE(jnp.float32(damping), jnp.float32(ratio), jnp.float32(coefficient))
   # The rule compares in the state's dtype: thresholds are float32 too.
   ratio32, coef32 = np.float32(ratio), np.float32(coefficient)
   f32 = np.float32
@@ -110,15 +111,13 @@ def test_ratio_and_coefficient_on_hand_made_losses():
 )
 def test_nielsen_update_on_hand_made_ratios(ratio, accepted, expected_damping, expected_growth):
   growth = 2.0 if accepted else 4.0
-  damping, new_growth = jax.jit(rd.damping.nielsen_update, static_argnums=(4, 5))(
-    1.0, growth, ratio, accepted, 1e-12, 1e12
-  )
+  damping, new_growth = _NIELSEN_UPDATE(1.0, growth, ratio, accepted, 1e-12, 1e12)
   np.testing.assert_allclose(damping, expected_damping, rtol=1e-6)
   np.testing.assert_allclose(new_growth, expected_growth)
 
 
 def test_nielsen_update_clamps_and_caps_growth():
-  update = jax.jit(rd.damping.nielsen_update, static_argnums=(4, 5))
+  update = _NIELSEN_UPDATE
   damping, growth = update(1e3, 1e6, 0.0, False, 1e-6, 1e4)
   np.testing.assert_allclose([damping, growth], [1e4, 1e6])
   damping, _ = update(1e-6, 2.0, 1.0, True, 1e-6, 1e4)
@@ -615,12 +614,12 @@ def test_loss_noise_is_the_scale_of_the_float32_rounding_of_the_decrease():
   params, x, y = _near_fit_problem()
   params, _, _ = _lm_run(params, x, y, 300)
   loss = rd.losses.get("mse")
+  # λ is an argument: one compile for the three solves.
+  solve = jax.jit(
+    lambda p, damping: rd.linearize(models.mlp_apply, p, x, y, loss=loss).solve(damping, 1.0)
+  )
   for damping in (1e-4, 1e-2, 1.0):
-    trial = jax.jit(
-      lambda p, damping=damping: rd.linearize(models.mlp_apply, p, x, y, loss=loss).solve(
-        damping, 1.0
-      )
-    )(params)
+    trial = solve(params, jnp.float32(damping))
     # The parameters actually stepped to (float32), evaluated in float32 and in float64.
     stepped = jax.tree_util.tree_map(lambda p, d: p - d, params, trial.direction)
     actual32 = float(loss.value(models.mlp_apply(params, x), y) - trial.loss_after)

@@ -144,6 +144,13 @@ CONTROLLERS = {
 }
 
 
+@functools.cache
+def _controller_step(controller):
+  """(tx, jitted step) of one controller, shared by the tests that take the same step."""
+  tx = rd.regression_descent(models.mlp_apply, damping=CONTROLLERS[controller]())
+  return tx, _step_fn(tx)
+
+
 @pytest.mark.parametrize("controller", sorted(CONTROLLERS))
 @pytest.mark.parametrize("fault", ["nan_inputs", "inf_targets"])
 def test_non_finite_batch_leaves_params_unchanged_and_is_reported(controller, fault):
@@ -152,9 +159,9 @@ def test_non_finite_batch_leaves_params_unchanged_and_is_reported(controller, fa
     x = x.at[2, 1].set(jnp.nan)
   else:
     y = y.at[0, 0].set(jnp.inf)
-  tx = rd.regression_descent(models.mlp_apply, damping=CONTROLLERS[controller]())
+  tx, step = _controller_step(controller)  # one compile for both faults
   state = tx.init(params)
-  new_params, new_state = _step_fn(tx)(params, state, x, y)
+  new_params, new_state = step(params, state, x, y)
   for new, old in zip(jax.tree_util.tree_leaves(new_params), jax.tree_util.tree_leaves(params)):
     np.testing.assert_array_equal(new, old)
   rd_state = _rd_state(new_state)
@@ -178,8 +185,8 @@ def test_recovery_after_a_bad_batch_grows_lm_damping_then_trains():
 @pytest.mark.parametrize("scale", [1e6, 1e30])
 def test_huge_inputs_never_write_non_finite_values(scale):
   params, x, y = _setup()
-  tx = rd.regression_descent(models.mlp_apply, damping=rd.damping.levenberg_marquardt())
-  new_params, state = _step_fn(tx)(params, tx.init(params), x * scale, y)
+  tx, step = _controller_step("levenberg_marquardt")
+  new_params, state = step(params, tx.init(params), x * scale, y)
   assert _all_finite(new_params) and _all_finite(state)
   status = int(_rd_state(state).status)
   assert status in transform_lib.STATUS_MESSAGES
@@ -456,6 +463,17 @@ def test_a_non_finite_schedule_is_named_and_never_written(kwargs, code):
   assert _all_finite(state) and _all_finite(tx.init(params))
 
 
+_INJECTED = dict(learning_rate=1.0, damping=1e-3, momentum=0.5)
+
+
+@functools.cache
+def _injected_step():
+  tx = optax.inject_hyperparams(rd.regression_descent, static_args=("apply_fn",))(
+    apply_fn=models.mlp_apply, **_INJECTED
+  )
+  return tx, _step_fn(tx)
+
+
 @pytest.mark.parametrize(
   "name, value, code",
   [
@@ -466,13 +484,10 @@ def test_a_non_finite_schedule_is_named_and_never_written(kwargs, code):
 )
 def test_a_non_finite_injected_hyperparameter_is_named_and_never_written(name, value, code):
   params, x, y = _setup()
-  injected = dict(learning_rate=1.0, damping=1e-3, momentum=0.5)
-  tx = optax.inject_hyperparams(rd.regression_descent, static_args=("apply_fn",))(
-    apply_fn=models.mlp_apply, **injected
-  )
+  injected = dict(_INJECTED)
+  tx, step = _injected_step()  # the hyperparameters are state: one compile for the three
   state = tx.init(params)
   state.hyperparams[name] = jnp.asarray(value, jnp.float32)
-  step = _step_fn(tx)
   new_params, state = step(params, state, x, y)
   assert _status_of(state) == code
   assert _all_finite(new_params) and _all_finite(state.inner_state)
