@@ -165,6 +165,15 @@ VARIANTS: dict[str, tuple[str, Callable[[], Any]]] = {
     for lam in (0.5, 1.0, 2.0)
     for mu in (0.0, 0.5, 0.7)
   },
+  # The scaled metric (metric=, when rdescent has it): λ relative to each layer's curvature.
+  **{
+    f"rd_layerwise_l{lam:g}" + (f"_spring{mu:g}" if mu else ""): (
+      "rd",
+      functools.partial(lambda lam, mu: _rd(damping=lam, metric="layerwise", momentum=mu), lam, mu),
+    )
+    for lam in (0.01, 0.1, 1.0)
+    for mu in (0.0, 0.5)
+  },
   "somax_egn_ce_l10": ("somax", lambda: 10.0),
   "somax_egn_ce_l1": ("somax", lambda: 1.0),
 }
