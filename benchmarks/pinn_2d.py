@@ -84,7 +84,8 @@ ADAM_LRS = (1e-3, 3e-3, 1e-2)
 # Nyström rank ℓ, CG iterations and tolerance of the matrix-free solver (see the table note):
 # with ℓ = 20 the first steps (λ large) converge in 2-8 iterations to 1e-8, later ones stop
 # at maxiter; a larger ℓ costs ℓ products per step and did not pay, neither did truncated CG.
-CG = {"rank": 20, "maxiter": 50, "tol": 1e-8}
+# Products through the network, named: cg's default products="auto" would take J here.
+CG = {"rank": 20, "maxiter": 50, "tol": 1e-8, "products": "network"}
 # The study at scale (`poisson_2d_scale`, the target (ii)): 10,000 interior + 800
 # boundary points, MLP 2-64-64-64-1 (8,577 parameters), 120 s per run.
 SCALE = {"grid": 100, "edge": 200, "hidden": (64, 64, 64), "test": 100, "seeds": 3, "budget": 120.0}
