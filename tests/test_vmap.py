@@ -131,7 +131,7 @@ def test_every_controller_vmapped_equals_single_runs(name):
 # Cholesky (the default) is the controllers' test above.
 SOLVERS = {
   "eigh": lambda: dict(solver="eigh"),
-  "cg": lambda: dict(solver=rd.solvers.cg(rank=2, maxiter=20)),
+  "cg": lambda: dict(solver=rd.solvers.cg(rank=2, maxiter=20, products="network")),
   "cg/jacobian": lambda: dict(solver=rd.solvers.cg(rank=2, maxiter=20, products="jacobian")),
 }
 
