@@ -132,3 +132,26 @@ def test_without_precision_the_state_records_the_compute_dtype():
   params, x, y = models.mlp_problem(jax.random.PRNGKey(0), [3, 4, 1], m=5, dtype=jnp.float32)
   state = rd.scale_by_regression_descent(models.mlp_apply).init(params)
   assert int(state.precision.bits) == 32 and int(state.precision.switched_at) == -1
+
+
+def test_a_vmapped_switching_update_equals_single_runs():
+  """jax.vmap over problems that switch at different updates (the cond becomes a select;
+  with rtol=0.2 the first target switches after update 0, the others after update 1)."""
+  with jax.enable_x64(True):
+    params, x, _ = _problem()
+    targets = jax.random.normal(jax.random.PRNGKey(5), (3, *_problem()[2].shape), jnp.float64)
+    tx = _transform(precision=rd.precision_switch(rtol=0.2, patience=1))
+
+    def run(y):
+      def body(carry, _):
+        p, s = carry
+        direction, s = tx.update(None, s, p, batch=(x, y))
+        return (optax.apply_updates(p, jax.tree_util.tree_map(jnp.negative, direction)), s), None
+
+      (p, s), _ = jax.lax.scan(body, (params, tx.init(params)), None, length=4)
+      return p, s.precision.bits
+
+    batched = jax.jit(jax.vmap(run))(targets)
+    for i in range(3):
+      single = jax.jit(run)(targets[i])
+      _assert_tree_close(jax.tree_util.tree_map(lambda a, i=i: a[i], batched), single, rtol=1e-10)
