@@ -55,6 +55,7 @@ class Options(NamedTuple):
   termination: _termination.Termination | None = None
   precision: _precision.PrecisionSwitch | None = None
   metric: str | metric_lib.Metric | None = None
+  row_sketch: int | None = None
 
 
 class Resolved(NamedTuple):
@@ -124,6 +125,14 @@ def check(options: Options) -> Resolved:
   _precision.check(options.precision)
   metric = metric_lib.check(options.metric)
   problem_lib.check_metric(metric, products, "scale_by_regression_descent")
+  problem_lib.check_row_sketch(
+    options.row_sketch, options.examples, data_axis, "scale_by_regression_descent"
+  )
+  if options.row_sketch is not None and not spring_lib.is_zero(options.momentum):
+    raise ValueError(
+      f"row_sketch={options.row_sketch} with momentum={options.momentum!r} is not supported "
+      "(SPRING's shifted system is not judged on the whole batch); use momentum=0."
+    )
   controller = damping_lib.as_controller(options.damping)
   spring_lib.check_momentum(options.momentum)
   if not spring_lib.is_zero(options.momentum):
@@ -191,6 +200,14 @@ def metric_key(metric: metric_lib.Metric | None, count: jax.Array) -> jax.Array 
   if metric is None or metric.per_parameter:
     return None
   return jax.random.fold_in(jax.random.key(metric.seed), count)
+
+
+def row_key(options: Options, count: jax.Array) -> jax.Array | None:
+  """The step's row draw, from `sketch_seed` on a stream of its own (None without row_sketch)."""
+  if options.row_sketch is None:
+    return None
+  stream = jax.random.fold_in(jax.random.key(options.sketch_seed), 0x5EED)
+  return jax.random.fold_in(stream, count)
 
 
 def sketch_key(options: Options, count: jax.Array) -> jax.Array | None:

@@ -260,6 +260,12 @@ def scale_by_regression_descent(
       and the step is D⁻¹ d̃, the direction of (JᵀJ + λD²) d = Jᵀr; λ is then relative to the
       curvature (re-tune it). A scale that is non-finite or not positive skips the step with
       `STATUS_BAD_METRIC` (12). See `rdescent.metric`.
+    row_sketch (int | None): None (the default: every example of the batch) or s: each step
+      solves the regression on s examples drawn without replacement from the batch (seeded by
+      `sketch_seed`, a new draw every step), and judges every trial on the whole batch (the
+      controller's loss, its predicted and actual reductions: one JVP and one forward pass of
+      the batch per trial); a sketched Gauss-Newton step for many residuals: an s-row system
+      instead of an m-row one. Independent examples only; not with `momentum` or `data_axis`.
     termination (rdescent.Termination | None): None (the default: no tests) or
       `rdescent.termination(ftol=, xtol=, gtol=)`: MINPACK-style tests on every step that applies
       something (or has a zero direction), on the step's batch; meant for full-batch least
@@ -379,6 +385,8 @@ def scale_by_regression_descent(
       metric=metric,
       metric_state=state.metric_state,
       metric_key=options_lib.metric_key(metric, state.count),
+      row_sketch=opts.row_sketch,
+      row_key=options_lib.row_key(opts, state.count),
       name=name,
     )
     eta = step_size(state.count) if callable(step_size) else step_size

@@ -219,9 +219,17 @@ def decrease(loss: jax.Array, trial: problem_lib.Trial) -> tuple[jax.Array, jax.
   A predicted decrease ≤ 10 ε |ℓ| (ε the dtype's machine epsilon, e.g. at an
   exact solution) is negligible: there is nothing left to judge, and the
   judges (`levenberg_marquardt`, `backtracking`) take such a step as it is.
+  A predicted *increase* beyond that and beyond the loss's rounding noise
+  (`trial.loss_noise`) is not negligible: a direction that does not descend
+  the model it is judged on (a row-sketched step judged on the whole batch)
+  is judged, and rejected (`noise_tolerant_ratio` is then 0).
   """
-  eps = jnp.finfo(trial.predicted_reduction.dtype).eps
-  negligible = trial.predicted_reduction <= 10 * eps * jnp.abs(loss)
+  predicted = trial.predicted_reduction
+  eps = jnp.finfo(predicted.dtype).eps
+  tolerance = 10 * eps * jnp.abs(loss)
+  negligible = (predicted <= tolerance) & (
+    predicted >= -(tolerance + NOISE_RELAXATION * trial.loss_noise)
+  )
   return loss - trial.loss_after, negligible
 
 
@@ -237,4 +245,8 @@ def noise_tolerant_ratio(actual: jax.Array, trial: problem_lib.Trial) -> jax.Arr
   plain ratio is noise and drives λ up until the steps stall.
   """
   relax = NOISE_RELAXATION * trial.loss_noise
-  return (actual + relax) / (trial.predicted_reduction + relax)
+  denominator = trial.predicted_reduction + relax
+  # A predicted increase (the model does not descend): no trust, ρ = 0.
+  return jnp.where(
+    denominator > 0, (actual + relax) / jnp.where(denominator > 0, denominator, 1.0), 0.0
+  )

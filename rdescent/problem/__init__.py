@@ -53,6 +53,7 @@ from rdescent.problem._linearize import PRODUCTS
 from rdescent.problem._linearize import SYSTEMS
 from rdescent.problem._linearize import check_form
 from rdescent.problem._linearize import check_metric
+from rdescent.problem._linearize import check_row_sketch
 from rdescent.problem._linearize import linearize
 from rdescent.problem._product_cost import JACOBIAN_BYTES
 from rdescent.problem._product_cost import choose_products
@@ -72,6 +73,7 @@ __all__ = (
   "Trial",
   "check_form",
   "check_metric",
+  "check_row_sketch",
   "choose_products",
   "examples_consistent",
   "linearize",

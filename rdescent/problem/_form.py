@@ -10,6 +10,12 @@ system of J̃ = J diag(w) for a direction d̃ in scaled coordinates; the step is
 d = w ⊙ d̃, and J d = J̃ d̃. Directions given in parameter coordinates (a
 prior, `output_change_of`) are mapped back by d̃ = d ⊘ w.
 
+**Rows judged on the whole batch** (`row_sketch`): `judged_on(whole)` returns
+the form with a second `Batch`, the whole one: the system stays that of the
+drawn rows, but the problem's loss, outputs and residual norm, and every
+trial's J d, loss after the step and predicted reduction, are the whole
+batch's (one JVP and one forward pass per trial).
+
 **A prior direction (SPRING).** `shifted(d₀, μ)` returns the same form with a
 `Shift`: the offset o = μ d₀, its output change J o, and the right-hand side
 of the shifted residual u − Lᵀ J o. Its solves return d = o + (the solved
@@ -60,6 +66,7 @@ class Form:
     scales: Any = None,
     metric_state: Any = None,
     metric_ok: jax.Array | bool = True,
+    judge: Batch | None = None,
   ):
     self._batch = batch
     self._outputs_map = outputs_map
@@ -71,13 +78,15 @@ class Form:
     self._scales = scales
     self.metric_state = metric_state
     self.metric_ok = jnp.asarray(metric_ok)
+    # The batch trials are judged on: the whole batch of a row sketch, else the system's.
+    self._judge = batch if judge is None else judge
     self.params = batch.params
-    self.outputs = batch.outputs
-    self.targets = batch.targets
-    self.loss = batch.loss
-    self.factors = batch.factors
+    self.outputs = self._judge.outputs
+    self.targets = self._judge.targets
+    self.loss = self._judge.loss
+    self.factors = self._judge.factors
     self.examples_consistent = batch.examples_consistent
-    self.num_examples, self.num_outputs = batch.outputs.shape
+    self.num_examples, self.num_outputs = self._judge.outputs.shape
     self.system = side.name
     self.per_output = outputs_map.systems is not None
     self.matrix = side.matrix
@@ -90,7 +99,21 @@ class Form:
 
   @property
   def residual_norm(self) -> jax.Array:
-    return jnp.linalg.norm(self._batch.loss_residual)
+    return jnp.linalg.norm(self._judge.loss_residual)
+
+  def judged_on(self, whole: Batch) -> Form:
+    """This form (the drawn rows' system) with its trials judged on the `whole` batch."""
+    return Form(
+      self._batch,
+      self._outputs_map,
+      self._side,
+      self._solver,
+      prepared=self._prepared,
+      scales=self._scales,
+      metric_state=self.metric_state,
+      metric_ok=self.metric_ok,
+      judge=whole,
+    )
 
   def _operator(self) -> Any:
     """What the solver prepares: the dense matrix, or the side's operator."""
@@ -124,8 +147,10 @@ class Form:
       offset = self._shift.offset
       direction = jax.tree_util.tree_map(lambda o, s: (o + s).astype(s.dtype), offset, direction)
       output_change = self._shift.output_change.astype(output_change.dtype) + output_change
+    if self._judge is not self._batch:
+      output_change = self._judge.jvp(direction).astype(output_change.dtype)
     return _trial.score(
-      self._batch,
+      self._judge,
       direction,
       output_change,
       damping,
@@ -137,6 +162,11 @@ class Form:
     )
 
   def shifted(self, prior: Any, weight: jax.Array | float) -> Form:
+    if self._judge is not self._batch:
+      raise ValueError(
+        "row_sketch: a shifted problem (momentum=, SPRING) is not supported with row_sketch; "
+        "use momentum=0."
+      )
     dtype = self.outputs.dtype
     weight = jnp.asarray(weight, dtype)
     # Each leaf in its parameter's dtype (the JVP's tangents must match).
@@ -160,17 +190,22 @@ class Form:
     )
 
   def output_change_of(self, direction: Any) -> jax.Array:
+    if self._judge is not self._batch:
+      return self._judge.jvp(direction)
     if self._scales is not None:  # the side's products are J̃'s: J d = J̃ (d ⊘ w)
       direction = metric_lib.unapply(self._scales, direction)
     return self._side.products.jvp(direction)
 
   def scale(self, trial: Trial, factor: jax.Array) -> Trial:
-    return _trial.scaled(self._batch, trial, factor)
+    return _trial.scaled(self._judge, trial, factor)
 
   def null_trial(self, damping, step_size) -> Trial:
-    return _trial.null(self._batch, damping, step_size)
+    return _trial.null(self._judge, damping, step_size)
 
   def gradient_norm(self) -> jax.Array:
+    if self._judge is not self._batch:  # the whole batch's ‖Jᵀ g‖, one VJP
+      gradient = self._judge.vjp_direction(self._judge.output_gradient())
+      return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(gradient)))
     return self._side.gradient_norm(self._batch.output_gradient())
 
   def eigen(self) -> solvers_lib.EigenSystem:
@@ -196,4 +231,4 @@ class Form:
     )
 
   def loss_at(self, params: Any) -> jax.Array:
-    return self._batch.loss_at(params)
+    return self._judge.loss_at(params)

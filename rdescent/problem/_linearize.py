@@ -123,6 +123,8 @@ def linearize(
   metric: metric_lib.Metric | None = None,
   metric_state: metric_lib.MetricState | None = None,
   metric_key: jax.Array | None = None,
+  row_sketch: int | None = None,
+  row_key: jax.Array | None = None,
   name: str = "scale_by_regression_descent",
 ) -> LinearizedProblem:
   """Builds the RD system of one batch in the form the options ask for.
@@ -169,6 +171,12 @@ def linearize(
       after it.
     metric_key: the PRNG key of this step's probe (`metric.kind ==
       "layerwise"`).
+    row_sketch: None, or s: the regression is solved on s examples drawn
+      without replacement from the m of the batch (`row_key`), and every trial
+      is judged on the whole batch: its loss after the step and its predicted
+      reduction use all m examples (one JVP and one forward pass of the batch
+      per trial). With s ≥ m the whole batch. Independent examples only.
+    row_key: the PRNG key of the rows' draw.
     name: the transform's name, for error messages.
 
   Returns:
@@ -197,6 +205,34 @@ def linearize(
   _validation.check_option("system", system, SYSTEMS)
   _validation.check_option("examples", examples, gram_lib.EXAMPLES)
   coupled = examples == "coupled"
+  total = None if coupled else jax.tree_util.tree_leaves(inputs)[0].shape[0]
+  if row_sketch is not None and total is not None and row_sketch < total:
+    check_row_sketch(row_sketch, examples, data_axis, name)
+    if row_key is None:
+      raise ValueError(f"{name}: row_sketch={row_sketch} needs row_key (the rows' draw).")
+    rows = jax.random.choice(row_key, total, (row_sketch,), replace=False)
+    whole = _judge_batch(apply_fn, params, inputs, targets, loss)
+    sketched = linearize(
+      apply_fn,
+      params,
+      jax.tree_util.tree_map(lambda leaf: leaf[rows], inputs),
+      jnp.asarray(targets)[rows],
+      loss=loss,
+      outputs=outputs,
+      gram=gram,
+      system=system,
+      chunk_size=chunk_size,
+      solver=solver,
+      products=products,
+      sketch_size=sketch_size,
+      sketch_key=sketch_key,
+      metric=metric,
+      metric_state=metric_state,
+      metric_key=metric_key,
+      name=name,
+    )
+    assert isinstance(sketched, Form)
+    return sketched.judged_on(whole)
   raw_outputs, vjp = jax.vjp(lambda p: apply_fn(p, inputs), params)
   if coupled:
     num_examples = raw_outputs.shape[0] if raw_outputs.ndim else 0
@@ -305,6 +341,50 @@ def linearize(
   )
   form._prepare(solver)
   return form
+
+
+def check_row_sketch(row_sketch: Any, examples: str, data_axis: Any, name: str) -> None:
+  """`row_sketch`: None or a positive Python int, with independent examples and no mesh axis."""
+  if row_sketch is None:
+    return
+  if isinstance(row_sketch, bool) or not isinstance(row_sketch, int) or row_sketch < 1:
+    raise ValueError(
+      f"{name}: row_sketch must be None or a positive int (the examples each step's "
+      f"regression is solved on; a shape, static); got row_sketch={row_sketch!r}."
+    )
+  if examples == "coupled":
+    raise ValueError(
+      f"{name}: row_sketch draws examples of the batch, which examples='coupled' does not "
+      "have (one residual function of the whole batch); use examples='independent'."
+    )
+  if data_axis is not None:
+    raise ValueError(
+      f"{name}: row_sketch with data_axis={data_axis!r} is not supported (the drawn rows "
+      "would cross the mesh's example split); use data_axis=None."
+    )
+
+
+def _judge_batch(
+  apply_fn: ApplyFn, params: Any, inputs: Any, targets: jax.Array, loss: losses_lib.Loss
+) -> Batch:
+  """The whole batch that a row-sketched problem's trials are judged on."""
+  raw_outputs, vjp = jax.vjp(lambda p: apply_fn(p, inputs), params)
+  flat_outputs = raw_outputs.reshape(raw_outputs.shape[0], -1)
+  prepared = loss.prepare_targets(targets, flat_outputs)
+  return Batch(
+    apply_fn=apply_fn,
+    params=params,
+    inputs=inputs,
+    vjp=vjp,
+    output_shape=raw_outputs.shape,
+    output_dtype=raw_outputs.dtype,
+    outputs=flat_outputs,
+    targets=prepared,
+    loss_fn=loss,
+    loss=loss.value(flat_outputs, prepared),
+    factors=loss.factors(flat_outputs, prepared),
+    examples_consistent=jnp.asarray(True),
+  )
 
 
 def check_metric(metric: metric_lib.Metric | None, products: str, name: str) -> None:
