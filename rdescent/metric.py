@@ -64,6 +64,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 __all__ = (
   "KINDS",
@@ -241,8 +242,6 @@ def column_statistic(jacobian_blocks: Any, params: Any, loss_factor: jax.Array |
     return jnp.sum(jnp.square(flat_block), axis=(0, 1))
 
   if isinstance(jacobian_blocks, jax.Array):
-    from jax.flatten_util import ravel_pytree
-
     return ravel_pytree(params)[1](squared_norms(jacobian_blocks))
   return jax.tree_util.tree_map(
     lambda block, p: squared_norms(block).reshape(jnp.shape(p)), jacobian_blocks, params

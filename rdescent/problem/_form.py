@@ -34,6 +34,7 @@ from rdescent import metric as metric_lib
 from rdescent import solvers as solvers_lib
 from rdescent.problem import _trial
 from rdescent.problem._batch import Batch
+from rdescent.problem._products import flat
 from rdescent.problem._trial import Trial
 
 
@@ -204,8 +205,7 @@ class Form:
 
   def gradient_norm(self) -> jax.Array:
     if self._judge is not self._batch:  # the whole batch's ‖Jᵀ g‖, one VJP
-      gradient = self._judge.vjp_direction(self._judge.output_gradient())
-      return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(gradient)))
+      return jnp.linalg.norm(flat(self._judge.vjp_direction(self._judge.output_gradient())))
     return self._side.gradient_norm(self._batch.output_gradient())
 
   def eigen(self) -> solvers_lib.EigenSystem:

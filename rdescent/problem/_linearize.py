@@ -250,22 +250,8 @@ def linearize(
   else:
     _coupling.check_single_example(apply_fn, params, inputs, raw_outputs.shape, name)
     consistent = _coupling.examples_consistent(apply_fn, params, inputs, flat_outputs, chunk_size)
-  prepared_targets = loss.prepare_targets(targets, flat_outputs)
-  factors = loss.factors(flat_outputs, prepared_targets)
-  batch = Batch(
-    apply_fn=apply_fn,
-    params=params,
-    inputs=inputs,
-    vjp=vjp,
-    output_shape=raw_outputs.shape,
-    output_dtype=raw_outputs.dtype,
-    outputs=flat_outputs,
-    targets=prepared_targets,
-    loss_fn=loss,
-    loss=loss.value(flat_outputs, prepared_targets),
-    factors=factors,
-    examples_consistent=consistent,
-  )
+  batch = _batch(apply_fn, params, inputs, targets, loss, raw_outputs, vjp, consistent)
+  factors = batch.factors
   num_outputs = flat_outputs.shape[1]
   num_residuals = factors.rhs.shape[1]
 
@@ -369,6 +355,20 @@ def _judge_batch(
 ) -> Batch:
   """The whole batch that a row-sketched problem's trials are judged on."""
   raw_outputs, vjp = jax.vjp(lambda p: apply_fn(p, inputs), params)
+  return _batch(apply_fn, params, inputs, targets, loss, raw_outputs, vjp, jnp.asarray(True))
+
+
+def _batch(
+  apply_fn: ApplyFn,
+  params: Any,
+  inputs: Any,
+  targets: jax.Array,
+  loss: losses_lib.Loss,
+  raw_outputs: jax.Array,
+  vjp: Any,
+  consistent: jax.Array,
+) -> Batch:
+  """The `Batch` of a forward pass (its outputs and VJP): targets prepared, loss and factors."""
   flat_outputs = raw_outputs.reshape(raw_outputs.shape[0], -1)
   prepared = loss.prepare_targets(targets, flat_outputs)
   return Batch(
@@ -383,7 +383,7 @@ def _judge_batch(
     loss_fn=loss,
     loss=loss.value(flat_outputs, prepared),
     factors=loss.factors(flat_outputs, prepared),
-    examples_consistent=jnp.asarray(True),
+    examples_consistent=consistent,
   )
 
 
