@@ -56,6 +56,7 @@ class Options(NamedTuple):
   precision: _precision.PrecisionSwitch | None = None
   metric: str | metric_lib.Metric | None = None
   row_sketch: int | None = None
+  column_sketch: int | None = None
 
 
 class Resolved(NamedTuple):
@@ -133,6 +134,14 @@ def check(options: Options) -> Resolved:
       f"row_sketch={options.row_sketch} with momentum={options.momentum!r} is not supported "
       "(SPRING's shifted system is not judged on the whole batch); use momentum=0."
     )
+  problem_lib.check_column_sketch(
+    options.column_sketch, data_axis, metric, "scale_by_regression_descent"
+  )
+  if options.column_sketch is not None and not spring_lib.is_zero(options.momentum):
+    raise ValueError(
+      f"column_sketch={options.column_sketch} with momentum={options.momentum!r} is not "
+      "supported (SPRING's prior leaves the drawn subspace); use momentum=0."
+    )
   controller = damping_lib.as_controller(options.damping)
   spring_lib.check_momentum(options.momentum)
   if not spring_lib.is_zero(options.momentum):
@@ -207,6 +216,14 @@ def row_key(options: Options, count: jax.Array) -> jax.Array | None:
   if options.row_sketch is None:
     return None
   stream = jax.random.fold_in(jax.random.key(options.sketch_seed), 0x5EED)
+  return jax.random.fold_in(stream, count)
+
+
+def column_key(options: Options, count: jax.Array) -> jax.Array | None:
+  """The step's column draw, from `sketch_seed` on a stream of its own (None without it)."""
+  if options.column_sketch is None:
+    return None
+  stream = jax.random.fold_in(jax.random.key(options.sketch_seed), 0xC01)
   return jax.random.fold_in(stream, count)
 
 

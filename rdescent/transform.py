@@ -266,6 +266,14 @@ def scale_by_regression_descent(
       controller's loss, its predicted and actual reductions: one JVP and one forward pass of
       the batch per trial); a sketched Gauss-Newton step for many residuals: an s-row system
       instead of an m-row one. Independent examples only; not with `momentum` or `data_axis`.
+    column_sketch (int | None): None (the default: every parameter) or c: each step solves the
+      regression on c of the p parameter coordinates drawn without replacement (seeded by
+      `sketch_seed`, a new draw every step): the system of J's c drawn columns (c × c on the
+      primal side instead of p × p), whose step moves those coordinates only; every trial is
+      the true problem's (J d, the predicted reduction, the loss after the step). With
+      `row_sketch` too, a doubly sketched Gauss-Newton step. Composes with LM and
+      `metric="marquardt"`; not with `momentum`, `data_axis` or a per-leaf metric. See
+      `rdescent.problem._columns` for its cost.
     termination (rdescent.Termination | None): None (the default: no tests) or
       `rdescent.termination(ftol=, xtol=, gtol=)`: MINPACK-style tests on every step that applies
       something (or has a zero direction), on the step's batch; meant for full-batch least
@@ -387,6 +395,8 @@ def scale_by_regression_descent(
       metric_key=options_lib.metric_key(metric, state.count),
       row_sketch=opts.row_sketch,
       row_key=options_lib.row_key(opts, state.count),
+      column_sketch=opts.column_sketch,
+      column_key=options_lib.column_key(opts, state.count),
       name=name,
     )
     eta = step_size(state.count) if callable(step_size) else step_size

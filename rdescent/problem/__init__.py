@@ -51,6 +51,7 @@ from rdescent.problem._linearize import FORMS
 from rdescent.problem._linearize import OUTPUT_MODES
 from rdescent.problem._linearize import PRODUCTS
 from rdescent.problem._linearize import SYSTEMS
+from rdescent.problem._linearize import check_column_sketch
 from rdescent.problem._linearize import check_form
 from rdescent.problem._linearize import check_metric
 from rdescent.problem._linearize import check_row_sketch
@@ -71,6 +72,7 @@ __all__ = (
   "SYSTEMS",
   "LinearizedProblem",
   "Trial",
+  "check_column_sketch",
   "check_form",
   "check_metric",
   "check_row_sketch",

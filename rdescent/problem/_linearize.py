@@ -27,6 +27,7 @@ from rdescent import gram as gram_lib
 from rdescent import losses as losses_lib
 from rdescent import metric as metric_lib
 from rdescent import solvers as solvers_lib
+from rdescent.problem import _columns
 from rdescent.problem import _coupling
 from rdescent.problem import _output_maps
 from rdescent.problem import _sides
@@ -125,6 +126,8 @@ def linearize(
   metric_key: jax.Array | None = None,
   row_sketch: int | None = None,
   row_key: jax.Array | None = None,
+  column_sketch: int | None = None,
+  column_key: jax.Array | None = None,
   name: str = "scale_by_regression_descent",
 ) -> LinearizedProblem:
   """Builds the RD system of one batch in the form the options ask for.
@@ -177,6 +180,12 @@ def linearize(
       reduction use all m examples (one JVP and one forward pass of the batch
       per trial). With s ≥ m the whole batch. Independent examples only.
     row_key: the PRNG key of the rows' draw.
+    column_sketch: None, or c: the regression is solved on c of the p
+      parameter coordinates drawn without replacement (`column_key`), as the
+      problem of g(z) = f(θ + S z) at z = 0, and the step is d = S d_z
+      (`rdescent.problem._columns`); its trials are f's. With c ≥ p all of
+      them. Composes with `row_sketch` and `metric=marquardt()`.
+    column_key: the PRNG key of the columns' draw.
     name: the transform's name, for error messages.
 
   Returns:
@@ -205,6 +214,47 @@ def linearize(
   _validation.check_option("system", system, SYSTEMS)
   _validation.check_option("examples", examples, gram_lib.EXAMPLES)
   coupled = examples == "coupled"
+  num_params = ravel_pytree(params)[0].size
+  if column_sketch is not None and column_sketch < num_params:
+    check_column_sketch(column_sketch, data_axis, metric, name)
+    if column_key is None:
+      raise ValueError(
+        f"{name}: column_sketch={column_sketch} needs column_key (the columns' draw)."
+      )
+    columns = _columns.draw_columns(column_key, num_params, column_sketch)
+    if metric is not None and metric_state is None:
+      metric_state = metric_lib.init(metric, params)
+    inner = linearize(
+      _columns.subspace_model(apply_fn, params, columns),
+      jnp.zeros((column_sketch,), ravel_pytree(params)[0].dtype),
+      inputs,
+      targets,
+      loss=loss,
+      outputs=outputs,
+      gram=gram,
+      system=system,
+      chunk_size=chunk_size,
+      solver=solver,
+      products=products,
+      sketch_size=sketch_size,
+      sketch_key=sketch_key,
+      examples=examples,
+      metric=metric,
+      metric_state=(
+        None if metric_state is None else _columns.gather_metric_state(metric_state, columns)
+      ),
+      metric_key=metric_key,
+      row_sketch=row_sketch,
+      row_key=row_key,
+      name=name,
+    )
+    new_metric_state = (
+      None
+      if metric_state is None
+      else _columns.scatter_metric_state(metric_state, inner.metric_state, columns)
+    )
+    whole = _judge_batch(apply_fn, params, inputs, targets, loss)
+    return _columns.ColumnSketch(inner, whole, columns, new_metric_state)
   total = None if coupled else jax.tree_util.tree_leaves(inputs)[0].shape[0]
   if row_sketch is not None and total is not None and row_sketch < total:
     check_row_sketch(row_sketch, examples, data_axis, name)
@@ -347,6 +397,27 @@ def check_row_sketch(row_sketch: Any, examples: str, data_axis: Any, name: str) 
     raise ValueError(
       f"{name}: row_sketch with data_axis={data_axis!r} is not supported (the drawn rows "
       "would cross the mesh's example split); use data_axis=None."
+    )
+
+
+def check_column_sketch(column_sketch: Any, data_axis: Any, metric: Any, name: str) -> None:
+  """`column_sketch`: None or a positive Python int; no mesh axis, no per-leaf metric."""
+  if column_sketch is None:
+    return
+  if isinstance(column_sketch, bool) or not isinstance(column_sketch, int) or column_sketch < 1:
+    raise ValueError(
+      f"{name}: column_sketch must be None or a positive int (the parameter coordinates each "
+      f"step's regression is solved on; a shape, static); got column_sketch={column_sketch!r}."
+    )
+  if data_axis is not None:
+    raise ValueError(
+      f"{name}: column_sketch with data_axis={data_axis!r} is not supported; use data_axis=None."
+    )
+  if metric is not None and not metric.per_parameter:
+    raise ValueError(
+      f"{name}: column_sketch with metric={metric.kind!r} is not supported: a per-leaf metric "
+      "has no scale for the drawn coordinates (one flat leaf); use rd.metric.marquardt() or "
+      "no metric."
     )
 
 

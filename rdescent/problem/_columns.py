@@ -1,0 +1,161 @@
+"""Column sketches: each step's regression in a random coordinate subspace of θ.
+
+With many parameters (p large), `column_sketch=c` draws c of the p
+coordinates without replacement each step (S, the p × c selection) and solves
+the regression of the reparametrised model
+
+    g(z) = f(θ + S z),   z ∈ R^c,   at z = 0,
+
+whose Jacobian is J S, the c drawn columns of J. Any form applies to g
+unchanged (dual, primal, `cg`, the output maps, a metric), and the step is
+d = S d_z: the drawn coordinates move, the others stay. For the full form it
+is the minimiser of ‖Lᵀ J S z − u‖² + λ‖z‖².
+
+Every trial is the true problem's: J d = (J S) d_z, its predicted reduction,
+and the loss after θ − η d are those of f (g at z = −η d_z is f at θ − η S
+d_z), so Levenberg-Marquardt never applies a step that raises the loss. With
+`row_sketch` as well the drawn rows' regression of the drawn columns is
+solved (a doubly sketched Gauss-Newton step) and the trials are judged on the
+whole batch.
+
+**Cost.** The system is that of c columns instead of p: K̃ = (J S)(J S)ᵀ is
+m k × m k built with m² k² c flops instead of m² k² p; the primal normal
+matrix is c × c (m k c² flops and a c³/3 factorisation instead of m k p² and
+p³/3); J S holds m k c numbers. J S is taken by reverse mode through g, whose
+cotangent passes through f's full VJP: forming it costs what forming J does.
+So it pays when the system, not the Jacobian, is the cost: the primal side
+with p in the thousands (p³ and m k p² against m k p).
+
+The rest of the problem answers in θ's coordinates from the whole batch at θ:
+`output_change_of` (one JVP), `gradient_norm` (‖Jᵀ L u‖, all p columns; with a
+metric, unscaled), `loss_at`, `scale` and `null_trial`.
+
+**A metric** (`rdescent.metric.marquardt()`): its per-parameter state is read
+at the drawn coordinates, updated from their column norms and written back;
+the other coordinates keep theirs. The floor D² ≥ floor · mean(D²) is taken
+over the drawn coordinates. Per-leaf metrics (`layerwise`) are refused: the
+subspace has one leaf.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from rdescent import metric as metric_lib
+from rdescent.problem import _trial
+from rdescent.problem._batch import Batch
+from rdescent.problem._products import flat
+from rdescent.problem._trial import Trial
+
+
+def draw_columns(key: jax.Array, num_params: int, size: int) -> jax.Array:
+  """c = `size` of the p = `num_params` coordinates, drawn without replacement (sorted)."""
+  return jnp.sort(jax.random.choice(key, num_params, (size,), replace=False))
+
+
+def subspace_model(apply_fn: Any, params: Any, columns: jax.Array) -> Any:
+  """g(z, x) = f(θ + S z, x): the model on the drawn coordinates, z of shape (c,)."""
+  base, unravel = ravel_pytree(params)
+
+  def model(z: jax.Array, inputs: Any) -> jax.Array:
+    return apply_fn(unravel(base.at[columns].add(z.astype(base.dtype))), inputs)
+
+  return model
+
+
+def gather_metric_state(state: metric_lib.MetricState, columns: jax.Array) -> Any:
+  """The per-parameter metric state at the drawn coordinates, as z's state."""
+  return state._replace(moment=flat(state.moment)[columns])
+
+
+def scatter_metric_state(
+  old: metric_lib.MetricState, new_drawn: metric_lib.MetricState, columns: jax.Array
+) -> metric_lib.MetricState:
+  """θ's state: the drawn coordinates' updated moments written into the old ones."""
+  moment, unravel = ravel_pytree(old.moment)
+  return metric_lib.MetricState(
+    moment=unravel(moment.at[columns].set(new_drawn.moment.astype(moment.dtype))),
+    count=new_drawn.count,
+  )
+
+
+class ColumnSketch:
+  """The problem of one batch solved on drawn coordinates (see the module docstring).
+
+  Args:
+    inner: the form of g(z) = f(θ + S z) at z = 0 (`subspace_model`).
+    whole: the `Batch` of f at θ that trials are judged on (all examples).
+    columns: the drawn coordinates, int (c,), in `ravel_pytree` order.
+    metric_state: θ's metric state after this batch (None without a metric).
+  """
+
+  def __init__(self, inner: Any, whole: Batch, columns: jax.Array, metric_state: Any = None):
+    self._inner = inner
+    self._whole = whole
+    self._columns = columns
+    self._unravel = ravel_pytree(whole.params)[1]
+    self._base = flat(whole.params)
+    self.params = whole.params
+    self.outputs = inner.outputs
+    self.targets = inner.targets
+    self.loss = inner.loss
+    self.factors = inner.factors
+    self.examples_consistent = inner.examples_consistent
+    self.num_examples = inner.num_examples
+    self.num_outputs = inner.num_outputs
+    self.system = inner.system
+    self.per_output = inner.per_output
+    self.matrix = inner.matrix
+    self.rhs = inner.rhs
+    self.metric_state = metric_state
+    self.metric_ok = inner.metric_ok
+
+  @property
+  def loss_residual(self) -> jax.Array:
+    return self._inner.loss_residual
+
+  @property
+  def residual_norm(self) -> jax.Array:
+    return self._inner.residual_norm
+
+  def direction(self, drawn: jax.Array) -> Any:
+    """d = S d_z: params-shaped, zero off the drawn coordinates."""
+    full = jnp.zeros_like(self._base).at[self._columns].set(drawn.astype(self._base.dtype))
+    return self._unravel(full)
+
+  def solve(self, damping, step_size, *, solver=None) -> Trial:
+    trial = self._inner.solve(damping, step_size, solver=solver)
+    # J d, the predicted reduction and the loss after the step are already f's at θ − η S d_z.
+    return trial._replace(direction=self.direction(trial.direction))
+
+  def shifted(self, prior: Any, weight: jax.Array | float) -> Any:
+    raise ValueError(
+      "column_sketch: a shifted problem (momentum=, SPRING) is not supported with "
+      "column_sketch (the prior leaves the drawn subspace); use momentum=0."
+    )
+
+  def output_change_of(self, direction: Any) -> jax.Array:
+    return self._whole.jvp(direction)
+
+  def scale(self, trial: Trial, factor: jax.Array) -> Trial:
+    return _trial.scaled(self._whole, trial, factor)
+
+  def null_trial(self, damping, step_size) -> Trial:
+    return _trial.null(self._whole, damping, step_size)
+
+  def gradient_norm(self) -> jax.Array:
+    """‖Jᵀ L u‖ over all p coordinates (one VJP of the whole batch)."""
+    return jnp.linalg.norm(flat(self._whole.vjp_direction(self._whole.output_gradient())))
+
+  def eigen(self) -> Any:
+    return self._inner.eigen()
+
+  def gcv_scores(self, grid: jax.Array) -> jax.Array:
+    return self._inner.gcv_scores(grid)
+
+  def loss_at(self, params: Any) -> jax.Array:
+    return self._whole.loss_at(params)
