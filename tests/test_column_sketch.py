@@ -15,6 +15,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import rdescent as rd
+from rdescent.problem import _columns as _columns_lib
 
 LAMBDA = 0.1
 
@@ -47,10 +48,11 @@ def _jacobian(params, x):
   return np.asarray(jax.jacfwd(lambda v: _mlp(unravel(v), x).reshape(-1))(flat))
 
 
-def _columns(seed, count, p, c):
+def _columns(seed, count, params, c):
+  """The step's drawn coordinates in `ravel_pytree` order (the library's per-leaf draw)."""
   stream = jax.random.fold_in(jax.random.key(seed), 0xC01)
-  key = jax.random.fold_in(stream, count)
-  return np.sort(np.asarray(jax.random.choice(key, p, (c,), replace=False)))
+  per_leaf = _columns_lib.draw_columns(jax.random.fold_in(stream, count), params, c)
+  return np.asarray(_columns_lib.flat_columns(params, per_leaf))
 
 
 def _reference(jacobian, residual, columns, p):
@@ -67,7 +69,7 @@ def test_direction_is_the_drawn_columns_regression(system, solver):
   params, x, y = _problem()
   p = ravel_pytree(params)[0].size  # 3*6 + 6 + 6*2 + 2 = 38
   c = 9
-  columns = _columns(0, 0, p, c)
+  columns = _columns(0, 0, params, c)
   residual = np.asarray(_mlp(params, x) - y).reshape(-1)
   expected = -_reference(_jacobian(params, x), residual, columns, p)
   if solver == "cg":
@@ -134,7 +136,7 @@ def test_rows_and_columns_together():
   rows = np.asarray(
     jax.random.choice(jax.random.fold_in(rows_stream, 0), x.shape[0], (s,), replace=False)
   )
-  columns = _columns(0, 0, p, c)
+  columns = _columns(0, 0, params, c)
   residual = np.asarray(_mlp(params, x[rows]) - y[rows]).reshape(-1)
   expected = -_reference(_jacobian(params, x[rows]), residual, columns, p)
   np.testing.assert_allclose(ravel_pytree(updates)[0], expected, rtol=1e-8, atol=1e-12)
@@ -172,7 +174,7 @@ def test_marquardt_metric_updates_the_drawn_coordinates_only():
   state = tx.init(params)
   updates, (new_state, _) = tx.update(None, state, params, batch=(x, y))
   assert int(new_state.status) == 0
-  columns = _columns(0, 0, p, c)
+  columns = _columns(0, 0, params, c)
   jacobian = _jacobian(params, x)
   moment = np.asarray(ravel_pytree(new_state.metric_state.moment)[0])
   norms = np.sum(jacobian**2, axis=0)
@@ -213,3 +215,21 @@ def test_column_sketch_of_all_parameters_is_the_plain_step():
 def test_bad_column_sketch(options, match):
   with pytest.raises(ValueError, match=match):
     rd.regression_descent(_mlp, 1.0, **options)
+
+
+@pytest.mark.parametrize("c", [4, 9, 20, 37])
+def test_draw_shares_the_columns_among_the_leaves(c):
+  """c_ℓ ≈ c p_ℓ / p with at least one per leaf, distinct, in range, summing to c."""
+  params, _, _ = _problem()
+  leaves = jax.tree_util.tree_leaves(params)
+  drawn = _columns_lib.draw_columns(jax.random.key(c), params, c)
+  assert sum(int(index.size) for index in drawn) == c
+  p = sum(leaf.size for leaf in leaves)
+  for leaf, index in zip(leaves, drawn):
+    index = np.asarray(index)
+    assert 1 <= index.size <= leaf.size
+    assert len(set(index.tolist())) == index.size
+    assert index.min() >= 0 and index.max() < leaf.size
+    assert abs(index.size - c * leaf.size / p) <= 2
+  with pytest.raises(ValueError, match="number of parameter leaves"):
+    _columns_lib.draw_columns(jax.random.key(0), params, len(leaves) - 1)

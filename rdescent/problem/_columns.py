@@ -1,7 +1,9 @@
 """Column sketches: each step's regression in a random coordinate subspace of θ.
 
 With many parameters (p large), `column_sketch=c` draws c of the p
-coordinates without replacement each step (S, the p × c selection) and solves
+coordinates without replacement each step (S, the p × c selection; each
+parameter leaf gets its share c_ℓ ≈ c p_ℓ / p and at least one, `leaf_sizes`,
+so that every layer moves every step) and solves
 the regression of the reparametrised model
 
     g(z) = f(θ + S z),   z ∈ R^c,   at z = 0,
@@ -43,7 +45,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
 from rdescent import metric as metric_lib
 from rdescent.problem import _trial
@@ -52,34 +53,104 @@ from rdescent.problem._products import flat
 from rdescent.problem._trial import Trial
 
 
-def draw_columns(key: jax.Array, num_params: int, size: int) -> jax.Array:
-  """c = `size` of the p = `num_params` coordinates, drawn without replacement (sorted)."""
-  return jnp.sort(jax.random.choice(key, num_params, (size,), replace=False))
+def leaf_sizes(params: Any, size: int) -> list[int]:
+  """c_ℓ: c = `size` shared among the leaves in proportion to their sizes, at least one each.
+
+  One coordinate is reserved per leaf (a leaf with none would never move), the other
+  c − L go by largest remainder of (c − L) p_ℓ / p, capped at p_ℓ.
+  """
+  sizes = [int(jnp.size(leaf)) for leaf in jax.tree_util.tree_leaves(params)]
+  if size < len(sizes):
+    raise ValueError(
+      f"column_sketch={size} is below the number of parameter leaves ({len(sizes)}): each "
+      "leaf needs at least one drawn coordinate."
+    )
+  total, spare = sum(sizes), size - len(sizes)
+  shares = [spare * (n - 1) / max(total - len(sizes), 1) for n in sizes]
+  counts = [1 + min(int(share), n - 1) for share, n in zip(shares, sizes)]
+  order = sorted(range(len(sizes)), key=lambda i: int(shares[i]) - shares[i])
+  while sum(counts) < size:
+    for i in order:
+      if sum(counts) < size and counts[i] < sizes[i]:
+        counts[i] += 1
+  return counts
 
 
-def subspace_model(apply_fn: Any, params: Any, columns: jax.Array) -> Any:
-  """g(z, x) = f(θ + S z, x): the model on the drawn coordinates, z of shape (c,)."""
-  base, unravel = ravel_pytree(params)
+def draw_columns(key: jax.Array, params: Any, size: int) -> list[jax.Array]:
+  """The drawn coordinates, one sorted int array per leaf (`leaf_sizes`), without replacement."""
+  leaves = jax.tree_util.tree_leaves(params)
+  return [
+    jnp.sort(jax.random.choice(jax.random.fold_in(key, i), jnp.size(leaf), (count,), False))
+    for i, (leaf, count) in enumerate(zip(leaves, leaf_sizes(params, size)))
+  ]
 
-  def model(z: jax.Array, inputs: Any) -> jax.Array:
-    return apply_fn(unravel(base.at[columns].add(z.astype(base.dtype))), inputs)
+
+def flat_columns(params: Any, columns: list[jax.Array]) -> jax.Array:
+  """The drawn coordinates in `ravel_pytree` order (for references and tests)."""
+  offsets, start = [], 0
+  for leaf in jax.tree_util.tree_leaves(params):
+    offsets.append(start)
+    start += int(jnp.size(leaf))
+  return jnp.concatenate([offset + index for offset, index in zip(offsets, columns)])
+
+
+def subspace_model(apply_fn: Any, params: Any, columns: list[jax.Array]) -> Any:
+  """g(z, x) = f(θ + S z, x): the model on the drawn coordinates; z a tuple of (c_ℓ,) leaves.
+
+  Each leaf is moved on its own (no flat vector of all p parameters: its transpose, in the
+  per-example Jacobian of g, would pad every leaf's cotangent to p).
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+
+  def model(z: tuple[jax.Array, ...], inputs: Any) -> jax.Array:
+    moved = [
+      leaf.reshape(-1).at[index].add(part.astype(leaf.dtype)).reshape(leaf.shape)
+      for leaf, index, part in zip(leaves, columns, z)
+    ]
+    return apply_fn(jax.tree_util.tree_unflatten(treedef, moved), inputs)
 
   return model
 
 
-def gather_metric_state(state: metric_lib.MetricState, columns: jax.Array) -> Any:
+def subspace_origin(params: Any, columns: list[jax.Array]) -> tuple[jax.Array, ...]:
+  """z = 0, one (c_ℓ,) leaf per parameter leaf in its dtype."""
+  leaves = jax.tree_util.tree_leaves(params)
+  return tuple(
+    jnp.zeros(index.shape, jnp.asarray(leaf).dtype) for leaf, index in zip(leaves, columns)
+  )
+
+
+def scatter(params: Any, columns: list[jax.Array], z: Any) -> Any:
+  """S z: params-shaped, zero off the drawn coordinates."""
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  parts = jax.tree_util.tree_leaves(z)
+  moved = [
+    jnp.zeros(leaf.size, part.dtype).at[index].set(part).reshape(leaf.shape)
+    for leaf, index, part in zip(leaves, columns, parts)
+  ]
+  return jax.tree_util.tree_unflatten(treedef, moved)
+
+
+def gather_metric_state(state: metric_lib.MetricState, columns: list[jax.Array]) -> Any:
   """The per-parameter metric state at the drawn coordinates, as z's state."""
-  return state._replace(moment=flat(state.moment)[columns])
+  moments = jax.tree_util.tree_leaves(state.moment)
+  return state._replace(
+    moment=tuple(moment.reshape(-1)[index] for moment, index in zip(moments, columns))
+  )
 
 
 def scatter_metric_state(
-  old: metric_lib.MetricState, new_drawn: metric_lib.MetricState, columns: jax.Array
+  old: metric_lib.MetricState, new_drawn: metric_lib.MetricState, columns: list[jax.Array]
 ) -> metric_lib.MetricState:
   """θ's state: the drawn coordinates' updated moments written into the old ones."""
-  moment, unravel = ravel_pytree(old.moment)
+  moments, treedef = jax.tree_util.tree_flatten(old.moment)
+  parts = jax.tree_util.tree_leaves(new_drawn.moment)
+  moved = [
+    moment.reshape(-1).at[index].set(part.astype(moment.dtype)).reshape(moment.shape)
+    for moment, index, part in zip(moments, columns, parts)
+  ]
   return metric_lib.MetricState(
-    moment=unravel(moment.at[columns].set(new_drawn.moment.astype(moment.dtype))),
-    count=new_drawn.count,
+    moment=jax.tree_util.tree_unflatten(treedef, moved), count=new_drawn.count
   )
 
 
@@ -89,16 +160,14 @@ class ColumnSketch:
   Args:
     inner: the form of g(z) = f(θ + S z) at z = 0 (`subspace_model`).
     whole: the `Batch` of f at θ that trials are judged on (all examples).
-    columns: the drawn coordinates, int (c,), in `ravel_pytree` order.
+    columns: the drawn coordinates, one int array per parameter leaf (`draw_columns`).
     metric_state: θ's metric state after this batch (None without a metric).
   """
 
-  def __init__(self, inner: Any, whole: Batch, columns: jax.Array, metric_state: Any = None):
+  def __init__(self, inner: Any, whole: Batch, columns: list[jax.Array], metric_state: Any = None):
     self._inner = inner
     self._whole = whole
     self._columns = columns
-    self._unravel = ravel_pytree(whole.params)[1]
-    self._base = flat(whole.params)
     self.params = whole.params
     self.outputs = inner.outputs
     self.targets = inner.targets
@@ -122,15 +191,10 @@ class ColumnSketch:
   def residual_norm(self) -> jax.Array:
     return self._inner.residual_norm
 
-  def direction(self, drawn: jax.Array) -> Any:
-    """d = S d_z: params-shaped, zero off the drawn coordinates."""
-    full = jnp.zeros_like(self._base).at[self._columns].set(drawn.astype(self._base.dtype))
-    return self._unravel(full)
-
   def solve(self, damping, step_size, *, solver=None) -> Trial:
     trial = self._inner.solve(damping, step_size, solver=solver)
     # J d, the predicted reduction and the loss after the step are already f's at θ − η S d_z.
-    return trial._replace(direction=self.direction(trial.direction))
+    return trial._replace(direction=scatter(self.params, self._columns, trial.direction))
 
   def shifted(self, prior: Any, weight: jax.Array | float) -> Any:
     raise ValueError(

@@ -221,12 +221,12 @@ def linearize(
       raise ValueError(
         f"{name}: column_sketch={column_sketch} needs column_key (the columns' draw)."
       )
-    columns = _columns.draw_columns(column_key, num_params, column_sketch)
+    columns = _columns.draw_columns(column_key, params, column_sketch)
     if metric is not None and metric_state is None:
       metric_state = metric_lib.init(metric, params)
     inner = linearize(
       _columns.subspace_model(apply_fn, params, columns),
-      jnp.zeros((column_sketch,), ravel_pytree(params)[0].dtype),
+      _columns.subspace_origin(params, columns),
       inputs,
       targets,
       loss=loss,
