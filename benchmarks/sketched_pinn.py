@@ -11,6 +11,8 @@ machine load affects every method alike.
 
     python -m benchmarks.sketched_pinn --budget 120 --seeds 1 \
       --out benchmarks/results/cpu/sketched_pinn.json
+    python -m benchmarks.sketched_pinn --budget 120 --seeds 2 --only "rows 2000" "from J" \
+      --out benchmarks/results/cpu/sketched_pinn_seeds.json
 """
 
 from __future__ import annotations
@@ -61,7 +63,10 @@ def method(label: str, options: dict[str, Any]) -> pinn_2d.Method:
 
     return tx.init, step
 
-  return pinn_2d.Method(label, "rd", {k: repr(v) for k, v in options.items()}, build)
+  describe = {
+    k: pinn_2d._cg_describe(pinn_2d.CG_JACOBIAN) if k == "solver" else v for k, v in options.items()
+  }
+  return pinn_2d.Method(label, "rd", describe, build)
 
 
 def methods(quick: bool) -> list[pinn_2d.Method]:
@@ -83,11 +88,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--budget", type=float, default=120.0)
   parser.add_argument("--seeds", type=int, default=1)
   parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+  parser.add_argument(
+    "--only", nargs="*", default=None, help="run the methods whose label contains one of these"
+  )
   parser.add_argument("--out", type=pathlib.Path, default=None, help="results JSON")
   args = parser.parse_args(argv)
   sizes = pinn_2d.SCALE_QUICK if args.quick else pinn_2d.SCALE
   rows = []
-  chosen = methods(args.quick)
+  chosen = [
+    m for m in methods(args.quick) if not args.only or any(word in m.label for word in args.only)
+  ]
   with jax.enable_x64(True):
     problem = pinn_2d.make_problem(sizes["grid"], sizes["edge"], sizes["hidden"], sizes["test"])
     print(f"2D Poisson, {problem.inputs.shape[0]} points, budget {args.budget:g} s", flush=True)
