@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     help=f"results directory (default {runner.RESULTS_DIR})",
   )
   run.add_argument("--no-progress", action="store_true", help="no progress bars")
+  run.add_argument(
+    "--dsgnar",
+    default=None,
+    help="path of a DSGNAR checkout, the PINN suite's peer (default: $RDESCENT_DSGNAR_PATH)",
+  )
   table = sub.add_parser("table", help="regenerate the results section of docs/benchmarks.md")
   table.add_argument("--results", type=pathlib.Path, default=runner.RESULTS_DIR)
   table.add_argument("--doc", type=pathlib.Path, default=DOCS)
@@ -131,6 +136,7 @@ def run_studies(args) -> int:
     progress=not args.no_progress,
     command=runner.command_line(),
     batch_sizes=_batch_sizes(args.batch_sizes),
+    dsgnar=args.dsgnar,
   )
   for name in names:
     start = time.perf_counter()

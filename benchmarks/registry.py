@@ -39,6 +39,7 @@ STUDY_MODULES = (
   "benchmarks.sharding",
   "benchmarks.least_squares",
   "benchmarks.pinn_2d",
+  "benchmarks.pinn_suite",
   "benchmarks.vmap_problems",
   "benchmarks.neural_least_squares",
   "benchmarks.paper_protocol",

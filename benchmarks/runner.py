@@ -112,6 +112,7 @@ class StudyOptions:
   progress: bool = True
   command: str = ""
   batch_sizes: Sequence[int] | None = None  # the races' batch-size grid (`--batch-sizes`)
+  dsgnar: str | None = None  # a DSGNAR checkout for the PINN suite's peer (`--dsgnar`)
 
 
 # The batch-size grid of the races (each optimizer picks its best batch size as well as its
