@@ -220,7 +220,9 @@ class Method(NamedTuple):
   build: Callable[[Problem], tuple[Callable, Callable]]
 
 
-def rd_transform(problem: Problem, solver: Any = "cholesky") -> optax.GradientTransformation:
+def rd_transform(
+  problem: Problem, solver: Any = "cholesky", metric: Any = None
+) -> optax.GradientTransformation:
   """RD + Levenberg-Marquardt (default controller) on the residual batch."""
   return rd.regression_descent(
     problem.apply,
@@ -228,12 +230,13 @@ def rd_transform(problem: Problem, solver: Any = "cholesky") -> optax.GradientTr
     damping=rd.damping.levenberg_marquardt(),
     gram="jacobian",  # the residual holds nested derivatives
     solver=solver,
+    metric=metric,
   )
 
 
-def rd_method(label: str, solver: Any, describe: Mapping[str, Any]) -> Method:
+def rd_method(label: str, solver: Any, describe: Mapping[str, Any], metric: Any = None) -> Method:
   def build(problem):
-    tx = rd_transform(problem, solver)
+    tx = rd_transform(problem, solver, metric)
 
     def step(params, state, inputs, targets):
       updates, state = tx.update(None, state, params, batch=(inputs, targets))
@@ -278,6 +281,7 @@ def lbfgs_method() -> Method:
 
 
 CHOLESKY_LABEL = "rd + lm (cholesky)"
+MARQUARDT_LABEL = "rd + lm + marquardt metric (cholesky)"
 CG_LABEL = f"rd + lm (cg ℓ={CG['rank']})"
 
 
@@ -285,6 +289,12 @@ def default_methods(quick: bool) -> list[Method]:
   cg = rd.solvers.cg(**CG)
   return [
     rd_method(CHOLESKY_LABEL, "cholesky", {"solver": "cholesky"}),
+    rd_method(
+      MARQUARDT_LABEL,
+      "cholesky",
+      {"solver": "cholesky", "metric": "marquardt"},
+      metric="marquardt",
+    ),
     rd_method(
       CG_LABEL,
       cg,
