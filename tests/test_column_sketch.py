@@ -233,3 +233,37 @@ def test_draw_shares_the_columns_among_the_leaves(c):
     assert abs(index.size - c * leaf.size / p) <= 2
   with pytest.raises(ValueError, match="number of parameter leaves"):
     _columns_lib.draw_columns(jax.random.key(0), params, len(leaves) - 1)
+
+
+def test_coupled_examples_and_vmap():
+  """examples='coupled' (J of the batch function) and `jax.vmap` over problems both hold."""
+  params, x, y = _problem()
+  p = ravel_pytree(params)[0].size
+  c = 9
+  columns = _columns(0, 0, params, c)
+  residual = np.asarray(_mlp(params, x) - y).reshape(-1)
+  expected = -_reference(_jacobian(params, x), residual, columns, p)
+  batch_fn = lambda q, _: _mlp(q, x) - y
+  tx = rd.regression_descent(
+    batch_fn, 1.0, damping=LAMBDA, column_sketch=c, examples="coupled", system="primal"
+  )
+  updates, (state, _) = tx.update(None, tx.init(params), params, batch=(None, jnp.zeros_like(y)))
+  assert int(state.status) == 0
+  np.testing.assert_allclose(ravel_pytree(updates)[0], expected, rtol=1e-8, atol=1e-12)
+
+  tx = rd.regression_descent(
+    _mlp, 1.0, damping=rd.damping.levenberg_marquardt(), column_sketch=c, sketch_seed=4
+  )
+  stacked = jax.tree_util.tree_map(lambda a: jnp.stack([a, 1.1 * a, 0.9 * a]), params)
+  batched, _ = jax.vmap(lambda q, s: tx.update(None, s, q, batch=(x, y)))(
+    stacked, jax.vmap(tx.init)(stacked)
+  )
+  for i in range(3):
+    one = jax.tree_util.tree_map(lambda a, i=i: a[i], stacked)
+    single = tx.update(None, tx.init(one), one, batch=(x, y))[0]
+    np.testing.assert_allclose(
+      ravel_pytree(jax.tree_util.tree_map(lambda a, i=i: a[i], batched))[0],
+      ravel_pytree(single)[0],
+      rtol=1e-12,
+      atol=1e-15,
+    )
