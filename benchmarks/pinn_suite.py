@@ -340,6 +340,8 @@ def run(options: StudyOptions) -> dict[str, Any]:
       "thresholds": list(THRESHOLDS),
       "eval_points": EVAL_POINTS,
       "sweep_budget_seconds": sweep_budget,
+      "budget_seconds": "per problem: "
+      + ", ".join(f"{p['name']} {p['budget_seconds']:g}" for p in problems_record),
       "adam_learning_rate": ADAM_LR,
       "seeds": 1,
       "quick": options.quick,
@@ -419,6 +421,8 @@ def markdown_table(result: Mapping[str, Any]) -> str:
   if result["skipped"]:
     lines += ["", "Skipped: " + "; ".join(result["skipped"]) + "."]
   lines += ["", "Targets: " + "; ".join(target_verdicts(result)) + "."]
+  if result.get("reconstructed"):
+    lines += ["", "Note: " + result["reconstructed"]]
   return "\n".join(lines)
 
 
@@ -494,6 +498,8 @@ def plot(result: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
       if run["problem"] != name:
         continue
       curve = run["curve"]
+      if curve is None:  # a record rebuilt without its curves (see its "reconstructed")
+        continue
       pairs = [(s, e) for s, e in zip(curve["seconds"], curve["rel_l2"]) if e is not None]
       if not pairs:
         continue
