@@ -220,23 +220,18 @@ class Method(NamedTuple):
   build: Callable[[Problem], tuple[Callable, Callable]]
 
 
-def rd_transform(
-  problem: Problem, solver: Any = "cholesky", metric: Any = None
-) -> optax.GradientTransformation:
-  """RD + Levenberg-Marquardt (default controller) on the residual batch."""
-  return rd.regression_descent(
-    problem.apply,
-    1.0,
-    damping=rd.damping.levenberg_marquardt(),
-    gram="jacobian",  # the residual holds nested derivatives
-    solver=solver,
-    metric=metric,
-  )
+def rd_lm_method(label: str, describe: Mapping[str, Any], **options: Any) -> Method:
+  """RD + Levenberg-Marquardt with `gram="jacobian"` and the given options of
+  `rd.regression_descent` (`describe`: how the record names them)."""
 
-
-def rd_method(label: str, solver: Any, describe: Mapping[str, Any], metric: Any = None) -> Method:
   def build(problem):
-    tx = rd_transform(problem, solver, metric)
+    tx = rd.regression_descent(
+      problem.apply,
+      1.0,
+      damping=rd.damping.levenberg_marquardt(),
+      gram="jacobian",  # the residual holds nested derivatives
+      **options,
+    )
 
     def step(params, state, inputs, targets):
       updates, state = tx.update(None, state, params, batch=(inputs, targets))
@@ -246,6 +241,10 @@ def rd_method(label: str, solver: Any, describe: Mapping[str, Any], metric: Any 
 
   hyperparams = {"damping": "levenberg_marquardt()", "learning_rate": 1.0, **describe}
   return Method(label, "rd", hyperparams, build)
+
+
+def rd_method(label: str, solver: Any, describe: Mapping[str, Any], metric: Any = None) -> Method:
+  return rd_lm_method(label, describe, solver=solver, metric=metric)
 
 
 def adam_method(learning_rate: float) -> Method:

@@ -19,7 +19,6 @@ import sys
 from typing import Any
 
 import jax
-import optax
 
 import rdescent as rd
 from benchmarks import pinn_2d
@@ -29,24 +28,8 @@ TARGETS = (1e-5, 1e-7)
 
 
 def method(label: str, precision: Any) -> pinn_2d.Method:
-  """RD + LM (Cholesky, `gram="jacobian"` as `pinn_2d.rd_transform`) with `precision=`."""
-
-  def build(problem):
-    tx = rd.regression_descent(
-      problem.apply,
-      1.0,
-      damping=rd.damping.levenberg_marquardt(),
-      gram="jacobian",
-      precision=precision,
-    )
-
-    def step(params, state, inputs, targets):
-      updates, state = tx.update(None, state, params, batch=(inputs, targets))
-      return optax.apply_updates(params, updates), state
-
-    return tx.init, step
-
-  return pinn_2d.Method(label, "rd", {"precision": repr(precision)}, build)
+  """RD + LM (Cholesky, `pinn_2d.rd_lm_method`) with `precision=`."""
+  return pinn_2d.rd_lm_method(label, {"precision": repr(precision)}, precision=precision)
 
 
 def switched_at(problem: pinn_2d.Problem, run: pinn_2d.Method, seed: int, limit: int = 5000) -> int:

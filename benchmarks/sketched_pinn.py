@@ -23,7 +23,6 @@ import pathlib
 from typing import Any
 
 import jax
-import optax
 
 import rdescent as rd
 from benchmarks import pinn_2d
@@ -46,27 +45,11 @@ def sketch_label(options: dict[str, Any]) -> str:
 
 
 def method(label: str, options: dict[str, Any]) -> pinn_2d.Method:
-  """RD + LM (`gram="jacobian"` as `pinn_2d.rd_transform`) with the given options."""
-
-  def build(problem):
-    tx = rd.regression_descent(
-      problem.apply,
-      1.0,
-      damping=rd.damping.levenberg_marquardt(),
-      gram="jacobian",
-      **options,
-    )
-
-    def step(params, state, inputs, targets):
-      updates, state = tx.update(None, state, params, batch=(inputs, targets))
-      return optax.apply_updates(params, updates), state
-
-    return tx.init, step
-
+  """RD + LM (`pinn_2d.rd_lm_method`) with the given options."""
   describe = {
     k: pinn_2d._cg_describe(pinn_2d.CG_JACOBIAN) if k == "solver" else v for k, v in options.items()
   }
-  return pinn_2d.Method(label, "rd", describe, build)
+  return pinn_2d.rd_lm_method(label, describe, **options)
 
 
 def methods(quick: bool) -> list[pinn_2d.Method]:

@@ -173,3 +173,28 @@ def batch_norm_mlp_apply(params, x):
     h = jnp.tanh(h @ layer["w"] + layer["b"])
     h = (h - h.mean(0)) / jnp.sqrt(h.var(0) + 1e-5)
   return h @ last["w"] + last["b"]
+
+
+def two_layer_apply(params, x):
+  """tanh(x W1 + b1) W2 + b2: the small net of the row and column sketch tests."""
+  return jnp.tanh(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
+
+
+def two_layer_problem(m=12, k=2):
+  """`two_layer_apply`'s float64 params (3-6-k) with random inputs (m, 3) and targets (m, k)."""
+  keys = jax.random.split(jax.random.key(5), 4)
+  params = {
+    "w1": jax.random.normal(keys[0], (3, 6), jnp.float64),
+    "b1": jnp.zeros((6,), jnp.float64),
+    "w2": 0.3 * jax.random.normal(keys[1], (6, k), jnp.float64),
+    "b2": jnp.zeros((k,), jnp.float64),
+  }
+  x = jax.random.normal(keys[2], (m, 3), jnp.float64)
+  y = jax.random.normal(keys[3], (m, k), jnp.float64)
+  return params, x, y
+
+
+def two_layer_jacobian(params, x):
+  """J of `two_layer_apply` over the batch, (m k, p), by forward mode."""
+  flat_params, unravel = ravel_pytree(params)
+  return np.asarray(jax.jacfwd(lambda v: two_layer_apply(unravel(v), x).reshape(-1))(flat_params))

@@ -16,6 +16,7 @@ from jax.flatten_util import ravel_pytree
 
 import rdescent as rd
 from rdescent.problem import _columns as _columns_lib
+from tests import models
 
 LAMBDA = 0.1
 
@@ -26,26 +27,9 @@ def _x64():
     yield
 
 
-def _mlp(params, x):
-  return jnp.tanh(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
-
-
-def _problem(m=12, k=2):
-  keys = jax.random.split(jax.random.key(5), 4)
-  params = {
-    "w1": jax.random.normal(keys[0], (3, 6), jnp.float64),
-    "b1": jnp.zeros((6,), jnp.float64),
-    "w2": 0.3 * jax.random.normal(keys[1], (6, k), jnp.float64),
-    "b2": jnp.zeros((k,), jnp.float64),
-  }
-  x = jax.random.normal(keys[2], (m, 3), jnp.float64)
-  y = jax.random.normal(keys[3], (m, k), jnp.float64)
-  return params, x, y
-
-
-def _jacobian(params, x):
-  flat, unravel = ravel_pytree(params)
-  return np.asarray(jax.jacfwd(lambda v: _mlp(unravel(v), x).reshape(-1))(flat))
+_mlp = models.two_layer_apply
+_problem = models.two_layer_problem
+_jacobian = models.two_layer_jacobian
 
 
 def _columns(seed, count, params, c):

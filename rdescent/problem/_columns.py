@@ -120,15 +120,28 @@ def subspace_origin(params: Any, columns: list[jax.Array]) -> tuple[jax.Array, .
   )
 
 
-def scatter(params: Any, columns: list[jax.Array], z: Any) -> Any:
-  """S z: params-shaped, zero off the drawn coordinates."""
-  leaves, treedef = jax.tree_util.tree_flatten(params)
+def _written(tree: Any, columns: list[jax.Array], z: Any) -> Any:
+  """`tree` with z's leaves written at the drawn coordinates, each leaf in its dtype."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
   parts = jax.tree_util.tree_leaves(z)
   moved = [
-    jnp.zeros(leaf.size, part.dtype).at[index].set(part).reshape(leaf.shape)
+    leaf.reshape(-1).at[index].set(part.astype(leaf.dtype)).reshape(leaf.shape)
     for leaf, index, part in zip(leaves, columns, parts)
   ]
   return jax.tree_util.tree_unflatten(treedef, moved)
+
+
+def scatter(params: Any, columns: list[jax.Array], z: Any) -> Any:
+  """S z: params-shaped, zero off the drawn coordinates (in z's dtype)."""
+  parts = jax.tree_util.tree_leaves(z)
+  zeros = jax.tree_util.tree_unflatten(
+    jax.tree_util.tree_structure(params),
+    [
+      jnp.zeros(jnp.shape(leaf), part.dtype)
+      for leaf, part in zip(jax.tree_util.tree_leaves(params), parts)
+    ],
+  )
+  return _written(zeros, columns, z)
 
 
 def gather_metric_state(state: metric_lib.MetricState, columns: list[jax.Array]) -> Any:
@@ -143,14 +156,8 @@ def scatter_metric_state(
   old: metric_lib.MetricState, new_drawn: metric_lib.MetricState, columns: list[jax.Array]
 ) -> metric_lib.MetricState:
   """θ's state: the drawn coordinates' updated moments written into the old ones."""
-  moments, treedef = jax.tree_util.tree_flatten(old.moment)
-  parts = jax.tree_util.tree_leaves(new_drawn.moment)
-  moved = [
-    moment.reshape(-1).at[index].set(part.astype(moment.dtype)).reshape(moment.shape)
-    for moment, index, part in zip(moments, columns, parts)
-  ]
   return metric_lib.MetricState(
-    moment=jax.tree_util.tree_unflatten(treedef, moved), count=new_drawn.count
+    moment=_written(old.moment, columns, new_drawn.moment), count=new_drawn.count
   )
 
 

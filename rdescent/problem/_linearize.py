@@ -214,6 +214,21 @@ def linearize(
   _validation.check_option("system", system, SYSTEMS)
   _validation.check_option("examples", examples, gram_lib.EXAMPLES)
   coupled = examples == "coupled"
+  # The form of a row or column sketch's own problem: these options, as given.
+  sketched_form: dict[str, Any] = {
+    "loss": loss,
+    "outputs": outputs,
+    "gram": gram,
+    "system": system,
+    "chunk_size": chunk_size,
+    "solver": solver,
+    "products": products,
+    "sketch_size": sketch_size,
+    "sketch_key": sketch_key,
+    "metric": metric,
+    "metric_key": metric_key,
+    "name": name,
+  }
   num_params = ravel_pytree(params)[0].size
   if column_sketch is not None and column_sketch < num_params:
     check_column_sketch(column_sketch, data_axis, metric, name)
@@ -229,24 +244,13 @@ def linearize(
       _columns.subspace_origin(params, columns),
       inputs,
       targets,
-      loss=loss,
-      outputs=outputs,
-      gram=gram,
-      system=system,
-      chunk_size=chunk_size,
-      solver=solver,
-      products=products,
-      sketch_size=sketch_size,
-      sketch_key=sketch_key,
       examples=examples,
-      metric=metric,
       metric_state=(
         None if metric_state is None else _columns.gather_metric_state(metric_state, columns)
       ),
-      metric_key=metric_key,
       row_sketch=row_sketch,
       row_key=row_key,
-      name=name,
+      **sketched_form,
     )
     new_metric_state = (
       None
@@ -267,19 +271,8 @@ def linearize(
       params,
       jax.tree_util.tree_map(lambda leaf: leaf[rows], inputs),
       jnp.asarray(targets)[rows],
-      loss=loss,
-      outputs=outputs,
-      gram=gram,
-      system=system,
-      chunk_size=chunk_size,
-      solver=solver,
-      products=products,
-      sketch_size=sketch_size,
-      sketch_key=sketch_key,
-      metric=metric,
       metric_state=metric_state,
-      metric_key=metric_key,
-      name=name,
+      **sketched_form,
     )
     assert isinstance(sketched, Form)
     return sketched.judged_on(whole)
