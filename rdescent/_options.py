@@ -129,19 +129,19 @@ def check(options: Options) -> Resolved:
   problem_lib.check_row_sketch(
     options.row_sketch, options.examples, data_axis, "scale_by_regression_descent"
   )
-  if options.row_sketch is not None and not spring_lib.is_zero(options.momentum):
-    raise ValueError(
-      f"row_sketch={options.row_sketch} with momentum={options.momentum!r} is not supported "
-      "(SPRING's shifted system is not judged on the whole batch); use momentum=0."
-    )
   problem_lib.check_column_sketch(
     options.column_sketch, data_axis, metric, "scale_by_regression_descent"
   )
-  if options.column_sketch is not None and not spring_lib.is_zero(options.momentum):
-    raise ValueError(
-      f"column_sketch={options.column_sketch} with momentum={options.momentum!r} is not "
-      "supported (SPRING's prior leaves the drawn subspace); use momentum=0."
-    )
+  for option, why in (
+    ("row_sketch", "SPRING's shifted system is not judged on the whole batch"),
+    ("column_sketch", "SPRING's prior leaves the drawn subspace"),
+  ):
+    size = getattr(options, option)
+    if size is not None and not spring_lib.is_zero(options.momentum):
+      raise ValueError(
+        f"{option}={size} with momentum={options.momentum!r} is not supported ({why}); "
+        "use momentum=0."
+      )
   controller = damping_lib.as_controller(options.damping)
   spring_lib.check_momentum(options.momentum)
   if not spring_lib.is_zero(options.momentum):
@@ -211,20 +211,21 @@ def metric_key(metric: metric_lib.Metric | None, count: jax.Array) -> jax.Array 
   return jax.random.fold_in(jax.random.key(metric.seed), count)
 
 
+def _draw_key(size: int | None, seed: int, stream: int, count: jax.Array) -> jax.Array | None:
+  """Step `count`'s key on `sketch_seed`'s stream `stream` (None when `size` is None)."""
+  if size is None:
+    return None
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stream), count)
+
+
 def row_key(options: Options, count: jax.Array) -> jax.Array | None:
   """The step's row draw, from `sketch_seed` on a stream of its own (None without row_sketch)."""
-  if options.row_sketch is None:
-    return None
-  stream = jax.random.fold_in(jax.random.key(options.sketch_seed), 0x5EED)
-  return jax.random.fold_in(stream, count)
+  return _draw_key(options.row_sketch, options.sketch_seed, 0x5EED, count)
 
 
 def column_key(options: Options, count: jax.Array) -> jax.Array | None:
   """The step's column draw, from `sketch_seed` on a stream of its own (None without it)."""
-  if options.column_sketch is None:
-    return None
-  stream = jax.random.fold_in(jax.random.key(options.sketch_seed), 0xC01)
-  return jax.random.fold_in(stream, count)
+  return _draw_key(options.column_sketch, options.sketch_seed, 0xC01, count)
 
 
 def sketch_key(options: Options, count: jax.Array) -> jax.Array | None:

@@ -198,3 +198,9 @@ def two_layer_jacobian(params, x):
   """J of `two_layer_apply` over the batch, (m k, p), by forward mode."""
   flat_params, unravel = ravel_pytree(params)
   return np.asarray(jax.jacfwd(lambda v: two_layer_apply(unravel(v), x).reshape(-1))(flat_params))
+
+
+def drawn_rows(seed, count, m, s):
+  """The examples `row_sketch=s` draws at step `count` (`sketch_seed`'s stream 0x5EED)."""
+  stream = jax.random.fold_in(jax.random.key(seed), 0x5EED)
+  return np.asarray(jax.random.choice(jax.random.fold_in(stream, count), m, (s,), replace=False))

@@ -116,10 +116,7 @@ def test_rows_and_columns_together():
   s, c = 5, 9
   tx = rd.regression_descent(_mlp, 1.0, damping=LAMBDA, row_sketch=s, column_sketch=c)
   updates, (state, _) = tx.update(None, tx.init(params), params, batch=(x, y))
-  rows_stream = jax.random.fold_in(jax.random.key(0), 0x5EED)
-  rows = np.asarray(
-    jax.random.choice(jax.random.fold_in(rows_stream, 0), x.shape[0], (s,), replace=False)
-  )
+  rows = models.drawn_rows(0, 0, x.shape[0], s)
   columns = _columns(0, 0, params, c)
   residual = np.asarray(_mlp(params, x[rows]) - y[rows]).reshape(-1)
   expected = -_reference(_jacobian(params, x[rows]), residual, columns, p)
@@ -217,6 +214,8 @@ def test_draw_shares_the_columns_among_the_leaves(c):
     assert abs(index.size - c * leaf.size / p) <= 2
   with pytest.raises(ValueError, match="number of parameter leaves"):
     _columns_lib.draw_columns(jax.random.key(0), params, len(leaves) - 1)
+  with pytest.raises(ValueError, match="exceeds the 38 parameters"):
+    _columns_lib.draw_columns(jax.random.key(0), params, p + 1)
 
 
 def test_coupled_examples_and_vmap():

@@ -30,16 +30,11 @@ _problem = models.two_layer_problem
 _jacobian = models.two_layer_jacobian
 
 
-def _rows(seed, count, m, s):
-  stream = jax.random.fold_in(jax.random.key(seed), 0x5EED)
-  return np.asarray(jax.random.choice(jax.random.fold_in(stream, count), m, (s,), replace=False))
-
-
 @pytest.mark.parametrize("system", ["dual", "primal"])
 def test_direction_is_the_drawn_rows_regression(system):
   params, x, y = _problem()
   s = 5
-  rows = _rows(0, 0, x.shape[0], s)
+  rows = models.drawn_rows(0, 0, x.shape[0], s)
   jacobian = _jacobian(params, x[rows])
   residual = np.asarray(_mlp(params, x[rows]) - y[rows]).reshape(-1)
   expected = -jacobian.T @ np.linalg.solve(

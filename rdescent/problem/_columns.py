@@ -66,6 +66,8 @@ def leaf_sizes(params: Any, size: int) -> list[int]:
       "leaf needs at least one drawn coordinate."
     )
   total, spare = sum(sizes), size - len(sizes)
+  if size > total:
+    raise ValueError(f"column_sketch={size} exceeds the {total} parameters.")
   shares = [spare * (n - 1) / max(total - len(sizes), 1) for n in sizes]
   counts = [1 + min(int(share), n - 1) for share, n in zip(shares, sizes)]
   order = sorted(range(len(sizes)), key=lambda i: int(shares[i]) - shares[i])
@@ -132,16 +134,9 @@ def _written(tree: Any, columns: list[jax.Array], z: Any) -> Any:
 
 
 def scatter(params: Any, columns: list[jax.Array], z: Any) -> Any:
-  """S z: params-shaped, zero off the drawn coordinates (in z's dtype)."""
-  parts = jax.tree_util.tree_leaves(z)
-  zeros = jax.tree_util.tree_unflatten(
-    jax.tree_util.tree_structure(params),
-    [
-      jnp.zeros(jnp.shape(leaf), part.dtype)
-      for leaf, part in zip(jax.tree_util.tree_leaves(params), parts)
-    ],
-  )
-  return _written(zeros, columns, z)
+  """S z: params-shaped (each leaf in its parameter's dtype, as z's), zero off the drawn
+  coordinates."""
+  return _written(jax.tree_util.tree_map(jnp.zeros_like, params), columns, z)
 
 
 def gather_metric_state(state: metric_lib.MetricState, columns: list[jax.Array]) -> Any:

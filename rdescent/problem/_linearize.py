@@ -20,7 +20,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
 from rdescent import _validation
 from rdescent import gram as gram_lib
@@ -229,7 +228,7 @@ def linearize(
     "metric_key": metric_key,
     "name": name,
   }
-  num_params = ravel_pytree(params)[0].size
+  num_params = sum(int(jnp.size(leaf)) for leaf in jax.tree_util.tree_leaves(params))
   if column_sketch is not None and column_sketch < num_params:
     check_column_sketch(column_sketch, data_axis, metric, name)
     if column_key is None:
@@ -310,7 +309,7 @@ def linearize(
     outputs_map = _output_maps.FullOutputs(batch)
     dual_size = num_examples * num_residuals
   if system == "auto":
-    system = "primal" if ravel_pytree(params)[0].size < dual_size else "dual"
+    system = "primal" if num_params < dual_size else "dual"
 
   arrays = SystemArrays(
     apply_fn,
@@ -372,15 +371,20 @@ def linearize(
   return form
 
 
+def _check_sketch_size(option: str, size: Any, what: str, name: str) -> None:
+  """A sketch's size: a positive Python int (a shape, static)."""
+  if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    raise ValueError(
+      f"{name}: {option} must be None or a positive int ({what} each step's regression is "
+      f"solved on; a shape, static); got {option}={size!r}."
+    )
+
+
 def check_row_sketch(row_sketch: Any, examples: str, data_axis: Any, name: str) -> None:
   """`row_sketch`: None or a positive Python int, with independent examples and no mesh axis."""
   if row_sketch is None:
     return
-  if isinstance(row_sketch, bool) or not isinstance(row_sketch, int) or row_sketch < 1:
-    raise ValueError(
-      f"{name}: row_sketch must be None or a positive int (the examples each step's "
-      f"regression is solved on; a shape, static); got row_sketch={row_sketch!r}."
-    )
+  _check_sketch_size("row_sketch", row_sketch, "the examples", name)
   if examples == "coupled":
     raise ValueError(
       f"{name}: row_sketch draws examples of the batch, which examples='coupled' does not "
@@ -397,11 +401,7 @@ def check_column_sketch(column_sketch: Any, data_axis: Any, metric: Any, name: s
   """`column_sketch`: None or a positive Python int; no mesh axis, no per-leaf metric."""
   if column_sketch is None:
     return
-  if isinstance(column_sketch, bool) or not isinstance(column_sketch, int) or column_sketch < 1:
-    raise ValueError(
-      f"{name}: column_sketch must be None or a positive int (the parameter coordinates each "
-      f"step's regression is solved on; a shape, static); got column_sketch={column_sketch!r}."
-    )
+  _check_sketch_size("column_sketch", column_sketch, "the parameter coordinates", name)
   if data_axis is not None:
     raise ValueError(
       f"{name}: column_sketch with data_axis={data_axis!r} is not supported; use data_axis=None."
